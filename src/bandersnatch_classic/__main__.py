@@ -1,0 +1,5 @@
+"""Allow ``python -m bandersnatch_classic``."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""The nouns that flow between upstream, filters, pages and storage.
+
+A :class:`Project` is built from one JSON API document (``/pypi/<name>/json``) and is
+what filters trim and pages render. It keeps the raw document so that ``json = true``
+can store what the upstream said, minus what filters removed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from dateutil.parser import isoparse
+from packaging.utils import canonicalize_name
+
+from .errors import UnsafePath
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReleaseFile:
+    """One downloadable file of one release, as the JSON API describes it."""
+
+    filename: str
+    url: str
+    sha256: str
+    size: int
+    version: str
+    packagetype: str = ""
+    upload_time: datetime | None = None
+    requires_python: str | None = None
+    yanked: bool = False
+    yanked_reason: str | None = None
+    #: sha256 of the PEP 658 core metadata file, or None when the upstream has none.
+    metadata_sha256: str | None = None
+    #: The file's entry in the JSON document, for metadata filters.
+    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def path(self) -> str:
+        """The file's path below ``web/``: ``packages/...``, checked to be safe."""
+        return package_path(self.url)
+
+    @classmethod
+    def from_json(cls, version: str, entry: Mapping[str, Any]) -> ReleaseFile:
+        digests = entry.get("digests") or {}
+        core = entry.get("core-metadata", entry.get("data-dist-info-metadata"))
+        metadata_sha256 = core.get("sha256") if isinstance(core, Mapping) else None
+        uploaded = entry.get("upload_time_iso_8601") or entry.get("upload_time")
+        return cls(
+            filename=str(entry["filename"]),
+            url=str(entry["url"]),
+            sha256=str(digests["sha256"]).lower(),
+            size=int(entry.get("size") or 0),
+            version=version,
+            packagetype=str(entry.get("packagetype") or ""),
+            upload_time=_parse_time(uploaded),
+            requires_python=entry.get("requires_python") or None,
+            yanked=bool(entry.get("yanked", False)),
+            yanked_reason=entry.get("yanked_reason") or None,
+            metadata_sha256=metadata_sha256,
+            raw=entry,
+        )
+
+
+@dataclasses.dataclass(slots=True)
+class Project:
+    """One project's metadata: what a sync downloads and what its pages list."""
+
+    name: str
+    serial: int
+    #: version -> files; a version may have no files (it is still listed in PEP 700 ``versions``).
+    releases: dict[str, list[ReleaseFile]]
+    info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: The whole JSON API document as the upstream sent it.
+    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def canonical(self) -> str:
+        return canonicalize_name(self.name)
+
+    def files(self) -> Iterator[ReleaseFile]:
+        """Every file of every release, in release order then upstream order."""
+        for files in self.releases.values():
+            yield from files
+
+    def document(self) -> dict[str, Any]:
+        """The JSON API document to store: the upstream's, with only the kept releases and files."""
+        kept = {f.filename for f in self.files()}
+        upstream = self.raw.get("releases") or {}
+        doc = dict(self.raw)
+        doc["releases"] = {
+            v: [e for e in upstream.get(v, []) if e.get("filename") in kept] for v in self.releases
+        }
+        doc["urls"] = [e for e in self.raw.get("urls") or [] if e.get("filename") in kept]
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any], serial: int | None = None) -> Project:
+        """Build a project from a JSON API document.
+
+        ``serial`` overrides ``last_serial`` from the body (e.g. from the
+        ``X-PyPI-Last-Serial`` header).
+        """
+        info = doc.get("info") or {}
+        releases = {
+            str(version): [ReleaseFile.from_json(str(version), e) for e in entries or []]
+            for version, entries in (doc.get("releases") or {}).items()
+        }
+        if serial is None:
+            serial = int(doc.get("last_serial") or 0)
+        return cls(name=str(info.get("name") or ""), serial=serial, releases=releases, info=info, raw=doc)
+
+
+def package_path(url: str) -> str:
+    """Map an upstream file URL to its path below ``web/`` (``packages/...``).
+
+    Raises :class:`UnsafePath` for anything that could land outside ``web/packages``.
+    """
+    path = unquote(urlsplit(url).path)
+    if not path.startswith("/packages/"):
+        raise UnsafePath(f"file URL {url!r} is not below /packages/")
+    rel = path[1:]
+    parts = rel.split("/")
+    if "\\" in rel or "\x00" in rel or any(p in ("", ".", "..") for p in parts) or len(parts) < 2:
+        raise UnsafePath(f"file URL {url!r} has an unsafe path")
+    return rel
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = isoparse(str(value))
+    except (ValueError, OverflowError):
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed
