@@ -1,0 +1,276 @@
+"""Read and validate the INI configuration (DESIGN.md section 4).
+
+Every ``[mirror]`` key is read here, once, into a typed :class:`MirrorConfig`; the rest of
+the program never looks at raw strings. Filter sections are validated by
+:mod:`bandersnatch_classic.filters`, which receives the parser itself.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import logging
+import os
+from importlib import resources
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONFIG_PATH = Path("/etc/bandersnatch.conf")
+
+SIMPLE_FORMATS = ("ALL", "HTML", "JSON")
+COMPARE_METHODS = ("hash", "stat")
+DIGEST_NAMES = ("sha256", "md5")
+API_METHODS = ("auto", "xmlrpc", "simple", "html")
+STORAGE_BACKENDS = ("filesystem",)
+MAX_WORKERS = 64
+
+#: Sections whose keys the filters read; unknown keys there are the filters' business.
+FILTER_SECTIONS = frozenset(
+    {
+        "plugins",
+        "allowlist",
+        "blocklist",
+        "filter_regex",
+        "filter_prerelease",
+        "latest_release",
+        "size_project_metadata",
+        "versions_count_project_metadata",
+        "regex_project_metadata",
+        "regex_release_file_metadata",
+        "version_range_release_file_metadata",
+    }
+)
+#: Sections the reference tool knows that we accept but do not use (yet).
+IGNORED_SECTIONS = frozenset({"s3"})
+
+
+@dataclasses.dataclass(frozen=True)
+class MirrorConfig:
+    """The ``[mirror]`` section, typed. Field names follow the INI keys."""
+
+    directory: Path
+    master: str
+    storage_backend: str = "filesystem"
+    timeout: float = 10.0
+    global_timeout: float = 1800.0
+    workers: int = 3
+    hash_index: bool = False
+    stop_on_error: bool = False
+    json: bool = False
+    release_files: bool = True
+    core_metadata: bool = True
+    simple_format: str = "ALL"
+    compare_method: str = "hash"
+    digest_name: str = "sha256"
+    keep_index_versions: int = 0
+    root_uri: str = ""
+    diff_file: str = ""
+    diff_append_epoch: bool = False
+    cleanup: bool = False
+    cleanup_todo: bool = False
+    delete_missing_packages: bool = False
+    allow_non_https: bool = False
+    proxy: str = ""
+    download_mirror: str = ""
+    download_mirror_no_fallback: bool = False
+    log_config: str = ""
+    storage_filesystem_manage_permissions: bool = True
+    api_method: str = "auto"
+
+    @property
+    def write_html(self) -> bool:
+        return self.simple_format in ("ALL", "HTML")
+
+    @property
+    def write_json(self) -> bool:
+        return self.simple_format in ("ALL", "JSON")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A loaded configuration file: typed ``[mirror]`` plus the parser for the filters."""
+
+    path: Path
+    mirror: MirrorConfig
+    parser: configparser.ConfigParser
+
+
+def default_master() -> str:
+    """The index pip installs from when nothing is configured, asked of pip at run time."""
+    try:
+        from pip._internal.models.index import PyPI  # type: ignore[import-not-found]
+    except Exception as exc:  # pip missing, or its internals moved
+        raise ConfigError(
+            "[mirror] master is not set and pip's default index could not be found "
+            f"({exc}); set master = https://... in the config"
+        ) from exc
+    return str(PyPI.url).rstrip("/")
+
+
+def default_config_text() -> str:
+    """The commented default configuration (the text of examples/bandersnatch.conf)."""
+    return resources.files(__package__).joinpath("default.conf").read_text(encoding="utf-8")
+
+
+def write_default_config(path: Path) -> None:
+    """Create ``path`` holding the default configuration; never overwrite an existing file."""
+    try:
+        with open(path, "x", encoding="utf-8") as fh:
+            fh.write(default_config_text())
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write a default config to {path}: {exc.strerror or exc}; "
+            "choose another file with -c/--config"
+        ) from exc
+
+
+def new_parser() -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive
+    return parser
+
+
+def load(path: Path) -> Config:
+    """Parse and validate ``path``. Raises :class:`ConfigError` with one clear line."""
+    parser = new_parser()
+    try:
+        with open(path, encoding="utf-8") as fh:
+            parser.read_file(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    except (configparser.Error, UnicodeDecodeError) as exc:
+        first_line = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"config {path} is not valid INI: {first_line}") from exc
+    if not parser.has_section("mirror"):
+        raise ConfigError(f"config {path} has no [mirror] section")
+    for section in parser.sections():
+        if section != "mirror" and section not in FILTER_SECTIONS | IGNORED_SECTIONS:
+            logger.warning("Unknown section [%s] in %s is ignored", section, path)
+    return Config(path=path, mirror=_read_mirror(parser["mirror"], path), parser=parser)
+
+
+class _Reader:
+    """Typed access to one section that remembers which keys were read."""
+
+    def __init__(self, section: configparser.SectionProxy) -> None:
+        self.section = section
+        self.seen: set[str] = set()
+
+    def raw(self, key: str) -> str | None:
+        self.seen.add(key)
+        value = self.section.get(key)
+        return None if value is None else value.strip()
+
+    def string(self, key: str, default: str = "") -> str:
+        value = self.raw(key)
+        return default if value is None else value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.raw(key)
+        if value is None or value == "":
+            return default
+        lowered = value.lower()
+        if lowered in configparser.ConfigParser.BOOLEAN_STATES:
+            return configparser.ConfigParser.BOOLEAN_STATES[lowered]
+        raise ConfigError(f"[mirror] {key} = {value!r} is not a boolean; use true or false")
+
+    def number(self, key: str, default: float, kind: type, low: float, high: float | None) -> float:
+        value = self.raw(key)
+        if value is None or value == "":
+            return default
+        try:
+            number = kind(value)
+        except ValueError:
+            number = None
+        if number is None or number < low or (high is not None and number > high):
+            allowed = f"from {low} to {high}" if high is not None else f"{low} or more"
+            noun = "a whole number" if kind is int else "a number"
+            raise ConfigError(f"[mirror] {key} = {value!r} is not allowed; use {noun} {allowed}")
+        return number
+
+    def choice(self, key: str, default: str, allowed: tuple[str, ...], fold=str.lower) -> str:
+        value = self.raw(key)
+        if value is None or value == "":
+            return default
+        for option in allowed:
+            if fold(value) == fold(option):
+                return option
+        raise ConfigError(f"[mirror] {key} = {value!r} is not allowed; use one of {', '.join(allowed)}")
+
+
+def _read_mirror(section: configparser.SectionProxy, path: Path) -> MirrorConfig:
+    r = _Reader(section)
+    raw_directory = r.raw("directory")
+    if not raw_directory:
+        raise ConfigError(f"[mirror] directory is required in {path}; set it to an absolute path")
+    directory = Path(os.path.expandvars(os.path.expanduser(raw_directory)))
+    if not directory.is_absolute():
+        raise ConfigError(f"[mirror] directory = {raw_directory!r} is not allowed; use an absolute path")
+
+    allow_non_https = r.boolean("allow-non-https", False)
+    master = r.string("master") or default_master()
+    _check_url("master", master, allow_non_https)
+    download_mirror = r.string("download-mirror")
+    if download_mirror:
+        _check_url("download-mirror", download_mirror, allow_non_https)
+    root_uri = r.string("root_uri")
+    if root_uri:
+        _check_url("root_uri", root_uri, allow_non_https=True)
+
+    storage_backend = r.choice("storage-backend", "filesystem", ("filesystem", "s3"))
+    if storage_backend != "filesystem":
+        raise ConfigError(
+            f"[mirror] storage-backend = {storage_backend!r} is not built yet; use filesystem"
+        )
+
+    config = MirrorConfig(
+        directory=directory,
+        master=master.rstrip("/"),
+        storage_backend=storage_backend,
+        timeout=r.number("timeout", 10.0, float, 0.1, None),
+        global_timeout=r.number("global-timeout", 1800.0, float, 1, None),
+        workers=int(r.number("workers", 3, int, 1, MAX_WORKERS)),
+        hash_index=r.boolean("hash-index", False),
+        stop_on_error=r.boolean("stop-on-error", False),
+        json=r.boolean("json", False),
+        release_files=r.boolean("release-files", True),
+        core_metadata=r.boolean("core-metadata", True),
+        simple_format=r.choice("simple-format", "ALL", SIMPLE_FORMATS, str.upper),
+        compare_method=r.choice("compare-method", "hash", COMPARE_METHODS),
+        digest_name=r.choice("digest_name", "sha256", DIGEST_NAMES),
+        keep_index_versions=int(r.number("keep_index_versions", 0, int, 0, None)),
+        root_uri=root_uri.rstrip("/"),
+        diff_file=r.string("diff-file"),
+        diff_append_epoch=r.boolean("diff-append-epoch", False),
+        cleanup=r.boolean("cleanup", False),
+        cleanup_todo=r.boolean("cleanup_todo", False),
+        delete_missing_packages=r.boolean("delete_missing_packages", False),
+        allow_non_https=allow_non_https,
+        proxy=r.string("proxy"),
+        download_mirror=download_mirror.rstrip("/"),
+        download_mirror_no_fallback=r.boolean("download-mirror-no-fallback", False),
+        log_config=r.string("log-config"),
+        storage_filesystem_manage_permissions=r.boolean("storage-filesystem-manage-permissions", True),
+        api_method=r.choice("api-method", "auto", API_METHODS),
+    )
+    for key in section:
+        if key not in r.seen:
+            logger.warning("Unknown key %r in [mirror] of %s is ignored", key, path)
+    for key, is_set in (("keep_index_versions", config.keep_index_versions > 0), ("cleanup", config.cleanup)):
+        if is_set:
+            logger.warning("[mirror] %s is not implemented by this version and is ignored", key)
+    return config
+
+
+def _check_url(key: str, value: str, allow_non_https: bool) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"[mirror] {key} = {value!r} is not allowed; use an http(s) URL")
+    if parts.scheme == "http" and not allow_non_https:
+        raise ConfigError(
+            f"[mirror] {key} = {value!r} is plain http; use https, or set allow-non-https = true"
+        )

@@ -1,0 +1,115 @@
+"""One project's sync: its files to fetch, then its pages and JSON documents.
+
+The work is split so the engine can run the downloads of one project in parallel:
+:func:`plan_downloads` says which files are missing or stale, and :func:`publish` writes
+the pages once every file is in place. Nothing here touches the network except through
+the :class:`~bandersnatch_classic.upstream.Upstream` it is given.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from . import pages
+from .config import MirrorConfig
+from .models import Project, ReleaseFile
+from .state import MirrorState
+from .storage import FilesystemStorage
+from .upstream import Upstream
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Download:
+    """One file to fetch into the mirror."""
+
+    url: str
+    path: str
+    sha256: str
+    mtime: datetime | None = None
+
+    def fetch(self, upstream: Upstream, storage: FilesystemStorage) -> int:
+        return upstream.download(self.url, lambda: storage.writer(self.path, self.mtime), self.sha256)
+
+
+def plan_downloads(project: Project, config: MirrorConfig, storage: FilesystemStorage) -> list[Download]:
+    """The release files and ``.metadata`` files of ``project`` the mirror lacks.
+
+    Raises :class:`~bandersnatch_classic.errors.UnsafePath` for a file URL that would
+    leave ``web/packages``.
+    """
+    downloads = []
+    for file in project.files():
+        path = f"web/{file.path}"
+        storage.path(path)  # refuse unsafe paths before any byte is fetched
+        if config.release_files and not is_current(storage, path, file, config.compare_method):
+            downloads.append(Download(file.url, path, file.sha256, file.upload_time))
+        if config.core_metadata and file.metadata_sha256:
+            meta_path = f"{path}.metadata"
+            if not _has_sha256(storage, meta_path, file.metadata_sha256):
+                downloads.append(Download(f"{file.url}.metadata", meta_path, file.metadata_sha256))
+    return downloads
+
+
+def is_current(storage: FilesystemStorage, path: str, file: ReleaseFile, compare_method: str) -> bool:
+    """Whether ``path`` already holds ``file``: size and sha256, or size and mtime (``stat``)."""
+    stat = storage.stat(path)
+    if stat is None or (file.size and stat.st_size != file.size):
+        return False
+    if compare_method == "stat":
+        return file.upload_time is None or int(stat.st_mtime) == int(file.upload_time.timestamp())
+    return _has_sha256(storage, path, file.sha256)
+
+
+def _has_sha256(storage: FilesystemStorage, path: str, sha256: str) -> bool:
+    return storage.sha256(path) == sha256
+
+
+def publish(project: Project, config: MirrorConfig, storage: FilesystemStorage, state: MirrorState) -> list[str]:
+    """Write the project's pages and JSON documents; return the paths that changed."""
+    written = []
+    simple_dir = state.simple_dir(project.canonical)
+    if config.write_html:
+        html = pages.project_html(project, config.root_uri, config.digest_name).encode()
+        for name in ("index.html", "index.v1_html"):
+            if storage.write_if_changed(f"{simple_dir}/{name}", html):
+                written.append(f"{simple_dir}/{name}")
+    if config.write_json:
+        page = pages.project_json(project, config.root_uri).encode()
+        if storage.write_if_changed(f"{simple_dir}/index.v1_json", page):
+            written.append(f"{simple_dir}/index.v1_json")
+    if config.json:
+        document = json.dumps(project.document()).encode()
+        if storage.write_if_changed(f"web/json/{project.canonical}", document):
+            written.append(f"web/json/{project.canonical}")
+        link = f"web/pypi/{project.canonical}/json"
+        if not storage.path(link).is_symlink():
+            storage.symlink(link, f"../../json/{project.canonical}")
+    state.projects[project.canonical] = (project.name, project.serial)
+    return written
+
+
+def unpublish(canonical: str, config: MirrorConfig, storage: FilesystemStorage, state: MirrorState) -> list[str]:
+    """Remove a project from the served index (pages, JSON, record).
+
+    Its release files stay unless ``delete_missing_packages`` is set; ``verify --delete``
+    reclaims them later otherwise. Returns the removed paths.
+    """
+    removed = []
+    if config.delete_missing_packages:
+        for path in state.project_files(canonical):
+            for candidate in (path, f"{path}.metadata"):
+                if storage.delete(candidate):
+                    removed.append(candidate)
+    simple_dir = state.simple_dir(canonical)
+    if storage.delete_tree(simple_dir):
+        removed.append(simple_dir)
+    for path in (f"web/json/{canonical}", f"web/pypi/{canonical}/json"):
+        if storage.delete(path):
+            removed.append(path)
+    state.projects.pop(canonical, None)
+    return removed

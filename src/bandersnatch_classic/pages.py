@@ -1,0 +1,108 @@
+"""Render simple-index pages (PEP 503/592/658/691/700/714). Pure: data in, text out.
+
+The byte layout is the contract of DESIGN.md section 2 and matches the reference tool,
+so that mirrors written by either tool look the same to clients and to each other.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from html import escape
+from typing import Any
+
+from .models import Project, ReleaseFile
+
+JSON_CONTENT_TYPE = "application/vnd.pypi.simple.v1+json"
+API_VERSION = "1.1"
+
+_PAGE_HEAD = """<!DOCTYPE html>
+<html>
+  <head>
+    <meta name="pypi:repository-version" content="1.0">
+    <title>{title}</title>
+  </head>
+  <body>
+"""
+_PAGE_TAIL = """  </body>
+</html>"""
+
+
+def file_href(file: ReleaseFile, root_uri: str = "") -> str:
+    """The link to a file from a project page: relative (``../../packages/...``) or absolute."""
+    return f"{root_uri or '../..'}/{file.path}"
+
+
+def _digest(file: ReleaseFile, digest_name: str) -> str:
+    if digest_name == "sha256":
+        return file.sha256
+    return str((file.raw.get("digests") or {}).get(digest_name) or "")
+
+
+def project_html(project: Project, root_uri: str = "", digest_name: str = "sha256") -> str:
+    """The PEP 503 page of one project, with the PEP 592/658/714 attributes."""
+    name = escape(project.name)
+    lines = [_PAGE_HEAD.format(title=f"Links for {name}"), f"    <h1>Links for {name}</h1>\n"]
+    for file in project.files():
+        attrs = [f'href="{escape(file_href(file, root_uri))}#{digest_name}={_digest(file, digest_name)}"']
+        if file.requires_python:
+            attrs.append(f'data-requires-python="{escape(file.requires_python)}"')
+        if file.metadata_sha256:
+            attrs.append(f'data-core-metadata="sha256={file.metadata_sha256}"')
+            attrs.append(f'data-dist-info-metadata="sha256={file.metadata_sha256}"')
+        if file.yanked:
+            attrs.append(f'data-yanked="{escape(file.yanked_reason or "")}"')
+        lines.append(f"    <a {' '.join(attrs)}>{escape(file.filename)}</a><br/>\n")
+    lines.append(_PAGE_TAIL)
+    lines.append(f"\n<!--SERIAL {project.serial}-->")
+    return "".join(lines)
+
+
+def upload_time(when: datetime) -> str:
+    """PEP 700's ``upload-time`` format: ``yyyy-mm-ddThh:mm:ss.ffffffZ`` in UTC."""
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def project_json(project: Project, root_uri: str = "") -> str:
+    """The PEP 691 JSON page of one project, with the PEP 700 fields."""
+    files: list[dict[str, Any]] = []
+    for file in project.files():
+        entry: dict[str, Any] = {
+            "filename": file.filename,
+            "url": file_href(file, root_uri),
+            "hashes": {"sha256": file.sha256},
+        }
+        if file.requires_python:
+            entry["requires-python"] = file.requires_python
+        entry["size"] = file.size
+        if file.upload_time is not None:
+            entry["upload-time"] = upload_time(file.upload_time)
+        entry["yanked"] = (file.yanked_reason or True) if file.yanked else False
+        if file.metadata_sha256:
+            entry["core-metadata"] = {"sha256": file.metadata_sha256}
+        files.append(entry)
+    page = {
+        "meta": {"api-version": API_VERSION, "_last-serial": str(project.serial)},
+        "name": project.canonical,
+        "versions": list(project.releases),
+        "files": files,
+    }
+    return json.dumps(page)
+
+
+def root_html(names: Iterable[tuple[str, str]]) -> str:
+    """The PEP 503 root index; ``names`` are ``(canonical, display)`` pairs in order."""
+    lines = [_PAGE_HEAD.format(title="Simple Index")]
+    lines.extend(f'    <a href="{escape(c)}/">{escape(d)}</a><br/>\n' for c, d in names)
+    lines.append(_PAGE_TAIL)
+    return "".join(lines)
+
+
+def root_json(projects: Iterable[tuple[str, int]], serial: int) -> str:
+    """The PEP 691 root index; ``projects`` are ``(display name, serial)`` pairs in order."""
+    page = {
+        "meta": {"api-version": API_VERSION, "_last-serial": serial},
+        "projects": [{"name": n, "_last-serial": s} for n, s in projects],
+    }
+    return json.dumps(page)

@@ -1,0 +1,188 @@
+"""The mirror's own records: ``generation``, ``status``, ``todo`` and ``projects.json``.
+
+``projects.json`` maps each mirrored project's canonical name to its display name and the
+serial its pages were written at. The root index is rendered from it (not by scanning
+directories), and the ``html`` discovery method compares against it. A mirror made by the
+reference tool has no such file: it is rebuilt once from the ``<!--SERIAL N-->`` comments of
+the project pages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from html import unescape
+from urllib.parse import unquote
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packaging.utils import canonicalize_name
+
+from .errors import StateError
+from .storage import FilesystemStorage
+
+logger = logging.getLogger(__name__)
+
+GENERATION = 5
+#: Older generations of the reference tool's layout: readable, but need a full sync.
+OLD_GENERATIONS = (3, 4)
+PROJECTS_FILE = "projects.json"
+
+_SERIAL_RE = re.compile(rb"<!--SERIAL (\d+)-->\s*$")
+_TITLE_RE = re.compile(rb"<title>Links for (.*?)</title>")
+_HREF_RE = re.compile(r'href="([^"]*)"')
+
+
+@dataclass
+class Todo:
+    """Work of an unfinished run: the serial it aims at and the projects still to sync."""
+
+    target: int
+    projects: dict[str, int] = field(default_factory=dict)
+
+    def render(self) -> str:
+        lines = [str(self.target)] + [f"{name} {serial}" for name, serial in self.projects.items()]
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def parse(cls, text: str) -> Todo:
+        lines = text.splitlines()
+        if not lines:
+            raise ValueError("empty")
+        target = int(lines[0])
+        projects = {}
+        for line in lines[1:]:
+            if not line.strip():
+                continue
+            name, serial = line.split()
+            projects[name] = int(serial)
+        return cls(target, projects)
+
+
+class MirrorState:
+    """Reads and writes the state files of one mirror directory."""
+
+    def __init__(self, storage: FilesystemStorage, hash_index: bool = False) -> None:
+        self.storage = storage
+        self.hash_index = hash_index
+        self._projects: dict[str, tuple[str, int]] | None = None
+
+    # -- generation and status -------------------------------------------------------
+    def check_generation(self) -> bool:
+        """Validate ``generation``; return True when an old layout needs a full sync."""
+        text = self.storage.read_text("generation")
+        if text is None:
+            return False
+        try:
+            generation = int(text.strip())
+        except ValueError:
+            generation = None
+        if generation == GENERATION:
+            return False
+        if generation in OLD_GENERATIONS:
+            logger.warning("Mirror generation %s is older than %s: forcing a full sync", generation, GENERATION)
+            return True
+        raise StateError(
+            f"{self.storage.path('generation')} says generation {text.strip()!r}; this tool knows "
+            f"generation {GENERATION} (and reads {', '.join(map(str, OLD_GENERATIONS))})"
+        )
+
+    def write_generation(self) -> None:
+        self.storage.write_if_changed("generation", str(GENERATION).encode())
+
+    @property
+    def status(self) -> int:
+        text = self.storage.read_text("status")
+        if text is None or not text.strip():
+            return 0
+        try:
+            return int(text.strip())
+        except ValueError as exc:
+            raise StateError(f"{self.storage.path('status')} holds {text.strip()!r}, not a serial") from exc
+
+    def write_status(self, serial: int) -> None:
+        self.storage.write_if_changed("status", str(serial).encode())
+
+    # -- todo ------------------------------------------------------------------------
+    def read_todo(self) -> Todo | None:
+        text = self.storage.read_text("todo")
+        if text is None:
+            return None
+        try:
+            return Todo.parse(text)
+        except ValueError:
+            logger.warning("Discarding corrupt todo file %s", self.storage.path("todo"))
+            self.remove_todo()
+            return None
+
+    def write_todo(self, todo: Todo) -> None:
+        self.storage.write_bytes("todo", todo.render().encode())
+
+    def remove_todo(self) -> None:
+        self.storage.delete("todo")
+
+    # -- per-project records ---------------------------------------------------------
+    @property
+    def projects(self) -> dict[str, tuple[str, int]]:
+        """canonical name -> (display name, serial) of every mirrored project."""
+        if self._projects is None:
+            text = self.storage.read_text(PROJECTS_FILE)
+            if text is not None:
+                self._projects = {k: (v[0], int(v[1])) for k, v in json.loads(text).items()}
+            else:
+                self._projects = self._scan_pages()
+        return self._projects
+
+    def save_projects(self) -> None:
+        data = json.dumps(self.projects, separators=(",", ":"), sort_keys=True)
+        self.storage.write_bytes(PROJECTS_FILE, data.encode())
+
+    def simple_dir(self, canonical: str) -> str:
+        """The directory of a project's pages below the mirror directory."""
+        if self.hash_index:
+            return f"web/simple/{canonical[0]}/{canonical}"
+        return f"web/simple/{canonical}"
+
+    def project_files(self, canonical: str) -> list[str]:
+        """Paths (``web/packages/...``) of the files the project's current page links to."""
+        page = self.storage.read_text(f"{self.simple_dir(canonical)}/index.v1_json")
+        if page is not None:
+            hrefs = [f["url"] for f in json.loads(page).get("files", [])]
+        else:
+            page = self.storage.read_text(f"{self.simple_dir(canonical)}/index.html") or ""
+            hrefs = [unescape(h) for h in _HREF_RE.findall(page)]
+        paths = []
+        for href in hrefs:
+            marker = href.find("/packages/")
+            if marker >= 0:
+                paths.append("web" + unquote(href[marker:].split("#", 1)[0]))
+        return paths
+
+    def _scan_pages(self) -> dict[str, tuple[str, int]]:
+        """Rebuild the project records from existing pages (a mirror made by another tool)."""
+        simple = self.storage.root / "web" / "simple"
+        found: dict[str, tuple[str, int]] = {}
+        if not simple.is_dir():
+            return found
+        pattern = "*/*/index.html" if self.hash_index else "*/index.html"
+        for page in simple.glob(pattern):
+            record = _read_page_record(page)
+            if record is not None:
+                found[canonicalize_name(page.parent.name)] = record
+        if found:
+            logger.info("Rebuilt the records of %d projects from their pages", len(found))
+        return found
+
+
+def _read_page_record(page: Path) -> tuple[str, int] | None:
+    try:
+        data = page.read_bytes()
+    except OSError:
+        return None
+    serial = _SERIAL_RE.search(data[-64:])
+    title = _TITLE_RE.search(data[:512])
+    if serial is None:
+        return None
+    name = title.group(1).decode("utf-8", "replace") if title else page.parent.name
+    return unescape(name), int(serial.group(1))
