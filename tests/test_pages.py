@@ -1,0 +1,138 @@
+"""Page rendering, byte for byte against DESIGN.md section 2."""
+
+import json
+
+from bandersnatch_classic import pages
+from bandersnatch_classic.models import Project
+
+SHA_A = "a" * 64
+SHA_M = "b" * 64
+SHA_S = "c" * 64
+
+
+def _project() -> Project:
+    doc = {
+        "info": {"name": "Foo.Bar_baz", "version": "1.0"},
+        "last_serial": 42,
+        "releases": {
+            "0.9": [],
+            "1.0": [
+                {
+                    "filename": "foo_bar_baz-1.0-py3-none-any.whl",
+                    "url": "https://files.example/packages/aa/bb/cccc/foo_bar_baz-1.0-py3-none-any.whl",
+                    "digests": {"sha256": SHA_A, "md5": "d" * 32},
+                    "size": 123,
+                    "packagetype": "bdist_wheel",
+                    "requires_python": ">=3.8,<4",
+                    "yanked": True,
+                    "yanked_reason": "broken <build> & more",
+                    "upload_time_iso_8601": "2023-01-02T03:04:05.123456Z",
+                    "core-metadata": {"sha256": SHA_M},
+                },
+                {
+                    "filename": "Foo.Bar_baz-1.0.tar.gz",
+                    "url": "https://files.example/packages/dd/ee/ffff/Foo.Bar_baz-1.0.tar.gz",
+                    "digests": {"sha256": SHA_S, "md5": "e" * 32},
+                    "size": 456,
+                    "packagetype": "sdist",
+                    "requires_python": None,
+                    "yanked": False,
+                    "yanked_reason": None,
+                    "upload_time_iso_8601": "2023-01-02T03:04:06Z",
+                    "core-metadata": False,
+                },
+            ],
+        },
+    }
+    return Project.from_json(doc)
+
+
+def test_project_html_is_byte_exact():
+    expected = (
+        "<!DOCTYPE html>\n"
+        "<html>\n"
+        "  <head>\n"
+        '    <meta name="pypi:repository-version" content="1.0">\n'
+        "    <title>Links for Foo.Bar_baz</title>\n"
+        "  </head>\n"
+        "  <body>\n"
+        "    <h1>Links for Foo.Bar_baz</h1>\n"
+        f'    <a href="../../packages/aa/bb/cccc/foo_bar_baz-1.0-py3-none-any.whl#sha256={SHA_A}" '
+        'data-requires-python="&gt;=3.8,&lt;4" '
+        f'data-core-metadata="sha256={SHA_M}" data-dist-info-metadata="sha256={SHA_M}" '
+        'data-yanked="broken &lt;build&gt; &amp; more">foo_bar_baz-1.0-py3-none-any.whl</a><br/>\n'
+        f'    <a href="../../packages/dd/ee/ffff/Foo.Bar_baz-1.0.tar.gz#sha256={SHA_S}">Foo.Bar_baz-1.0.tar.gz</a><br/>\n'
+        "  </body>\n"
+        "</html>\n"
+        "<!--SERIAL 42-->"
+    )
+    assert pages.project_html(_project()) == expected
+
+
+def test_project_html_root_uri_and_md5():
+    html = pages.project_html(_project(), root_uri="https://mirror.example", digest_name="md5")
+    assert f'href="https://mirror.example/packages/dd/ee/ffff/Foo.Bar_baz-1.0.tar.gz#md5={"e" * 32}"' in html
+
+
+def test_yanked_without_reason_has_empty_attribute():
+    project = _project()
+    doc = dict(project.raw)
+    doc["releases"]["1.0"][1]["yanked"] = True
+    html = pages.project_html(Project.from_json(doc))
+    assert 'data-yanked="">Foo.Bar_baz-1.0.tar.gz</a>' in html
+
+
+def test_project_json_is_byte_exact():
+    expected = {
+        "meta": {"api-version": "1.1", "_last-serial": "42"},
+        "name": "foo-bar-baz",
+        "versions": ["0.9", "1.0"],
+        "files": [
+            {
+                "filename": "foo_bar_baz-1.0-py3-none-any.whl",
+                "url": "../../packages/aa/bb/cccc/foo_bar_baz-1.0-py3-none-any.whl",
+                "hashes": {"sha256": SHA_A},
+                "requires-python": ">=3.8,<4",
+                "size": 123,
+                "upload-time": "2023-01-02T03:04:05.123456Z",
+                "yanked": "broken <build> & more",
+                "core-metadata": {"sha256": SHA_M},
+            },
+            {
+                "filename": "Foo.Bar_baz-1.0.tar.gz",
+                "url": "../../packages/dd/ee/ffff/Foo.Bar_baz-1.0.tar.gz",
+                "hashes": {"sha256": SHA_S},
+                "size": 456,
+                "upload-time": "2023-01-02T03:04:06.000000Z",
+                "yanked": False,
+            },
+        ],
+    }
+    text = pages.project_json(_project())
+    assert text == json.dumps(expected)
+
+
+def test_root_pages():
+    html = pages.root_html([("a-b", "A_B"), ("c", "c")])
+    assert html == (
+        "<!DOCTYPE html>\n<html>\n  <head>\n"
+        '    <meta name="pypi:repository-version" content="1.0">\n'
+        "    <title>Simple Index</title>\n  </head>\n  <body>\n"
+        '    <a href="a-b/">A_B</a><br/>\n'
+        '    <a href="c/">c</a><br/>\n'
+        "  </body>\n</html>"
+    )
+    assert json.loads(pages.root_json([("A_B", 3), ("c", 9)], 10)) == {
+        "meta": {"api-version": "1.1", "_last-serial": 10},
+        "projects": [{"name": "A_B", "_last-serial": 3}, {"name": "c", "_last-serial": 9}],
+    }
+
+
+def test_document_keeps_only_kept_files():
+    project = _project()
+    project.releases["1.0"] = project.releases["1.0"][1:]
+    doc = project.document()
+    assert [e["filename"] for e in doc["releases"]["1.0"]] == ["Foo.Bar_baz-1.0.tar.gz"]
+    assert doc["releases"]["0.9"] == []
+    # the upstream's document is left as it was
+    assert len(project.raw["releases"]["1.0"]) == 2
