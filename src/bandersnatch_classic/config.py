@@ -260,9 +260,8 @@ def _read_mirror(section: configparser.SectionProxy, path: Path) -> MirrorConfig
     for key in section:
         if key not in r.seen:
             logger.warning("Unknown key %r in [mirror] of %s is ignored", key, path)
-    for key, is_set in (("keep_index_versions", config.keep_index_versions > 0), ("cleanup", config.cleanup)):
-        if is_set:
-            logger.warning("[mirror] %s is not implemented by this version and is ignored", key)
+    if config.cleanup:
+        logger.warning("[mirror] cleanup is not implemented by this version and is ignored")
     return config
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
+from pathlib import Path
 
 from . import pages
 from .config import MirrorConfig
@@ -75,9 +76,12 @@ def publish(project: Project, config: MirrorConfig, storage: FilesystemStorage, 
     simple_dir = state.simple_dir(project.canonical)
     if config.write_html:
         html = pages.project_html(project, config.root_uri, config.digest_name).encode()
-        for name in ("index.html", "index.v1_html"):
-            if storage.write_if_changed(f"{simple_dir}/{name}", html):
-                written.append(f"{simple_dir}/{name}")
+        if config.keep_index_versions:
+            written += _write_versioned_page(storage, simple_dir, html, project.serial, config.keep_index_versions)
+        elif storage.write_if_changed(f"{simple_dir}/index.html", html):
+            written.append(f"{simple_dir}/index.html")
+        if storage.write_if_changed(f"{simple_dir}/index.v1_html", html):
+            written.append(f"{simple_dir}/index.v1_html")
     if config.write_json:
         page = pages.project_json(project, config.root_uri).encode()
         if storage.write_if_changed(f"{simple_dir}/index.v1_json", page):
@@ -89,8 +93,32 @@ def publish(project: Project, config: MirrorConfig, storage: FilesystemStorage, 
         link = f"web/pypi/{project.canonical}/json"
         if not storage.path(link).is_symlink():
             storage.symlink(link, f"../../json/{project.canonical}")
-    state.projects[project.canonical] = (project.name, project.serial)
+    state.record(project.canonical, project.name, project.serial)
     return written
+
+
+def _write_versioned_page(storage: FilesystemStorage, simple_dir: str, html: bytes, serial: int, keep: int) -> list[str]:
+    """``keep_index_versions``: keep the last ``keep`` pages in ``versions/``, index.html a link.
+
+    A safeguard the reference tool offers against an upstream that suddenly serves an
+    empty project: the previous pages stay on disk to go back to.
+    """
+    current = storage.path(f"{simple_dir}/index.html")
+    if current.is_symlink() and current.exists() and current.read_bytes() == html:
+        return []
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    name = f"index_{serial}_{stamp}.html"
+    storage.write_bytes(f"{simple_dir}/versions/{name}", html)
+    storage.symlink(f"{simple_dir}/index.html", f"versions/{name}")
+    versions = sorted(storage.path(f"{simple_dir}/versions").glob("index_*.html"), key=_version_order)
+    for old in versions[:-keep]:
+        old.unlink()
+    return [f"{simple_dir}/versions/{name}", f"{simple_dir}/index.html"]
+
+
+def _version_order(path: Path) -> tuple[int, str]:
+    _, serial, stamp = path.stem.split("_", 2)
+    return (int(serial) if serial.isdigit() else 0, stamp)
 
 
 def unpublish(canonical: str, config: MirrorConfig, storage: FilesystemStorage, state: MirrorState) -> list[str]:
@@ -111,5 +139,5 @@ def unpublish(canonical: str, config: MirrorConfig, storage: FilesystemStorage, 
     for path in (f"web/json/{canonical}", f"web/pypi/{canonical}/json"):
         if storage.delete(path):
             removed.append(path)
-    state.projects.pop(canonical, None)
+    state.forget(canonical)
     return removed

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from html import unescape
 from urllib.parse import unquote
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ class MirrorState:
         self.storage = storage
         self.hash_index = hash_index
         self._projects: dict[str, tuple[str, int]] | None = None
+        self._lock = threading.RLock()  # workers record projects while the main thread saves
 
     # -- generation and status -------------------------------------------------------
     def check_generation(self) -> bool:
@@ -125,17 +127,27 @@ class MirrorState:
     # -- per-project records ---------------------------------------------------------
     @property
     def projects(self) -> dict[str, tuple[str, int]]:
-        """canonical name -> (display name, serial) of every mirrored project."""
-        if self._projects is None:
-            text = self.storage.read_text(PROJECTS_FILE)
-            if text is not None:
-                self._projects = {k: (v[0], int(v[1])) for k, v in json.loads(text).items()}
-            else:
-                self._projects = self._scan_pages()
-        return self._projects
+        """canonical name -> (display name, serial) of every mirrored project (read-only use)."""
+        with self._lock:
+            if self._projects is None:
+                text = self.storage.read_text(PROJECTS_FILE)
+                if text is not None:
+                    self._projects = {k: (v[0], int(v[1])) for k, v in json.loads(text).items()}
+                else:
+                    self._projects = self._scan_pages()
+            return self._projects
+
+    def record(self, canonical: str, name: str, serial: int) -> None:
+        with self._lock:
+            self.projects[canonical] = (name, serial)
+
+    def forget(self, canonical: str) -> None:
+        with self._lock:
+            self.projects.pop(canonical, None)
 
     def save_projects(self) -> None:
-        data = json.dumps(self.projects, separators=(",", ":"), sort_keys=True)
+        with self._lock:
+            data = json.dumps(self.projects, separators=(",", ":"), sort_keys=True)
         self.storage.write_bytes(PROJECTS_FILE, data.encode())
 
     def simple_dir(self, canonical: str) -> str:

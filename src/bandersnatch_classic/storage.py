@@ -2,7 +2,11 @@
 
 Every write goes to a temporary file in the destination directory and is renamed into
 place, so a served path only ever holds a complete file; the temporary is removed when
-anything fails. Paths are relative to the mirror directory and are checked to stay in it.
+anything fails. The temporary's name is derived from the target's (``.<name>.tmp``):
+a run that is killed outright can leave one behind, and the next write of the same
+path reuses and replaces it, so leftovers never pile up. Only one process writes a
+mirror at a time (the run lock), and one task writes a given path at a time.
+Paths are relative to the mirror directory and are checked to stay in it.
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ import contextlib
 import hashlib
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +22,7 @@ from typing import BinaryIO, Protocol
 
 from .errors import UnsafePath
 
-TEMP_PREFIX = ".tmp-"
+TEMP_SUFFIX = ".tmp"
 HASH_CHUNK = 1 << 20
 
 
@@ -57,7 +60,7 @@ class FilesystemStorage:
 
     def __init__(self, root: Path, manage_permissions: bool = True) -> None:
         self.root = root
-        #: Files are created 0600 by mkstemp; web servers need them world-readable.
+        #: Make files readable as the umask allows, whatever the mode they were created with.
         self.file_mode = (0o666 & ~_current_umask()) if manage_permissions else None
         self._made_dirs: set[Path] = set()
 
@@ -80,9 +83,9 @@ class FilesystemStorage:
         """Yield a file to write ``rel``'s new content to; it replaces ``rel`` only on success."""
         target = self.path(rel)
         self._ensure_dir(target.parent)
-        fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=target.parent)
+        temp = target.with_name(f".{target.name}{TEMP_SUFFIX}")
         try:
-            with os.fdopen(fd, "wb") as fh:
+            with open(temp, "wb") as fh:
                 yield fh
             if self.file_mode is not None:
                 os.chmod(temp, self.file_mode)
@@ -160,7 +163,7 @@ class FilesystemStorage:
         """Point ``rel`` at ``target_name`` (a sibling file) atomically."""
         link = self.path(rel)
         self._ensure_dir(link.parent)
-        temp = link.with_name(f"{TEMP_PREFIX}{link.name}.{os.getpid()}")
+        temp = link.with_name(f".{link.name}{TEMP_SUFFIX}")
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
         os.symlink(target_name, temp)

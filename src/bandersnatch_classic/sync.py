@@ -48,6 +48,7 @@ class Report:
     """What a run did; the CLI prints :meth:`summary` and exits with :attr:`exit_code`."""
 
     started: float = field(default_factory=time.monotonic)
+    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     method: str = ""
     synced: int = 0
     removed: int = 0
@@ -122,6 +123,7 @@ class Mirror:
         """The ``mirror`` command: sync everything that changed since the last run."""
         report = self._report
         full = self.state.check_generation() or force_check
+        known = self.state.projects  # loaded here, before any worker thread needs it
         status = self.state.status
         if cleanup_todo:
             self.state.remove_todo()
@@ -134,7 +136,7 @@ class Mirror:
                 self.upstream,
                 self.config.api_method,
                 status,
-                self.state.projects,
+                known,
                 self.filters.allows_name,
                 self.filters.allowlist(),
                 full or not status,
@@ -158,18 +160,23 @@ class Mirror:
         self._sync(todo)
 
         self._write_root(target)
-        self.state.write_status(target)
-        if report.failed:
-            self.state.write_todo(Todo(target, {n: s for n, s in todo.projects.items() if n in report.failed}))
+        if todo.projects:
+            self.state.write_todo(todo)  # what failed, or was never started after stop-on-error
         else:
             self.state.remove_todo()
-        self.storage.write_bytes("web/last-modified", datetime.now(timezone.utc).strftime("%Y%m%dT%H:%M:%S\n").encode())
+        if not self._stopping:
+            # Failed projects stay in todo; the next run retries them with what changed since.
+            self.state.write_status(target)
+        if not report.failed and not self._stopping:
+            stamp = report.started_at.strftime("%Y%m%dT%H:%M:%S\n")
+            self.storage.write_bytes("web/last-modified", stamp.encode())
         self._write_diff_file()
         return report
 
     def sync_projects(self, names: Iterable[str], write_root: bool = True) -> Report:
         """The ``sync`` command: sync the named projects now; ``status`` and ``todo`` stay."""
         work = {canonicalize_name(n): 0 for n in names if self.filters.allows_name(n)}
+        self.state.projects  # loaded here, before any worker thread needs it
         self._sync(Todo(self.state.status, work), checkpoint=False)
         if write_root:
             self._write_root(self.state.status)
