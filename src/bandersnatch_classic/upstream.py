@@ -1,10 +1,16 @@
 """Where bytes come from: the upstream index over HTTP (XML-RPC, JSON API, simple API, files).
 
-Retries come in two layers. urllib3's ``Retry`` (mounted through requests) retries what
-happens before a body arrives: connection errors and 429/500/502/503/504, honouring
-``Retry-After``. What urllib3 cannot retry -- a body cut short, a connection reset mid-body,
-a file whose digest is wrong, a page older than the serial we were promised -- is retried
-here, with the same exponential backoff.
+The transport is urllib3 -- the library requests itself is built on -- used directly: a
+request through requests' Session costs about three times the CPU of the same request
+through urllib3 (measured 720 us against 250 us on loopback), and a full mirror makes
+hundreds of thousands of requests. One thread-safe PoolManager keeps up to ``workers``
+connections alive per host.
+
+Retries come in two layers. urllib3's ``Retry`` retries what happens before a body
+arrives: connection errors and 429/500/502/503/504, honouring ``Retry-After``. What it
+cannot retry -- a body cut short, a connection reset mid-body, a file whose digest is
+wrong, a page older than the serial we were promised -- is retried here, with the same
+exponential backoff.
 """
 
 from __future__ import annotations
@@ -15,14 +21,16 @@ import json
 import logging
 import threading
 import time
+import urllib.request
 import xmlrpc.client
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 from urllib.parse import quote, urlsplit, urlunsplit
 
-import requests
-from requests.adapters import HTTPAdapter
+import urllib3
+from urllib3.exceptions import HTTPError as TransportError
+from urllib3.exceptions import MaxRetryError, ProtocolError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from . import __version__
@@ -31,19 +39,15 @@ from .models import Project
 
 logger = logging.getLogger(__name__)
 
-USER_AGENT = f"bandersnatch-classic/{__version__} (+requests/{requests.__version__})"
+USER_AGENT = f"bandersnatch-classic/{__version__} (urllib3/{urllib3.__version__})"
 SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 CHUNK = 1 << 20
 #: A hostile or confused upstream must not park us for hours with Retry-After.
 MAX_RETRY_AFTER = 60.0
-#: Errors of a body in flight: urllib3 has already handed the response over, so we retry.
-BODY_ERRORS = (
-    requests.exceptions.ChunkedEncodingError,
-    requests.exceptions.ConnectionError,
-    requests.exceptions.Timeout,
-    requests.exceptions.ContentDecodingError,
-)
+#: Errors of a body in flight (cut short, reset, stalled): urllib3 has already handed the
+#: response over, so these are retried here.
+BODY_ERRORS = (ProtocolError, ReadTimeoutError)
 
 
 class MethodUnavailable(UpstreamError):
@@ -67,6 +71,28 @@ class RetryPolicy:
         time.sleep(self.backoff * (2 ** attempt))
 
 
+@dataclass
+class Response:
+    """What the callers need of an answer: status, headers, and (for API calls) the body."""
+
+    status: int
+    headers: Any
+    body: bytes = b""
+
+    def header(self, name: str) -> str:
+        return str(self.headers.get(name) or "")
+
+
+def _proxy_for(url: str, configured: str) -> str:
+    """The proxy to use: the configured one, else the environment's (``https_proxy``...)."""
+    if configured:
+        return configured
+    parts = urlsplit(url)
+    if urllib.request.proxy_bypass(parts.hostname or ""):
+        return ""
+    return urllib.request.getproxies().get(parts.scheme, "")
+
+
 class Upstream:
     """A package index that speaks the APIs of the public index."""
 
@@ -85,67 +111,64 @@ class Upstream:
         self.master = master.rstrip("/")
         self.timeout = timeout
         self.global_timeout = global_timeout
-        self.proxies = {"http": proxy, "https": proxy} if proxy else None
         self.download_mirror = download_mirror.rstrip("/")
         self.download_mirror_no_fallback = download_mirror_no_fallback
         self.retry = retry
-        self.pool_size = pool_size
-        self._local = threading.local()
-        self._sessions: list[requests.Session] = []
         self._lock = threading.Lock()
         self.requests_made = 0
-
-    # -- connection handling ---------------------------------------------------------
-    def session(self) -> requests.Session:
-        """This thread's session: one per worker, so connections are reused, never shared."""
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            retries = _CappedRetry(
-                total=self.retry.attempts - 1,
-                backoff_factor=self.retry.backoff,
-                status_forcelist=RETRY_STATUSES,
-                allowed_methods=None,  # our POSTs (XML-RPC reads) are safe to repeat
-                respect_retry_after_header=True,
-                raise_on_status=False,
-            )
-            adapter = HTTPAdapter(max_retries=retries, pool_maxsize=self.pool_size)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            session.headers["User-Agent"] = USER_AGENT
-            if self.proxies:
-                session.proxies.update(self.proxies)
-            self._local.session = session
-            with self._lock:
-                self._sessions.append(session)
-        return session
+        retries = _CappedRetry(
+            total=retry.attempts - 1,
+            backoff_factor=retry.backoff,
+            status_forcelist=RETRY_STATUSES,
+            allowed_methods=None,  # our POSTs (XML-RPC reads) are safe to repeat
+            respect_retry_after_header=True,
+            raise_on_status=False,
+        )
+        options: dict[str, Any] = {
+            "maxsize": pool_size,
+            "retries": retries,
+            "timeout": urllib3.Timeout(connect=timeout, read=timeout),
+            "headers": {"User-Agent": USER_AGENT},
+        }
+        proxy_url = _proxy_for(self.master, proxy)
+        self._http: urllib3.PoolManager = (
+            urllib3.ProxyManager(proxy_url, **options) if proxy_url else urllib3.PoolManager(**options)
+        )
 
     def close(self) -> None:
-        with self._lock:
-            for session in self._sessions:
-                session.close()
-            self._sessions.clear()
+        self._http.clear()
 
+    # -- one request -----------------------------------------------------------------
     @contextlib.contextmanager
-    def _response(self, method: str, url: str, **kwargs: Any) -> Iterator[requests.Response]:
+    def _response(self, method: str, url: str, **kwargs: Any) -> Iterator[urllib3.BaseHTTPResponse]:
+        """A streaming response; connection-level retries have already happened."""
         with self._lock:
             self.requests_made += 1
-        response = self.session().request(method, url, timeout=self.timeout, stream=True, **kwargs)
+        try:
+            response = self._http.request(method, url, preload_content=False, **kwargs)
+        except MaxRetryError as exc:
+            raise UpstreamError(f"{url}: {_describe(exc.reason or exc)}") from exc
+        except TransportError as exc:
+            raise UpstreamError(f"{url}: {_describe(exc)}") from exc
         try:
             yield response
+            response.drain_conn()  # the rest of an error page, so the connection can be reused
+        except BaseException:
+            response.close()  # a body abandoned midway: never reuse that connection
+            raise
         finally:
-            response.close()
+            response.release_conn()
 
-    def _read_body(self, response: requests.Response, deadline: float) -> bytes:
+    def _read_body(self, response: urllib3.BaseHTTPResponse, url: str, deadline: float) -> bytes:
         parts = []
-        for chunk in response.iter_content(CHUNK):
+        for chunk in response.stream(CHUNK):
             parts.append(chunk)
             if time.monotonic() > deadline:
-                raise UpstreamError(f"{response.url}: took longer than global-timeout ({self.global_timeout:g}s)")
+                raise UpstreamError(f"{url}: took longer than global-timeout ({self.global_timeout:g}s)")
         return b"".join(parts)
 
-    def _request(self, method: str, url: str, accept_status: tuple[int, ...] = (200,), **kwargs: Any) -> tuple[requests.Response, bytes]:
-        """One request with body-level retries; returns the response and its whole body."""
+    def _request(self, method: str, url: str, accept_status: tuple[int, ...] = (200,), **kwargs: Any) -> Response:
+        """One request with body-level retries; the body is read only for ``accept_status``."""
         last_error: Exception | None = None
         for attempt in range(self.retry.attempts):
             if attempt:
@@ -153,32 +176,28 @@ class Upstream:
             deadline = time.monotonic() + self.global_timeout
             try:
                 with self._response(method, url, **kwargs) as response:
-                    if response.status_code not in accept_status:
-                        if response.status_code in RETRY_STATUSES:
-                            last_error = UpstreamError(f"{url}: HTTP {response.status_code} after retries")
-                            break  # urllib3 already spent the retries on this status
-                        return response, b""
-                    return response, self._read_body(response, deadline)
+                    if response.status not in accept_status:
+                        if response.status in RETRY_STATUSES:
+                            # urllib3 has already spent the retries on this status
+                            raise UpstreamError(f"{url}: HTTP {response.status} after {self.retry.attempts} attempts")
+                        return Response(response.status, response.headers)
+                    body = self._read_body(response, url, deadline)
+                    return Response(response.status, response.headers, body)
             except BODY_ERRORS as exc:
                 last_error = exc
-                logger.debug("Retrying %s %s after %s", method, url, exc)
-            except requests.exceptions.RetryError as exc:
-                last_error = exc
-                break
-            except requests.exceptions.RequestException as exc:
-                raise UpstreamError(f"{url}: {exc}") from exc
+                logger.debug("Retrying %s %s after %s", method, url, _describe(exc))
         raise UpstreamError(f"{url}: {_describe(last_error)}")
 
     # -- XML-RPC ---------------------------------------------------------------------
     def xmlrpc(self, method: str, *params: Any) -> Any:
         body = xmlrpc.client.dumps(params, method).encode()
-        response, data = self._request(
-            "POST", f"{self.master}/pypi", data=body, headers={"Content-Type": "text/xml"}
+        response = self._request(
+            "POST", f"{self.master}/pypi", accept_status=(200,), body=body, headers={"Content-Type": "text/xml"}
         )
-        if response.status_code != 200:
-            raise MethodUnavailable(f"XML-RPC {method}: HTTP {response.status_code} from {self.master}/pypi")
+        if response.status != 200:
+            raise MethodUnavailable(f"XML-RPC {method}: HTTP {response.status} from {self.master}/pypi")
         try:
-            (result,), _ = xmlrpc.client.loads(data)
+            (result,), _ = xmlrpc.client.loads(response.body)
         except (xmlrpc.client.Fault, xmlrpc.client.ResponseError, Exception) as exc:
             raise MethodUnavailable(f"XML-RPC {method}: unusable answer ({_describe(exc)})") from exc
         return result
@@ -208,8 +227,7 @@ class Upstream:
     def simple_listing(self) -> tuple[int, dict[str, int]]:
         """The PEP 691 root listing: (last serial, {name: serial})."""
         url = f"{self.master}/simple/"
-        response, data = self._request("GET", url, headers={"Accept": SIMPLE_JSON})
-        doc = self._json_or_unavailable(response, data, url)
+        doc = self._json_or_unavailable(self._request("GET", url, headers={"Accept": SIMPLE_JSON}), url)
         try:
             projects = {p["name"]: int(p["_last-serial"]) for p in doc["projects"]}
             return int(doc["meta"]["_last-serial"]), projects
@@ -221,31 +239,34 @@ class Upstream:
         from .htmllinks import link_texts
 
         url = f"{self.master}/simple/"
-        response, data = self._request("GET", url, headers={"Accept": "text/html"})
-        if response.status_code != 200:
-            raise MethodUnavailable(f"{url}: HTTP {response.status_code}")
-        return link_texts(data.decode(response.encoding or "utf-8", "replace"))
+        response = self._request("GET", url, headers={"Accept": "text/html"})
+        if response.status != 200:
+            raise MethodUnavailable(f"{url}: HTTP {response.status}")
+        return link_texts(response.body.decode("utf-8", "replace"))
 
     def project_page_serial(self, name: str) -> int | None:
         """A project's serial from its PEP 691 page, or None when it does not exist."""
         url = f"{self.master}/simple/{quote(name)}/"
-        response, data = self._request("GET", url, accept_status=(200, 404), headers={"Accept": SIMPLE_JSON})
-        if response.status_code == 404:
+        response = self._request("GET", url, accept_status=(200, 404), headers={"Accept": SIMPLE_JSON})
+        if response.status == 404:
             return None
-        header = response.headers.get("X-PyPI-Last-Serial")
-        if header and header.isdigit():
+        header = response.header("X-PyPI-Last-Serial")
+        if header.isdigit():
             return int(header)
-        doc = self._json_or_unavailable(response, data, url)
-        return int(doc["meta"]["_last-serial"])
+        doc = self._json_or_unavailable(response, url)
+        try:
+            return int(doc["meta"]["_last-serial"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MethodUnavailable(f"{url}: PEP 691 page without a serial") from exc
 
     @staticmethod
-    def _json_or_unavailable(response: requests.Response, data: bytes, url: str) -> Any:
-        if response.status_code != 200:
-            raise MethodUnavailable(f"{url}: HTTP {response.status_code}")
-        if "json" not in response.headers.get("Content-Type", ""):
-            raise MethodUnavailable(f"{url}: answered {response.headers.get('Content-Type')!r}, not JSON")
+    def _json_or_unavailable(response: Response, url: str) -> Any:
+        if response.status != 200:
+            raise MethodUnavailable(f"{url}: HTTP {response.status}")
+        if "json" not in response.header("Content-Type"):
+            raise MethodUnavailable(f"{url}: answered {response.header('Content-Type')!r}, not JSON")
         try:
-            return json.loads(data)
+            return json.loads(response.body)
         except ValueError as exc:
             raise MethodUnavailable(f"{url}: not valid JSON") from exc
 
@@ -261,12 +282,14 @@ class Upstream:
         for attempt in range(self.retry.attempts):
             if attempt:
                 self.retry.sleep(attempt)
-            response, data = self._request("GET", url, accept_status=(200, 404))
-            if response.status_code == 404:
+            response = self._request("GET", url, accept_status=(200, 404))
+            if response.status == 404:
                 raise ProjectGone(f"{name}: the upstream has no such project (HTTP 404)")
+            if response.status != 200:
+                raise UpstreamError(f"{name}: HTTP {response.status} from {url}")
             try:
-                doc = json.loads(data)
-                header = response.headers.get("X-PyPI-Last-Serial", "")
+                doc = json.loads(response.body)
+                header = response.header("X-PyPI-Last-Serial")
                 serial = int(header) if header.isdigit() else int(doc.get("last_serial") or 0)
                 project = Project.from_json(doc, serial)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -288,8 +311,10 @@ class Upstream:
 
     def fetch(self, url: str) -> bytes:
         """A small document (e.g. a ``.metadata`` file), retried like everything else."""
-        response, data = self._request("GET", url)
-        return data
+        response = self._request("GET", url)
+        if response.status != 200:
+            raise UpstreamError(f"{url}: HTTP {response.status}")
+        return response.body
 
     def download(
         self,
@@ -312,9 +337,9 @@ class Upstream:
                 except (HashMismatch, *BODY_ERRORS) as exc:
                     last = exc
                     logger.debug("Retrying %s after %s", candidate, _describe(exc))
-                except (UpstreamError, requests.exceptions.RequestException) as exc:
+                except UpstreamError as exc:
                     last = exc
-                    break  # an HTTP error status: urllib3 has already retried it
+                    break  # an HTTP error status or a dead connection: urllib3 has retried it
         if isinstance(last, HashMismatch):
             raise HashMismatch(f"{url}: {last}")
         raise UpstreamError(f"{url}: {_describe(last)}")
@@ -327,12 +352,12 @@ class Upstream:
     ) -> int:
         deadline = time.monotonic() + self.global_timeout
         with self._response("GET", url) as response:
-            if response.status_code != 200:
-                raise UpstreamError(f"HTTP {response.status_code}")
+            if response.status != 200:
+                raise UpstreamError(f"HTTP {response.status}")
             digest = hashlib.sha256()
             written = 0
             with open_dest() as fh:
-                for chunk in response.iter_content(CHUNK):
+                for chunk in response.stream(CHUNK):
                     digest.update(chunk)
                     fh.write(chunk)
                     written += len(chunk)
