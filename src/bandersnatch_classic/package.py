@@ -18,7 +18,7 @@ from . import pages
 from .config import MirrorConfig
 from .models import Project, ReleaseFile
 from .state import MirrorState
-from .storage import FilesystemStorage
+from .storage import Storage
 from .upstream import Upstream
 
 logger = logging.getLogger(__name__)
@@ -33,11 +33,11 @@ class Download:
     sha256: str
     mtime: datetime | None = None
 
-    def fetch(self, upstream: Upstream, storage: FilesystemStorage) -> int:
+    def fetch(self, upstream: Upstream, storage: Storage) -> int:
         return upstream.download(self.url, lambda: storage.writer(self.path, self.mtime), self.sha256)
 
 
-def plan_downloads(project: Project, config: MirrorConfig, storage: FilesystemStorage) -> list[Download]:
+def plan_downloads(project: Project, config: MirrorConfig, storage: Storage) -> list[Download]:
     """The release files and ``.metadata`` files of ``project`` the mirror lacks.
 
     Raises :class:`~bandersnatch_classic.errors.UnsafePath` for a file URL that would
@@ -51,26 +51,24 @@ def plan_downloads(project: Project, config: MirrorConfig, storage: FilesystemSt
             downloads.append(Download(file.url, path, file.sha256, file.upload_time))
         if config.core_metadata and file.metadata_sha256:
             meta_path = f"{path}.metadata"
-            if not _has_sha256(storage, meta_path, file.metadata_sha256):
+            if not storage.sha256(meta_path) == file.metadata_sha256:
                 downloads.append(Download(f"{file.url}.metadata", meta_path, file.metadata_sha256))
     return downloads
 
 
-def is_current(storage: FilesystemStorage, path: str, file: ReleaseFile, compare_method: str) -> bool:
+def is_current(storage: Storage, path: str, file: ReleaseFile, compare_method: str) -> bool:
     """Whether ``path`` already holds ``file``: size and sha256, or size and mtime (``stat``)."""
     stat = storage.stat(path)
     if stat is None or (file.size and stat.st_size != file.size):
         return False
     if compare_method == "stat":
         return file.upload_time is None or int(stat.st_mtime) == int(file.upload_time.timestamp())
-    return _has_sha256(storage, path, file.sha256)
+    return storage.sha256(path) == file.sha256
 
 
-def _has_sha256(storage: FilesystemStorage, path: str, sha256: str) -> bool:
-    return storage.sha256(path) == sha256
 
 
-def publish(project: Project, config: MirrorConfig, storage: FilesystemStorage, state: MirrorState) -> list[str]:
+def publish(project: Project, config: MirrorConfig, storage: Storage, state: MirrorState) -> list[str]:
     """Write the project's pages and JSON documents; return the paths that changed."""
     written = []
     simple_dir = state.simple_dir(project.canonical)
@@ -97,7 +95,7 @@ def publish(project: Project, config: MirrorConfig, storage: FilesystemStorage, 
     return written
 
 
-def _write_versioned_page(storage: FilesystemStorage, simple_dir: str, html: bytes, serial: int, keep: int) -> list[str]:
+def _write_versioned_page(storage: Storage, simple_dir: str, html: bytes, serial: int, keep: int) -> list[str]:
     """``keep_index_versions``: keep the last ``keep`` pages in ``versions/``, index.html a link.
 
     A safeguard the reference tool offers against an upstream that suddenly serves an
@@ -121,7 +119,7 @@ def _version_order(path: Path) -> tuple[int, str]:
     return (int(serial) if serial.isdigit() else 0, stamp)
 
 
-def unpublish(canonical: str, config: MirrorConfig, storage: FilesystemStorage, state: MirrorState) -> list[str]:
+def unpublish(canonical: str, config: MirrorConfig, storage: Storage, state: MirrorState) -> list[str]:
     """Remove a project from the served index (pages, JSON, record).
 
     Its release files stay unless ``delete_missing_packages`` is set; ``verify --delete``

@@ -21,7 +21,7 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 
 from .errors import StateError
-from .storage import FilesystemStorage
+from .storage import Storage
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Todo:
 class MirrorState:
     """Reads and writes the state files of one mirror directory."""
 
-    def __init__(self, storage: FilesystemStorage, hash_index: bool = False) -> None:
+    def __init__(self, storage: Storage, hash_index: bool = False) -> None:
         self.storage = storage
         self.hash_index = hash_index
         self._projects: dict[str, tuple[str, int]] | None = None

@@ -7,6 +7,10 @@ a run that is killed outright can leave one behind, and the next write of the sa
 path reuses and replaces it, so leftovers never pile up. Only one process writes a
 mirror at a time (the run lock), and one task writes a given path at a time.
 Paths are relative to the mirror directory and are checked to stay in it.
+
+This is the hot path of a full sync (one call per file), so paths are handled as
+strings, not :class:`~pathlib.Path` objects, and each write makes as few system calls
+as it can.
 """
 
 from __future__ import annotations
@@ -31,22 +35,17 @@ class Storage(Protocol):
 
     root: Path
 
-    def write_bytes(self, rel: str, data: bytes, mtime: datetime | None = None) -> None: ...
+    def path(self, rel: str) -> Path: ...
     def writer(self, rel: str, mtime: datetime | None = None) -> contextlib.AbstractContextManager[BinaryIO]: ...
-    def read_bytes(self, rel: str) -> bytes: ...
-    def sha256(self, rel: str) -> str | None:
-        """The hex sha256 of a file, or None when it does not exist."""
-        digest = hashlib.sha256()
-        try:
-            with open(self.path(rel), "rb") as fh:
-                while chunk := fh.read(HASH_CHUNK):
-                    digest.update(chunk)
-        except FileNotFoundError:
-            return None
-        return digest.hexdigest()
-
+    def write_bytes(self, rel: str, data: bytes, mtime: datetime | None = None) -> None: ...
+    def write_if_changed(self, rel: str, data: bytes) -> bool: ...
+    def read_text(self, rel: str) -> str | None: ...
+    def sha256(self, rel: str) -> str | None: ...
+    def stat(self, rel: str) -> os.stat_result | None: ...
     def exists(self, rel: str) -> bool: ...
     def delete(self, rel: str) -> bool: ...
+    def delete_tree(self, rel: str) -> bool: ...
+    def symlink(self, rel: str, target_name: str) -> None: ...
 
 
 def _current_umask() -> int:
@@ -60,35 +59,48 @@ class FilesystemStorage:
 
     def __init__(self, root: Path, manage_permissions: bool = True) -> None:
         self.root = root
-        #: Make files readable as the umask allows, whatever the mode they were created with.
-        self.file_mode = (0o666 & ~_current_umask()) if manage_permissions else None
-        self._made_dirs: set[Path] = set()
+        self._root = os.fspath(root)
+        #: New files get 0666 less the umask. A web server runs as another user, so when
+        #: the umask would hide files from "other" and we manage permissions, they get 0644.
+        self.file_mode = 0o644 if manage_permissions and _current_umask() & 0o004 else None
+        self._made_dirs: set[str] = set()
+
+    def fspath(self, rel: str) -> str:
+        """The absolute path of ``rel``, refusing anything that leaves the mirror directory."""
+        if not rel or "\x00" in rel or "\\" in rel or rel[0] == "/" or rel[-1] == "/" or "//" in rel:
+            raise UnsafePath(f"unsafe path {rel!r}")
+        if "." in rel and any(part in (".", "..") for part in rel.split("/")):
+            raise UnsafePath(f"unsafe path {rel!r}")
+        return f"{self._root}/{rel}"
 
     def path(self, rel: str) -> Path:
-        """The absolute path of ``rel``, refusing anything that leaves the mirror directory."""
-        if not rel or "\x00" in rel or "\\" in rel or rel.startswith("/"):
-            raise UnsafePath(f"unsafe path {rel!r}")
-        parts = rel.split("/")
-        if any(p in ("", ".", "..") for p in parts):
-            raise UnsafePath(f"unsafe path {rel!r}")
-        return self.root.joinpath(*parts)
+        """:meth:`fspath` as a :class:`~pathlib.Path`."""
+        return Path(self.fspath(rel))
 
-    def _ensure_dir(self, directory: Path) -> None:
-        if directory not in self._made_dirs:
-            directory.mkdir(parents=True, exist_ok=True)
-            self._made_dirs.add(directory)
+    def _ensure_dir(self, directory: str) -> None:
+        """Create ``directory`` and its parents: one system call when only the leaf is new."""
+        if directory in self._made_dirs:
+            return
+        try:
+            os.mkdir(directory)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            os.makedirs(directory, exist_ok=True)
+        self._made_dirs.add(directory)
 
     @contextlib.contextmanager
     def writer(self, rel: str, mtime: datetime | None = None) -> Iterator[BinaryIO]:
         """Yield a file to write ``rel``'s new content to; it replaces ``rel`` only on success."""
-        target = self.path(rel)
-        self._ensure_dir(target.parent)
-        temp = target.with_name(f".{target.name}{TEMP_SUFFIX}")
+        target = self.fspath(rel)
+        directory, name = target.rsplit("/", 1)
+        self._ensure_dir(directory)
+        temp = f"{directory}/.{name}{TEMP_SUFFIX}"
         try:
             with open(temp, "wb") as fh:
                 yield fh
-            if self.file_mode is not None:
-                os.chmod(temp, self.file_mode)
+                if self.file_mode is not None:
+                    os.fchmod(fh.fileno(), self.file_mode)
             if mtime is not None:
                 stamp = mtime.timestamp()
                 os.utime(temp, (stamp, stamp))
@@ -105,20 +117,23 @@ class FilesystemStorage:
     def write_if_changed(self, rel: str, data: bytes) -> bool:
         """Write ``data`` unless ``rel`` already holds exactly it; say whether it wrote."""
         try:
-            if self.path(rel).read_bytes() == data:
-                return False
+            with open(self.fspath(rel), "rb") as fh:
+                if fh.read() == data:
+                    return False
         except FileNotFoundError:
             pass
         self.write_bytes(rel, data)
         return True
 
     def read_bytes(self, rel: str) -> bytes:
-        return self.path(rel).read_bytes()
+        with open(self.fspath(rel), "rb") as fh:
+            return fh.read()
 
     def read_text(self, rel: str) -> str | None:
         """The file's text, or None when it does not exist."""
         try:
-            return self.path(rel).read_text(encoding="utf-8")
+            with open(self.fspath(rel), encoding="utf-8") as fh:
+                return fh.read()
         except FileNotFoundError:
             return None
 
@@ -126,7 +141,7 @@ class FilesystemStorage:
         """The hex sha256 of a file, or None when it does not exist."""
         digest = hashlib.sha256()
         try:
-            with open(self.path(rel), "rb") as fh:
+            with open(self.fspath(rel), "rb") as fh:
                 while chunk := fh.read(HASH_CHUNK):
                     digest.update(chunk)
         except FileNotFoundError:
@@ -134,37 +149,38 @@ class FilesystemStorage:
         return digest.hexdigest()
 
     def exists(self, rel: str) -> bool:
-        return self.path(rel).exists()
+        return os.path.exists(self.fspath(rel))
 
     def stat(self, rel: str) -> os.stat_result | None:
         try:
-            return self.path(rel).stat()
+            return os.stat(self.fspath(rel))
         except FileNotFoundError:
             return None
 
     def delete(self, rel: str) -> bool:
         """Remove a file; say whether there was one."""
         try:
-            self.path(rel).unlink()
+            os.unlink(self.fspath(rel))
         except FileNotFoundError:
             return False
         return True
 
     def delete_tree(self, rel: str) -> bool:
         """Remove a directory and everything in it; say whether there was one."""
-        target = self.path(rel)
-        if not target.is_dir():
+        target = self.fspath(rel)
+        if not os.path.isdir(target):
             return False
         shutil.rmtree(target)
-        self._made_dirs = {d for d in self._made_dirs if not d.is_relative_to(target)}
+        self._made_dirs = {d for d in self._made_dirs if d != target and not d.startswith(f"{target}/")}
         return True
 
     def symlink(self, rel: str, target_name: str) -> None:
-        """Point ``rel`` at ``target_name`` (a sibling file) atomically."""
-        link = self.path(rel)
-        self._ensure_dir(link.parent)
-        temp = link.with_name(f".{link.name}{TEMP_SUFFIX}")
+        """Point ``rel`` at ``target_name`` (relative to ``rel``'s directory) atomically."""
+        link = self.fspath(rel)
+        directory, name = link.rsplit("/", 1)
+        self._ensure_dir(directory)
+        temp = f"{directory}/.{name}{TEMP_SUFFIX}"
         with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
+            os.unlink(temp)
         os.symlink(target_name, temp)
         os.replace(temp, link)

@@ -35,7 +35,7 @@ from .errors import LockHeld, ProjectGone
 from .filters import FilterSet
 from .package import Download, plan_downloads, publish, unpublish
 from .state import MirrorState, Todo
-from .storage import FilesystemStorage
+from .storage import Storage
 from .upstream import Upstream
 
 logger = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class Mirror:
         self,
         config: MirrorConfig,
         upstream: Upstream,
-        storage: FilesystemStorage,
+        storage: Storage,
         filters: FilterSet,
     ) -> None:
         self.config = config
@@ -325,7 +325,7 @@ class Mirror:
 
 def sync(
     upstream: Upstream,
-    storage: FilesystemStorage,
+    storage: Storage,
     config: MirrorConfig,
     filters: FilterSet,
     *,
