@@ -1,9 +1,16 @@
 """The sync engine: bring a mirror (Storage) up to date with an upstream (Upstream).
 
-One pool of ``workers`` threads runs two kinds of task: *project* tasks fetch a
-project's metadata, filter it and plan its downloads; *file* tasks download one file
+A :class:`_Worker` runs a pool of threads over two kinds of task: *project* tasks fetch
+a project's metadata, filter it and plan its downloads; *file* tasks download one file
 each. A project's pages are written by whichever task finishes its last file, so the
-files of one project download in parallel and no worker ever waits on another.
+files of one project download in parallel and no thread ever waits on another.
+
+Python runs one thread at a time, and a full sync spends most of its CPU in Python
+(HTTP parsing, bookkeeping). So a large run forks one worker process per core, each
+with its share of the projects and of the ``workers`` threads; a small run keeps one
+worker in-process. Either way every worker reports each project through one queue, and
+only :class:`Mirror`, in the main process, applies the results: project records, the
+report, ``todo`` checkpoints, stop-on-error.
 
 Progress is recorded so that a run killed at any moment loses nothing: ``todo`` holds
 the target serial and the projects still to do, rewritten (atomically, in batches every
@@ -16,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
+import os
 import queue
 import threading
 import time
@@ -24,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import filelock
 from packaging.utils import canonicalize_name
@@ -33,6 +43,7 @@ from .config import MirrorConfig
 from .discovery import discover
 from .errors import LockHeld, ProjectGone
 from .filters import FilterSet
+from .models import Project
 from .package import Download, plan_downloads, publish, unpublish
 from .state import MirrorState, Todo
 from .storage import Storage
@@ -41,6 +52,11 @@ from .upstream import Upstream
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_SECONDS = 2.0
+#: Below this many projects, forking worker processes costs more than it saves.
+MIN_PROJECTS_PER_PROCESS = 50
+
+#: What a worker reports for one project: (kind, name, detail); kinds below.
+SYNCED, SKIPPED, REMOVED, FAILED, EXITED = "synced", "skipped", "removed", "failed", "exited"
 
 
 @dataclass
@@ -92,38 +108,130 @@ class _Job:
     def __init__(self, name: str, serial: int) -> None:
         self.name = name
         self.serial = serial
-        self.project = None
+        self.project: Project | None = None
         self.pending = 0
+        self.files = 0
+        self.bytes = 0
+        self.written: list[str] = []
         self.error: str | None = None
 
 
-class Mirror:
-    """A mirror directory, its state, and the worker pool that fills it."""
+class _Worker:
+    """Syncs a list of projects with a pool of threads, reporting each one through ``emit``."""
 
-    def __init__(
-        self,
-        config: MirrorConfig,
-        upstream: Upstream,
-        storage: Storage,
-        filters: FilterSet,
-    ) -> None:
+    def __init__(self, mirror: Mirror, threads: int, emit: Any, stop: Any) -> None:
+        self.config = mirror.config
+        self.upstream = mirror.upstream
+        self.storage = mirror.storage
+        self.filters = mirror.filters
+        self.state = mirror.state
+        self.threads = threads
+        self.emit = emit
+        self.stop = stop
+        self._lock = threading.Lock()
+        self._capacity = threads * 4  # projects in flight, bounding memory
+        self._slots = threading.Semaphore(self._capacity)
+        self._pool: ThreadPoolExecutor | None = None
+
+    def run(self, items: Iterable[tuple[str, int]]) -> None:
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="sync") as pool:
+            self._pool = pool
+            for name, serial in items:
+                self._slots.acquire()
+                if self.stop.is_set():
+                    self._slots.release()
+                    break
+                pool.submit(self._project_task, _Job(name, serial))
+            # Every project gives its slot back once reported: holding them all means the
+            # last one is done, and no task will submit to the pool after it shuts down.
+            for _ in range(self._capacity):
+                self._slots.acquire()
+
+    def _report(self, kind: str, job: _Job, detail: Any = None) -> None:
+        self.emit((kind, job.name, detail))
+        self._slots.release()
+
+    def _project_task(self, job: _Job) -> None:
+        try:
+            try:
+                project = self.upstream.project(job.name, job.serial)
+            except ProjectGone:
+                canonical = canonicalize_name(job.name)
+                removed = []
+                if canonical in self.state.projects or self.storage.exists(self.state.simple_dir(canonical)):
+                    logger.info("%s: deleted upstream; removing it from the index", job.name)
+                    removed = unpublish(canonical, self.config, self.storage, self.state)
+                self._report(REMOVED, job, (canonical, removed))
+                return
+            if not self.filters.filter_project(project):
+                logger.debug("%s: dropped by filters", job.name)
+                self._report(SKIPPED, job)
+                return
+            job.project = project
+            downloads = plan_downloads(project, self.config, self.storage)
+        except Exception as exc:  # every failure must be reported, or the run never ends
+            self._report(FAILED, job, _reason(exc))
+            return
+        if not downloads:
+            self._finish(job)
+            return
+        job.pending = len(downloads)
+        assert self._pool is not None
+        for download in downloads:
+            self._pool.submit(self._file_task, job, download)
+
+    def _file_task(self, job: _Job, download: Download) -> None:
+        if job.error is None and not self.stop.is_set():
+            try:
+                size = download.fetch(self.upstream, self.storage)
+                logger.debug("Downloaded %s (%d bytes)", download.path, size)
+                with self._lock:
+                    job.files += 1
+                    job.bytes += size
+                    job.written.append(download.path)
+            except Exception as exc:
+                job.error = job.error or _reason(exc)
+        elif job.error is None:
+            job.error = "not finished: the run stopped"
+        with self._lock:
+            job.pending -= 1
+            last = job.pending == 0
+        if last:
+            self._finish(job)
+
+    def _finish(self, job: _Job) -> None:
+        if job.error is not None:
+            self._report(FAILED, job, job.error)
+            return
+        project = job.project
+        assert project is not None
+        try:
+            job.written += publish(project, self.config, self.storage, self.state)
+        except Exception as exc:
+            self._report(FAILED, job, _reason(exc))
+            return
+        logger.info("%s: synced at serial %d", project.name, project.serial)
+        self._report(SYNCED, job, (project.canonical, project.name, project.serial, job.files, job.bytes, job.written))
+
+
+class Mirror:
+    """A mirror directory, its state, and the workers that fill it."""
+
+    def __init__(self, config: MirrorConfig, upstream: Upstream, storage: Storage, filters: FilterSet) -> None:
         self.config = config
         self.upstream = upstream
         self.storage = storage
         self.filters = filters
         self.state = MirrorState(storage, config.hash_index)
-        self._lock = threading.Lock()
-        self._done: queue.SimpleQueue[tuple[str, str | None]] = queue.SimpleQueue()
-        self._stopping = False
-        self._report = Report()
-        self._pool: ThreadPoolExecutor | None = None
+        self.report = Report()
+        self._stopped = False
 
     # -- the two entry points ----------------------------------------------------------
     def run(self, force_check: bool = False, cleanup_todo: bool = False) -> Report:
         """The ``mirror`` command: sync everything that changed since the last run."""
-        report = self._report
+        report = self.report
         full = self.state.check_generation() or force_check
-        known = self.state.projects  # loaded here, before any worker thread needs it
+        known = self.state.projects  # loaded now: forked workers inherit it
         status = self.state.status
         if cleanup_todo:
             self.state.remove_todo()
@@ -160,66 +268,114 @@ class Mirror:
         self._sync(todo)
 
         self._write_root(target)
-        if todo.projects:
-            self.state.write_todo(todo)  # what failed, or was never started after stop-on-error
-        else:
+        if not todo.projects:  # else it holds what failed, or was never started after a stop
             self.state.remove_todo()
-        if not self._stopping:
+        if not self._stopped:
             # Failed projects stay in todo; the next run retries them with what changed since.
             self.state.write_status(target)
-        if not report.failed and not self._stopping:
-            stamp = report.started_at.strftime("%Y%m%dT%H:%M:%S\n")
-            self.storage.write_bytes("web/last-modified", stamp.encode())
+        if not report.failed and not self._stopped:
+            self.storage.write_bytes("web/last-modified", report.started_at.strftime("%Y%m%dT%H:%M:%S\n").encode())
         self._write_diff_file()
         return report
 
     def sync_projects(self, names: Iterable[str], write_root: bool = True) -> Report:
         """The ``sync`` command: sync the named projects now; ``status`` and ``todo`` stay."""
         work = {canonicalize_name(n): 0 for n in names if self.filters.allows_name(n)}
-        self.state.projects  # loaded here, before any worker thread needs it
+        self.state.projects  # loaded now: forked workers inherit it
         self._sync(Todo(self.state.status, work), checkpoint=False)
         if write_root:
             self._write_root(self.state.status)
-        return self._report
+        else:
+            self.state.save_projects()
+        return self.report
 
-    # -- the pool ------------------------------------------------------------------------
+    # -- running the workers -------------------------------------------------------------
     def _sync(self, todo: Todo, checkpoint: bool = True) -> None:
-        """Sync every project of ``todo``; failures end up in the report, not as exceptions."""
-        report = self._report
-        pending = iter(list(todo.projects.items()))
-        in_flight = 0
-        max_in_flight = self.config.workers * 4
+        """Sync every project of ``todo``; failures end up in the report, not as exceptions.
+
+        Finished projects are removed from ``todo.projects``; what is left at the end
+        failed, or was never started because the run stopped.
+        """
+        items = list(todo.projects.items())
+        processes = _process_count(self.config.workers, len(items))
+        context = multiprocessing.get_context("fork") if processes > 1 else None
+        stop = context.Event() if context else threading.Event()
+        results: Any = context.Queue() if context else queue.SimpleQueue()
+        runners = self._start(items, processes, context, stop, results)
         last_checkpoint = time.monotonic()
         finished: list[str] = []
-        with ThreadPoolExecutor(self.config.workers, thread_name_prefix="sync") as pool:
-            self._pool = pool
-            while True:
-                while not self._stopping and in_flight < max_in_flight:
-                    item = next(pending, None)
-                    if item is None:
-                        break
-                    pool.submit(self._project_task, _Job(*item))
-                    in_flight += 1
-                if in_flight == 0:
+        running = len(runners)
+        while running:
+            try:
+                kind, name, detail = results.get(timeout=1.0)
+            except queue.Empty:
+                if any(r.is_alive() for r in runners):
+                    continue
+                try:  # every worker is gone, some without saying so: take what they left
+                    kind, name, detail = results.get(timeout=0.1)
+                except queue.Empty:
                     break
-                name, error = self._done.get()
-                in_flight -= 1
-                if error is None:
-                    finished.append(name)
-                else:
-                    report.failed[name] = error
-                    logger.error("%s: failed: %s", name, error)
-                    if self.config.stop_on_error:
-                        logger.error("Stopping at the first failure (stop-on-error = true)")
-                        self._stopping = True
-                if checkpoint and finished and time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
-                    self._checkpoint(todo, finished)
-                    finished = []
-                    last_checkpoint = time.monotonic()
-        if checkpoint and finished:
+            if kind == EXITED:
+                running -= 1
+                continue
+            if self._apply(kind, name, detail, stop):
+                finished.append(name)
+            if checkpoint and finished and time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
+                self._checkpoint(todo, finished)
+                finished, last_checkpoint = [], time.monotonic()
+        for runner in runners:
+            runner.join()
+        if checkpoint:
             self._checkpoint(todo, finished)
-        elif finished:
-            self.state.save_projects()
+        else:
+            for name in finished:
+                todo.projects.pop(name, None)
+        for runner in runners:
+            if getattr(runner, "exitcode", 0):
+                logger.error("A worker process ended with status %s; its unfinished projects stay in todo", runner.exitcode)
+
+    def _start(self, items: list[tuple[str, int]], processes: int, context: Any, stop: Any, results: Any) -> list[Any]:
+        """Start the workers: one thread in this process, or ``processes`` forked ones."""
+        if context is None:
+            worker = _Worker(self, self.config.workers, results.put, stop)
+            thread = threading.Thread(target=_run_worker, args=(worker, items, results), name="worker", daemon=True)
+            thread.start()
+            return [thread]
+        share, extra = divmod(self.config.workers, processes)
+        runners = []
+        for index in range(processes):
+            worker = _Worker(self, share + (index < extra), results.put, stop)
+            process = context.Process(target=_run_worker_process, args=(worker, items[index::processes], results))
+            process.start()
+            runners.append(process)
+        logger.info("Syncing %d projects in %d worker processes", len(items), processes)
+        return runners
+
+    def _apply(self, kind: str, name: str, detail: Any, stop: Any) -> bool:
+        """Apply one worker result; return True when the project is done with (not failed)."""
+        report = self.report
+        if kind == SYNCED:
+            canonical, display, serial, files, size, written = detail
+            self.state.record(canonical, display, serial)
+            report.synced += 1
+            report.files += files
+            report.bytes += size
+            report.written += written
+        elif kind == REMOVED:
+            canonical, written = detail
+            if written or canonical in self.state.projects:
+                self.state.forget(canonical)
+                report.removed += 1
+                report.written += written
+        elif kind == FAILED:
+            report.failed[name] = detail
+            logger.error("%s: failed: %s", name, detail)
+            if self.config.stop_on_error and not self._stopped:
+                logger.error("Stopping at the first failure (stop-on-error = true)")
+                self._stopped = True
+                stop.set()
+            return False
+        return True
 
     def _checkpoint(self, todo: Todo, finished: list[str]) -> None:
         """Record finished projects: their records first, then the shorter todo."""
@@ -227,75 +383,6 @@ class Mirror:
         for name in finished:
             todo.projects.pop(name, None)
         self.state.write_todo(todo)
-
-    def _project_task(self, job: _Job) -> None:
-        try:
-            try:
-                project = self.upstream.project(job.name, job.serial)
-            except ProjectGone:
-                canonical = canonicalize_name(job.name)
-                if canonical in self.state.projects or self.storage.exists(self.state.simple_dir(canonical)):
-                    logger.info("%s: deleted upstream; removing it from the index", job.name)
-                    self._record_written(unpublish(canonical, self.config, self.storage, self.state))
-                    with self._lock:
-                        self._report.removed += 1
-                self._done.put((job.name, None))
-                return
-            if not self.filters.filter_project(project):
-                logger.debug("%s: dropped by filters", job.name)
-                self._done.put((job.name, None))
-                return
-            job.project = project
-            downloads = plan_downloads(project, self.config, self.storage)
-        except Exception as exc:  # every failure must reach the main thread
-            self._done.put((job.name, _reason(exc)))
-            return
-        if not downloads:
-            self._finish(job)
-            return
-        job.pending = len(downloads)
-        assert self._pool is not None
-        for download in downloads:
-            self._pool.submit(self._file_task, job, download)
-
-    def _file_task(self, job: _Job, download: Download) -> None:
-        if job.error is None and not self._stopping:
-            try:
-                size = download.fetch(self.upstream, self.storage)
-                logger.debug("Downloaded %s (%d bytes)", download.path, size)
-                with self._lock:
-                    self._report.files += 1
-                    self._report.bytes += size
-                    self._report.written.append(download.path)
-            except Exception as exc:
-                job.error = job.error or _reason(exc)
-        elif job.error is None:
-            job.error = "not finished: the run stopped"
-        with self._lock:
-            job.pending -= 1
-            last = job.pending == 0
-        if last:
-            self._finish(job)
-
-    def _finish(self, job: _Job) -> None:
-        if job.error is not None:
-            self._done.put((job.name, job.error))
-            return
-        try:
-            assert job.project is not None
-            written = publish(job.project, self.config, self.storage, self.state)
-        except Exception as exc:
-            self._done.put((job.name, _reason(exc)))
-            return
-        self._record_written(written)
-        with self._lock:
-            self._report.synced += 1
-        logger.info("%s: synced at serial %d", job.project.name, job.project.serial)
-        self._done.put((job.name, None))
-
-    def _record_written(self, paths: list[str]) -> None:
-        with self._lock:
-            self._report.written.extend(paths)
 
     # -- end of run ----------------------------------------------------------------------
     def _write_root(self, serial: int) -> None:
@@ -305,11 +392,11 @@ class Mirror:
             html = pages.root_html((c, d) for c, (d, _) in records).encode()
             for name in ("index.html", "index.v1_html"):
                 if self.storage.write_if_changed(f"web/simple/{name}", html):
-                    self._report.written.append(f"web/simple/{name}")
+                    self.report.written.append(f"web/simple/{name}")
         if self.config.write_json:
             page = pages.root_json(((d, s) for _, (d, s) in records), serial).encode()
             if self.storage.write_if_changed("web/simple/index.v1_json", page):
-                self._report.written.append("web/simple/index.v1_json")
+                self.report.written.append("web/simple/index.v1_json")
         self.state.save_projects()
 
     def _write_diff_file(self) -> None:
@@ -318,9 +405,29 @@ class Mirror:
         path = self.config.diff_file
         if self.config.diff_append_epoch:
             path = f"{path}-{int(time.time())}"
-        lines = "".join(f"{self.storage.path(p)}\n" for p in sorted(set(self._report.written)))
+        lines = "".join(f"{self.storage.path(p)}\n" for p in sorted(set(self.report.written)))
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(lines)
+
+
+def _run_worker(worker: _Worker, items: list[tuple[str, int]], results: Any) -> None:
+    try:
+        worker.run(items)
+    finally:
+        results.put((EXITED, "", None))
+
+
+def _run_worker_process(worker: _Worker, items: list[tuple[str, int]], results: Any) -> None:
+    """Entry point of a forked worker: fresh connections, then the same thread engine."""
+    worker.upstream.close()
+    _run_worker(worker, items, results)
+
+
+def _process_count(workers: int, projects: int) -> int:
+    """How many worker processes: one per core, never more than threads or than useful."""
+    if not hasattr(os, "fork"):
+        return 1
+    return max(1, min(os.cpu_count() or 1, workers, projects // MIN_PROJECTS_PER_PROCESS))
 
 
 def sync(

@@ -136,6 +136,11 @@ class Upstream:
         )
 
     def close(self) -> None:
+        """Close every pooled connection; the next request opens a new one.
+
+        A forked worker process calls this first, so that it never shares a socket with
+        its parent.
+        """
         self._http.clear()
 
     # -- one request -----------------------------------------------------------------
