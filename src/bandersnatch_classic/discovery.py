@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from packaging.utils import canonicalize_name
 
-from .errors import UpstreamError
+from .errors import UnsafePath, UpstreamError
+from .models import check_project_name
 from .upstream import MethodUnavailable, Upstream
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ class Plan:
     projects: dict[str, int]
     #: Canonical names of mirrored projects the upstream no longer lists.
     removed: set[str]
+    #: Names the upstream listed that are not valid project names, with the reason.
+    rejected: dict[str, str] = field(default_factory=dict)
 
 
 def discover(
@@ -70,6 +73,12 @@ def discover(
             logger.info("Upstream method %s unavailable (%s); trying the next", name, exc)
             last_error = exc
             continue
+        for project in list(plan.projects):
+            try:
+                check_project_name(project)
+            except UnsafePath as exc:
+                plan.rejected[project] = str(exc)
+                del plan.projects[project]
         plan.projects = {n: s for n, s in plan.projects.items() if allows(n)}
         logger.info(
             "Using %s: %d projects to sync, target serial %d", plan.method, len(plan.projects), plan.target

@@ -8,6 +8,7 @@ can store what the upstream said, minus what filters removed.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -112,6 +113,21 @@ class Project:
         if serial is None:
             serial = int(doc.get("last_serial") or 0)
         return cls(name=str(info.get("name") or ""), serial=serial, releases=releases, info=info, raw=doc)
+
+
+#: A valid project name (PEP 508): what the public index accepts, and all a path may hold.
+_VALID_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)
+
+
+def check_project_name(name: str) -> str:
+    """Return the canonical form of ``name``; raise :class:`UnsafePath` if it is not a valid name.
+
+    Names become directory names (``web/simple/<name>/``), so a name from the upstream
+    that is not a valid project name is refused before it reaches a path.
+    """
+    if not _VALID_NAME.match(name):
+        raise UnsafePath(f"{name!r} is not a valid project name")
+    return canonicalize_name(name)
 
 
 def package_path(url: str) -> str:

@@ -14,9 +14,10 @@ report, ``todo`` checkpoints, stop-on-error.
 
 Progress is recorded so that a run killed at any moment loses nothing: ``todo`` holds
 the target serial and the projects still to do, rewritten (atomically, in batches every
-few seconds) as projects finish; ``status`` moves to the target only at the end.
-Projects that fail stay in ``todo`` with the status serial advanced past them, and the
-next run retries them together with whatever changed since (see docs/operations.md).
+few seconds) as projects finish; ``status`` moves to the target only when nothing is
+left. Projects that fail stay in ``todo`` and ``status`` stays where it was; the next run
+retries them together with whatever changed after the todo's target, so the rest of the
+mirror keeps advancing (see docs/operations.md).
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ from packaging.utils import canonicalize_name
 from . import pages
 from .config import MirrorConfig
 from .discovery import discover
-from .errors import LockHeld, ProjectGone
+from .errors import LockHeld, ProjectGone, UnsafePath
 from .filters import FilterSet
-from .models import Project
+from .models import Project, check_project_name
 from .package import Download, plan_downloads, publish, unpublish
 from .state import MirrorState, Todo
 from .storage import Storage
@@ -153,16 +154,18 @@ class _Worker:
 
     def _project_task(self, job: _Job) -> None:
         try:
+            canonical = check_project_name(job.name)
             try:
                 project = self.upstream.project(job.name, job.serial)
             except ProjectGone:
-                canonical = canonicalize_name(job.name)
                 removed = []
                 if canonical in self.state.projects or self.storage.exists(self.state.simple_dir(canonical)):
                     logger.info("%s: deleted upstream; removing it from the index", job.name)
                     removed = unpublish(canonical, self.config, self.storage, self.state)
                 self._report(REMOVED, job, (canonical, removed))
                 return
+            if check_project_name(project.name) != canonical:
+                raise UnsafePath(f"the upstream answered for {job.name!r} with project {project.name!r}")
             if not self.filters.filter_project(project):
                 logger.debug("%s: dropped by filters", job.name)
                 self._report(SKIPPED, job)
@@ -236,23 +239,29 @@ class Mirror:
         if cleanup_todo:
             self.state.remove_todo()
         todo = self.state.read_todo()
+        # An unfinished run (killed, or with projects that failed) left ``todo``: everything
+        # up to its target was discovered already, so resume its projects and ask only for
+        # what changed since. The status serial stays where it was until nothing is left.
+        since = status
         if todo is not None and todo.target > status:
-            logger.info("Resuming an unfinished run: %d projects left towards serial %d", len(todo.projects), todo.target)
-            report.method, target, work, removed = "todo", todo.target, dict(todo.projects), set()
-        else:
-            plan = discover(
-                self.upstream,
-                self.config.api_method,
-                status,
-                known,
-                self.filters.allows_name,
-                self.filters.allowlist(),
-                full or not status,
+            logger.info(
+                "Resuming an unfinished run: %d projects left towards serial %d", len(todo.projects), todo.target
             )
-            report.method, target, removed = plan.method, plan.target, plan.removed
-            work = _merge(todo.projects if todo else {}, plan.projects)
-            if todo:
-                logger.info("Retrying %d projects that failed in an earlier run", len(todo.projects))
+            since = todo.target
+        plan = discover(
+            self.upstream,
+            self.config.api_method,
+            since,
+            known,
+            self.filters.allows_name,
+            self.filters.allowlist(),
+            full or not since,
+        )
+        report.method, removed = plan.method, plan.removed
+        for name, reason in plan.rejected.items():
+            report.failed[name] = f"refused: {reason}"
+        target = max(plan.target, since)
+        work = _merge(todo.projects if todo else {}, plan.projects)
         report.serial = target
         if not work and not removed and target == status and self.storage.exists("status"):
             logger.info("Nothing to do: the mirror is at serial %d", status)
@@ -268,11 +277,11 @@ class Mirror:
         self._sync(todo)
 
         self._write_root(target)
-        if not todo.projects:  # else it holds what failed, or was never started after a stop
-            self.state.remove_todo()
-        if not self._stopped:
-            # Failed projects stay in todo; the next run retries them with what changed since.
+        if not todo.projects:
             self.state.write_status(target)
+            self.state.remove_todo()
+        # else todo holds what failed or was never started (after a stop): the next run
+        # retries those together with what changed after ``target``; status stays put.
         if not report.failed and not self._stopped:
             self.storage.write_bytes("web/last-modified", report.started_at.strftime("%Y%m%dT%H:%M:%S\n").encode())
         self._write_diff_file()

@@ -1,0 +1,536 @@
+"""A real upstream for the tests: an HTTP server on 127.0.0.1 speaking the public index's APIs.
+
+It serves a :class:`Corpus` the tests define and change between runs:
+
+- XML-RPC at ``/pypi``: ``changelog_last_serial``, ``list_packages_with_serial``,
+  ``changelog_since_serial`` (capped like the real one, so clients must page);
+- the JSON API at ``/pypi/<name>/json`` with ``X-PyPI-Last-Serial``;
+- the simple API at ``/simple/`` and ``/simple/<name>/`` (PEP 691 JSON or PEP 503 HTML);
+- the files and their PEP 658 ``.metadata`` under ``/packages/``.
+
+Switches make it behave like the upstreams met in the wild (``xmlrpc_enabled``,
+``simple_json_enabled``, ``serial_header``), and :meth:`UpstreamServer.fault` injects
+faults (error statuses with ``Retry-After``, connection resets, truncated and corrupted
+bodies, delays, stale JSON pages) on chosen paths. Every request is logged, so tests can
+count what a run asked for.
+
+Each response goes out in a single ``send``: a response written in pieces meets Nagle's
+algorithm and delayed ACKs on loopback and costs ~40 ms per request.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import html
+import io
+import json
+import re
+import socket
+import threading
+import time
+import xmlrpc.client
+import zipfile
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from packaging.utils import canonicalize_name
+
+EPOCH = datetime(2024, 1, 1, tzinfo=timezone.utc)
+SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
+
+
+@dataclasses.dataclass
+class File:
+    filename: str
+    content: bytes
+    upload_time: datetime
+    requires_python: str | None = None
+    yanked: bool | str = False
+    metadata: bytes | None = None
+    #: Overrides the URL path the JSON API announces (for hostile-upstream tests).
+    url_path: str | None = None
+    #: Overrides the announced sha256 (for hash-mismatch tests).
+    announced_sha256: str | None = None
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.content).hexdigest()
+
+    @property
+    def path(self) -> str:
+        """Where the file lives, shaped like the public index's blake2b paths."""
+        if self.url_path is not None:
+            return self.url_path
+        digest = hashlib.blake2b(self.content, digest_size=32).hexdigest()
+        return f"/packages/{digest[:2]}/{digest[2:4]}/{digest[4:]}/{self.filename}"
+
+    @property
+    def packagetype(self) -> str:
+        return "bdist_wheel" if self.filename.endswith(".whl") else "sdist"
+
+
+@dataclasses.dataclass
+class ProjectSpec:
+    name: str
+    serial: int = 0
+    releases: dict[str, list[File]] = dataclasses.field(default_factory=dict)
+
+
+class Corpus:
+    """The upstream's content, with a changelog that every change appends to."""
+
+    def __init__(self) -> None:
+        self.projects: dict[str, ProjectSpec] = {}
+        self.changelog: list[tuple[str, str | None, int, str, int]] = []
+        self.serial = 100
+        self._lock = threading.RLock()
+
+    # -- changes ---------------------------------------------------------------------
+    def _bump(self, name: str, version: str | None, action: str) -> int:
+        self.serial += 1
+        self.changelog.append((name, version, int(EPOCH.timestamp()) + self.serial, action, self.serial))
+        spec = self.projects.get(canonicalize_name(name))
+        if spec is not None:
+            spec.serial = self.serial
+        return self.serial
+
+    def get(self, name: str) -> ProjectSpec | None:
+        return self.projects.get(canonicalize_name(name))
+
+    def add_file(
+        self,
+        name: str,
+        version: str,
+        filename: str | None = None,
+        content: bytes | None = None,
+        *,
+        metadata: bool | bytes = False,
+        **fields: Any,
+    ) -> File:
+        """Add a file to a release (creating project and release as needed)."""
+        with self._lock:
+            canonical = canonicalize_name(name)
+            spec = self.projects.setdefault(canonical, ProjectSpec(name))
+            if filename is None:
+                filename = f"{canonical.replace('-', '_')}-{version}.tar.gz"
+            if content is None:
+                content = f"{name} {version} {filename}\n".encode() * 50
+            if metadata is True:
+                metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()
+            fields.setdefault("upload_time", EPOCH + timedelta(hours=self.serial))
+            file = File(filename, content, metadata=metadata or None, **fields)
+            spec.releases.setdefault(version, []).append(file)
+            self._bump(name, version, f"add file {filename}")
+            return file
+
+    def add_release(self, name: str, version: str) -> None:
+        """A release with no files (listed in PEP 700 ``versions`` only)."""
+        with self._lock:
+            spec = self.projects.setdefault(canonicalize_name(name), ProjectSpec(name))
+            spec.releases.setdefault(version, [])
+            self._bump(name, version, "new release")
+
+    def yank(self, name: str, version: str, reason: str | bool = True) -> None:
+        with self._lock:
+            for file in self.projects[canonicalize_name(name)].releases[version]:
+                file.yanked = reason
+            self._bump(name, version, "yank release" if reason else "unyank release")
+
+    def remove_file(self, name: str, filename: str) -> None:
+        with self._lock:
+            spec = self.projects[canonicalize_name(name)]
+            for files in spec.releases.values():
+                files[:] = [f for f in files if f.filename != filename]
+            self._bump(name, None, f"remove file {filename}")
+
+    def remove_release(self, name: str, version: str) -> None:
+        with self._lock:
+            del self.projects[canonicalize_name(name)].releases[version]
+            self._bump(name, version, "remove release")
+
+    def delete_project(self, name: str) -> None:
+        with self._lock:
+            self._bump(name, None, "remove project")
+            del self.projects[canonicalize_name(name)]
+
+    def touch(self, name: str) -> None:
+        """A change that alters nothing a mirror stores (e.g. a description edit)."""
+        with self._lock:
+            self._bump(name, None, "update description")
+
+    # -- views -----------------------------------------------------------------------
+    def files(self) -> dict[str, File]:
+        """Every file by its URL path (plus ``.metadata`` documents as File-like entries)."""
+        with self._lock:
+            out: dict[str, File] = {}
+            for spec in self.projects.values():
+                for files in spec.releases.values():
+                    for f in files:
+                        out[f.path] = f
+            return out
+
+    def json_doc(self, spec: ProjectSpec, base: str) -> dict[str, Any]:
+        releases = {version: [self._file_entry(f, version, base) for f in files] for version, files in spec.releases.items()}
+        latest = list(spec.releases)[-1] if spec.releases else ""
+        return {
+            "info": {"name": spec.name, "version": latest, "summary": f"The {spec.name} project"},
+            "last_serial": spec.serial,
+            "releases": releases,
+            "urls": releases.get(latest, []),
+            "vulnerabilities": [],
+        }
+
+    @staticmethod
+    def _file_entry(f: File, version: str, base: str) -> dict[str, Any]:
+        core: Any = {"sha256": hashlib.sha256(f.metadata).hexdigest()} if f.metadata else False
+        return {
+            "filename": f.filename,
+            "url": base + f.path,
+            "digests": {
+                "sha256": f.announced_sha256 or f.sha256,
+                "md5": hashlib.md5(f.content).hexdigest(),
+                "blake2b_256": hashlib.blake2b(f.content, digest_size=32).hexdigest(),
+            },
+            "size": len(f.content),
+            "packagetype": f.packagetype,
+            "python_version": "py3" if f.packagetype == "bdist_wheel" else "source",
+            "requires_python": f.requires_python,
+            "upload_time": f.upload_time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "upload_time_iso_8601": f.upload_time.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "yanked": bool(f.yanked),
+            "yanked_reason": f.yanked if isinstance(f.yanked, str) else None,
+            "core-metadata": core,
+            "data-dist-info-metadata": core,
+            "version": version,
+        }
+
+    def simple_project(self, spec: ProjectSpec, base: str) -> dict[str, Any]:
+        files = []
+        for version, entries in spec.releases.items():
+            for f in entries:
+                files.append(
+                    {
+                        "filename": f.filename,
+                        "url": base + f.path,
+                        "hashes": {"sha256": f.sha256},
+                        "requires-python": f.requires_python,
+                        "size": len(f.content),
+                        "upload-time": f.upload_time.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                        "yanked": f.yanked,
+                        "core-metadata": {"sha256": hashlib.sha256(f.metadata).hexdigest()} if f.metadata else False,
+                    }
+                )
+        return {
+            "meta": {"api-version": "1.1", "_last-serial": spec.serial},
+            "name": canonicalize_name(spec.name),
+            "versions": list(spec.releases),
+            "files": files,
+        }
+
+
+@dataclasses.dataclass
+class Fault:
+    """One injected misbehaviour: ``kind`` on requests whose path matches ``pattern``."""
+
+    pattern: str
+    kind: str  # status | reset | truncate | corrupt | delay | stale
+    times: int | None = 1  # None: forever
+    status: int = 503
+    retry_after: str | None = None
+    seconds: float = 0.0
+
+    def matches(self, path: str) -> bool:
+        return re.search(self.pattern, path) is not None
+
+
+class UpstreamServer:
+    """The test upstream. Use as a context manager or call :meth:`start` / :meth:`stop`."""
+
+    def __init__(self, corpus: Corpus | None = None) -> None:
+        self.corpus = corpus or Corpus()
+        self.xmlrpc_enabled = True
+        self.simple_json_enabled = True
+        self.serial_header = True
+        self.changelog_cap = 50_000
+        self.faults: list[Fault] = []
+        self.requests: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        #: Called with (method, path) before each request is answered (for kill tests).
+        self.on_request: Any = None
+        handler = type("Handler", (_Handler,), {"upstream": self})
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> UpstreamServer:
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> UpstreamServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def fault(self, pattern: str, kind: str, times: int | None = 1, **kwargs: Any) -> Fault:
+        fault = Fault(pattern, kind, times, **kwargs)
+        with self._lock:
+            self.faults.append(fault)
+        return fault
+
+    def clear(self) -> None:
+        """Forget the request log and every fault."""
+        with self._lock:
+            self.requests.clear()
+            self.faults.clear()
+
+    def count(self, prefix: str = "") -> int:
+        with self._lock:
+            return sum(1 for _m, p in self.requests if p.startswith(prefix))
+
+    def counts(self) -> Counter[str]:
+        """Requests by kind: xmlrpc, json, simple, file, metadata."""
+        with self._lock:
+            return Counter(_kind(m, p) for m, p in self.requests)
+
+    def _take_fault(self, path: str) -> Fault | None:
+        with self._lock:
+            for fault in self.faults:
+                if fault.matches(path) and (fault.times is None or fault.times > 0):
+                    if fault.times is not None:
+                        fault.times -= 1
+                    return fault
+        return None
+
+    def _log(self, method: str, path: str) -> None:
+        with self._lock:
+            self.requests.append((method, path))
+        if self.on_request is not None:
+            self.on_request(method, path)
+
+
+def _kind(method: str, path: str) -> str:
+    if method == "POST":
+        return "xmlrpc"
+    if path.startswith("/pypi/"):
+        return "json"
+    if path.startswith("/simple"):
+        return "simple"
+    if path.endswith(".metadata"):
+        return "metadata"
+    return "file"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    upstream: UpstreamServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+        pass
+
+    # -- plumbing --------------------------------------------------------------------
+    def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None, fault: Fault | None = None) -> None:
+        head = [f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}", f"Content-Type: {ctype}", f"Content-Length: {len(body)}"]
+        head += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        payload = body if self.command != "HEAD" else b""
+        if fault is not None and fault.kind == "corrupt" and payload:
+            payload = bytes([payload[0] ^ 0xFF]) + payload[1:]
+        if fault is not None and fault.kind == "truncate":
+            payload = payload[: len(payload) // 2]
+            head.append("Connection: close")
+            self.close_connection = True
+        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload)
+        self.wfile.flush()
+        if fault is not None and fault.kind == "truncate":
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _apply_fault(self, path: str) -> Fault | None:
+        """Handle faults that replace the answer; return those that alter it."""
+        fault = self.upstream._take_fault(path)
+        if fault is None:
+            return None
+        if fault.kind == "delay":
+            time.sleep(fault.seconds)
+            return None
+        if fault.kind == "reset":
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            self.close_connection = True
+            self.connection.close()
+            return fault
+        if fault.kind == "status":
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+            self._send(fault.status, b"injected error\n", "text/plain", headers)
+            return fault
+        return fault  # truncate / corrupt / stale: alter the normal answer
+
+    # -- routing ---------------------------------------------------------------------
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.upstream._log("POST", self.path)
+        fault = self._apply_fault("POST " + self.path)
+        if fault is not None and fault.kind in ("reset", "status"):
+            return
+        if self.path.rstrip("/") != "/pypi" or not self.upstream.xmlrpc_enabled:
+            self._send(405, b"XML-RPC is not available here\n", "text/plain")
+            return
+        params, method = xmlrpc.client.loads(body)
+        corpus = self.upstream.corpus
+        with corpus._lock:
+            if method == "changelog_last_serial":
+                result: Any = corpus.serial
+            elif method == "list_packages_with_serial":
+                result = {s.name: s.serial for s in corpus.projects.values()}
+            elif method == "changelog_since_serial":
+                since = int(params[0])
+                entries = [list(e) for e in corpus.changelog if e[4] > since]
+                result = [[n, v or "", t, a, s] for n, v, t, a, s in entries[: self.upstream.changelog_cap]]
+            else:
+                fault_body = xmlrpc.client.dumps(xmlrpc.client.Fault(1, f"no method {method}"), methodresponse=True)
+                self._send(200, fault_body.encode(), "text/xml", fault=fault)
+                return
+        self._send(200, xmlrpc.client.dumps((result,), methodresponse=True, allow_none=True).encode(), "text/xml", fault=fault)
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        self.upstream._log("GET", path)
+        fault = self._apply_fault(path)
+        if fault is not None and fault.kind in ("reset", "status"):
+            return
+        corpus = self.upstream.corpus
+        base = self.upstream.url
+        with corpus._lock:
+            if path.startswith("/pypi/") and path.endswith("/json"):
+                return self._json_api(unquote(path[len("/pypi/") : -len("/json")]).strip("/"), base, fault)
+            if path in ("/simple", "/simple/"):
+                return self._simple_root(fault)
+            if path.startswith("/simple/"):
+                return self._simple_project(unquote(path[len("/simple/") :]).strip("/"), base, fault)
+            if path.startswith("/packages/"):
+                return self._file(path, fault)
+        self._send(404, b"not found\n", "text/plain")
+
+    def _serial_headers(self, serial: int) -> dict[str, str]:
+        return {"X-PyPI-Last-Serial": str(serial)} if self.upstream.serial_header else {}
+
+    def _json_api(self, name: str, base: str, fault: Fault | None) -> None:
+        spec = self.upstream.corpus.get(name)
+        if spec is None:
+            return self._send(404, b'{"message": "Not Found"}', "application/json")
+        doc = self.upstream.corpus.json_doc(spec, base)
+        serial = spec.serial
+        if fault is not None and fault.kind == "stale":
+            serial -= 1
+            doc["last_serial"] = serial
+        self._send(200, json.dumps(doc).encode(), "application/json", self._serial_headers(serial), fault)
+
+    def _wants_json(self) -> bool:
+        return self.upstream.simple_json_enabled and SIMPLE_JSON in (self.headers.get("Accept") or "")
+
+    def _simple_root(self, fault: Fault | None) -> None:
+        corpus = self.upstream.corpus
+        specs = sorted(corpus.projects.values(), key=lambda s: canonicalize_name(s.name))
+        if self._wants_json():
+            doc = {
+                "meta": {"api-version": "1.1", "_last-serial": corpus.serial},
+                "projects": [{"name": s.name, "_last-serial": s.serial} for s in specs],
+            }
+            return self._send(200, json.dumps(doc).encode(), SIMPLE_JSON, self._serial_headers(corpus.serial), fault)
+        links = "".join(f'<a href="/simple/{canonicalize_name(s.name)}/">{html.escape(s.name)}</a>\n' for s in specs)
+        page = f"<!DOCTYPE html>\n<html><body>\n{links}</body></html>\n"
+        self._send(200, page.encode(), "text/html", self._serial_headers(corpus.serial), fault)
+
+    def _simple_project(self, name: str, base: str, fault: Fault | None) -> None:
+        spec = self.upstream.corpus.get(name)
+        if spec is None:
+            return self._send(404, b"not found\n", "text/plain")
+        doc = self.upstream.corpus.simple_project(spec, base)
+        if self._wants_json():
+            return self._send(200, json.dumps(doc).encode(), SIMPLE_JSON, self._serial_headers(spec.serial), fault)
+        links = "".join(f'<a href="{f["url"]}#sha256={f["hashes"]["sha256"]}">{f["filename"]}</a>\n' for f in doc["files"])
+        page = f"<!DOCTYPE html>\n<html><body>\n{links}</body></html>\n<!--SERIAL {spec.serial}-->"
+        self._send(200, page.encode(), "text/html", self._serial_headers(spec.serial), fault)
+
+    def _file(self, path: str, fault: Fault | None) -> None:
+        files = self.upstream.corpus.files()
+        if path.endswith(".metadata") and path[: -len(".metadata")] in files:
+            meta = files[path[: -len(".metadata")]].metadata
+            if meta is not None:
+                return self._send(200, meta, "application/octet-stream", fault=fault)
+        elif path in files:
+            return self._send(200, files[path].content, "application/octet-stream", fault=fault)
+        self._send(404, b"not found\n", "text/plain")
+
+
+# -- building blocks for corpora ---------------------------------------------------------
+def make_wheel(name: str, version: str, module_source: str = "VALUE = 42\n", requires: list[str] | None = None) -> tuple[str, bytes, bytes]:
+    """A small valid wheel: (filename, wheel bytes, METADATA bytes)."""
+    dist = canonicalize_name(name).replace("-", "_")
+    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+    metadata += "".join(f"Requires-Dist: {r}\n" for r in requires or [])
+    files = {
+        f"{dist}/__init__.py": module_source.encode(),
+        f"{dist}-{version}.dist-info/METADATA": metadata.encode(),
+        f"{dist}-{version}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record_name = f"{dist}-{version}.dist-info/RECORD"
+    record = ""
+    for arcname, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record += f"{arcname},sha256={digest},{len(data)}\n"
+    record += f"{record_name},,\n"
+    files[record_name] = record.encode()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for arcname, data in files.items():
+            info = zipfile.ZipInfo(arcname, date_time=(2024, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, data)
+    return f"{dist}-{version}-py3-none-any.whl", buffer.getvalue(), metadata.encode()
+
+
+def standard_corpus() -> Corpus:
+    """Names that need normalising, yanked files, requires-python, wheels with metadata."""
+    corpus = Corpus()
+    wheel, data, meta = make_wheel("Foo.Bar_Baz", "1.0")
+    corpus.add_file("Foo.Bar_Baz", "1.0", wheel, data, metadata=meta, requires_python=">=3.8")
+    corpus.add_file("Foo.Bar_Baz", "1.0", "Foo.Bar_Baz-1.0.tar.gz", requires_python=">=3.8")
+    corpus.add_file("Foo.Bar_Baz", "1.1rc1", "foo_bar_baz-1.1rc1.tar.gz", requires_python="<4,>=3.8")
+    corpus.add_file("small", "0.1", "small-0.1.tar.gz")
+    corpus.add_file("small", "0.2", "small-0.2.tar.gz")
+    corpus.yank("small", "0.1", "broken build")
+    corpus.add_file("small", "0.3", "small-0.3.tar.gz", yanked=True)
+    wheel, data, meta = make_wheel("Tiny-Lib", "2.0")
+    corpus.add_file("Tiny-Lib", "2.0", wheel, data, metadata=meta)
+    corpus.add_release("Tiny-Lib", "0.0.1")
+    return corpus
+
+
+def bulk_corpus(projects: int, releases: int = 2, files: int = 2, size: int = 2048) -> Corpus:
+    """A bigger synthetic corpus: ``projects x releases x files`` files of ``size`` bytes."""
+    corpus = Corpus()
+    for p in range(projects):
+        name = f"bulk-{p:04d}"
+        for r in range(releases):
+            for f in range(files):
+                filename = f"bulk_{p:04d}-{r}.0-f{f}.tar.gz"
+                seed = f"{name}/{r}/{f}".encode()
+                content = (hashlib.sha256(seed).digest() * (size // 32 + 1))[:size]
+                corpus.add_file(name, f"{r}.0", filename, content)
+    return corpus
