@@ -238,7 +238,7 @@ class Fault:
     """One injected misbehaviour: ``kind`` on requests whose path matches ``pattern``."""
 
     pattern: str
-    kind: str  # status | reset | truncate | corrupt | delay | stale
+    kind: str  # status | reset | truncate | corrupt | delay | stale | trickle
     times: int | None = 1  # None: forever
     status: int = 503
     retry_after: str | None = None
@@ -263,7 +263,7 @@ class UpstreamServer:
         #: Called with (method, path) before each request is answered (for kill tests).
         self.on_request: Any = None
         handler = type("Handler", (_Handler,), {"upstream": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server = _QuietServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -323,6 +323,16 @@ class UpstreamServer:
             self.on_request(method, path)
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """Clients that hang up (killed runs, injected resets) are normal here, not tracebacks."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
 def _kind(method: str, path: str) -> str:
     if method == "POST":
         return "xmlrpc"
@@ -353,7 +363,14 @@ class _Handler(BaseHTTPRequestHandler):
             payload = payload[: len(payload) // 2]
             head.append("Connection: close")
             self.close_connection = True
-        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload)
+        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload
+        if fault is not None and fault.kind == "trickle":  # most of it, a pause, the rest
+            cut = len(data) * 3 // 4
+            self.wfile.write(data[:cut])
+            self.wfile.flush()
+            time.sleep(fault.seconds)
+            data = data[cut:]
+        self.wfile.write(data)
         self.wfile.flush()
         if fault is not None and fault.kind == "truncate":
             self.connection.shutdown(socket.SHUT_RDWR)
@@ -522,9 +539,9 @@ def standard_corpus() -> Corpus:
     return corpus
 
 
-def bulk_corpus(projects: int, releases: int = 2, files: int = 2, size: int = 2048) -> Corpus:
-    """A bigger synthetic corpus: ``projects x releases x files`` files of ``size`` bytes."""
-    corpus = Corpus()
+def bulk_corpus(projects: int, releases: int = 2, files: int = 2, size: int = 2048, corpus: Corpus | None = None) -> Corpus:
+    """A bigger synthetic corpus (or more of ``corpus``): ``projects x releases x files`` files of ``size`` bytes."""
+    corpus = corpus or Corpus()
     for p in range(projects):
         name = f"bulk-{p:04d}"
         for r in range(releases):

@@ -97,9 +97,16 @@ def mirror_lock(directory: Path) -> Iterator[None]:
         lock.acquire()
     except filelock.Timeout as exc:
         raise LockHeld(f"another run holds {directory / '.lock'}; not starting a second one") from exc
+    # filelock closes its descriptor in forked children, so a worker process orphaned by a
+    # killed run would go on writing unlocked. A duplicate of the descriptor shares the
+    # lock and stays open in the children: the lock lasts as long as any of them.
+    fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
+    inherited = os.dup(fd) if isinstance(fd, int) else None
     try:
         yield
     finally:
+        if inherited is not None:
+            os.close(inherited)
         lock.release()
 
 
@@ -429,7 +436,16 @@ def _run_worker(worker: _Worker, items: list[tuple[str, int]], results: Any) -> 
 def _run_worker_process(worker: _Worker, items: list[tuple[str, int]], results: Any) -> None:
     """Entry point of a forked worker: fresh connections, then the same thread engine."""
     worker.upstream.close()
+    threading.Thread(target=_stop_when_orphaned, args=(os.getppid(), worker.stop), daemon=True).start()
     _run_worker(worker, items, results)
+
+
+def _stop_when_orphaned(parent: int, stop: Any) -> None:
+    """A worker whose main process was killed finishes what it holds and starts nothing new."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    logger.error("The main process is gone; this worker stops after its downloads in flight")
+    stop.set()
 
 
 def _process_count(workers: int, projects: int) -> int:
