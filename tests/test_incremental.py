@@ -170,11 +170,17 @@ TARGETS = {
 }
 
 
-@pytest.mark.parametrize("target", sorted(TARGETS))
-@pytest.mark.parametrize(("kind", "options"), TRANSIENT, ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    ("target", "kind", "options"),
+    [
+        (target, kind, options)
+        for target in sorted(TARGETS)
+        for kind, options in TRANSIENT
+        if not (kind == "corrupt" and target in ("json", "xmlrpc"))  # that is a bad document, not a fault
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
 def test_transient_faults_end_in_a_complete_mirror(harness: MirrorHarness, target: str, kind: str, options: dict) -> None:
-    if kind == "corrupt" and target in ("json", "xmlrpc"):
-        pytest.skip("a corrupted API document is not a transport fault")
     harness.upstream.fault(TARGETS[target], kind, times=2, **options)
     report = harness.run()
     assert report.exit_code == 0, report.failed

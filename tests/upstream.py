@@ -256,6 +256,8 @@ class UpstreamServer:
         self.xmlrpc_enabled = True
         self.simple_json_enabled = True
         self.serial_header = True
+        #: JSON API file URLs relative to the document, as some proxies answer.
+        self.relative_urls = False
         self.changelog_cap = 50_000
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str]] = []
@@ -450,7 +452,7 @@ class _Handler(BaseHTTPRequestHandler):
         spec = self.upstream.corpus.get(name)
         if spec is None:
             return self._send(404, b'{"message": "Not Found"}', "application/json")
-        doc = self.upstream.corpus.json_doc(spec, base)
+        doc = self.upstream.corpus.json_doc(spec, "../.." if self.upstream.relative_urls else base)
         serial = spec.serial
         if fault is not None and fault.kind == "stale":
             serial -= 1

@@ -145,11 +145,7 @@ def _serials_by_name(
         if record is None or full:
             projects[name] = 0
             continue
-        try:
-            serial = upstream.project_page_serial(name)
-        except MethodUnavailable:
-            projects[name] = 0  # no serial to compare: let the JSON API tell
-            continue
+        serial = upstream.project_page_serial(name)
         if serial is None or serial > record[1]:
             projects[name] = serial or 0
         top = max(top, serial or 0, record[1])

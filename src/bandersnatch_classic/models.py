@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 from dateutil.parser import isoparse
 from packaging.utils import canonicalize_name
@@ -45,14 +45,15 @@ class ReleaseFile:
         return package_path(self.url)
 
     @classmethod
-    def from_json(cls, version: str, entry: Mapping[str, Any]) -> ReleaseFile:
+    def from_json(cls, version: str, entry: Mapping[str, Any], base: str = "") -> ReleaseFile:
+        """A file from its JSON API entry; a relative ``url`` is resolved against ``base``."""
         digests = entry.get("digests") or {}
         core = entry.get("core-metadata", entry.get("data-dist-info-metadata"))
         metadata_sha256 = core.get("sha256") if isinstance(core, Mapping) else None
         uploaded = entry.get("upload_time_iso_8601") or entry.get("upload_time")
         return cls(
             filename=str(entry["filename"]),
-            url=str(entry["url"]),
+            url=urljoin(base, str(entry["url"])) if base else str(entry["url"]),
             sha256=str(digests["sha256"]).lower(),
             size=int(entry.get("size") or 0),
             version=version,
@@ -99,15 +100,16 @@ class Project:
         return doc
 
     @classmethod
-    def from_json(cls, doc: Mapping[str, Any], serial: int | None = None) -> Project:
+    def from_json(cls, doc: Mapping[str, Any], serial: int | None = None, base: str = "") -> Project:
         """Build a project from a JSON API document.
 
         ``serial`` overrides ``last_serial`` from the body (e.g. from the
-        ``X-PyPI-Last-Serial`` header).
+        ``X-PyPI-Last-Serial`` header). ``base`` is the document's own URL, against which
+        relative file URLs are resolved (some proxies and mirrors answer with those).
         """
         info = doc.get("info") or {}
         releases = {
-            str(version): [ReleaseFile.from_json(str(version), e) for e in entries or []]
+            str(version): [ReleaseFile.from_json(str(version), e, base) for e in entries or []]
             for version, entries in (doc.get("releases") or {}).items()
         }
         if serial is None:

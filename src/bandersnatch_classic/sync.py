@@ -235,6 +235,7 @@ class Mirror:
         self.state = MirrorState(storage, config.hash_index)
         self.report = Report()
         self._stopped = False
+        self._highest_serial = 0
 
     # -- the two entry points ----------------------------------------------------------
     def run(self, force_check: bool = False, cleanup_todo: bool = False) -> Report:
@@ -283,6 +284,8 @@ class Mirror:
             report.removed += 1
         self._sync(todo)
 
+        # The html method learns most serials from the projects themselves.
+        target = report.serial = max(target, self._highest_serial)
         self._write_root(target)
         if not todo.projects:
             self.state.write_status(target)
@@ -373,6 +376,7 @@ class Mirror:
         if kind == SYNCED:
             canonical, display, serial, files, size, written = detail
             self.state.record(canonical, display, serial)
+            self._highest_serial = max(self._highest_serial, serial)
             report.synced += 1
             report.files += files
             report.bytes += size

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 import urllib.request
@@ -42,6 +43,7 @@ logger = logging.getLogger(__name__)
 USER_AGENT = f"bandersnatch-classic/{__version__} (urllib3/{urllib3.__version__})"
 SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 RETRY_STATUSES = (429, 500, 502, 503, 504)
+_HTML_SERIAL = re.compile(rb"<!--SERIAL (\d+)-->")
 CHUNK = 1 << 20
 #: A hostile or confused upstream must not park us for hours with Retry-After.
 MAX_RETRY_AFTER = 60.0
@@ -250,7 +252,12 @@ class Upstream:
         return link_texts(response.body.decode("utf-8", "replace"))
 
     def project_page_serial(self, name: str) -> int | None:
-        """A project's serial from its PEP 691 page, or None when it does not exist."""
+        """A project's serial, or None when it does not exist.
+
+        Asked of its PEP 691 page: the ``X-PyPI-Last-Serial`` header, else ``_last-serial``
+        in the JSON, else the ``<!--SERIAL N-->`` comment of an HTML page; when the page
+        carries none of them, the JSON API document's ``last_serial``.
+        """
         url = f"{self.master}/simple/{quote(name)}/"
         response = self._request("GET", url, accept_status=(200, 404), headers={"Accept": SIMPLE_JSON})
         if response.status == 404:
@@ -258,11 +265,19 @@ class Upstream:
         header = response.header("X-PyPI-Last-Serial")
         if header.isdigit():
             return int(header)
-        doc = self._json_or_unavailable(response, url)
+        if "json" in response.header("Content-Type"):
+            try:
+                return int(json.loads(response.body)["meta"]["_last-serial"])
+            except (ValueError, KeyError, TypeError):
+                pass
+        else:
+            match = _HTML_SERIAL.search(response.body[-200:])
+            if match:
+                return int(match.group(1))
         try:
-            return int(doc["meta"]["_last-serial"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MethodUnavailable(f"{url}: PEP 691 page without a serial") from exc
+            return self.project(name).serial
+        except ProjectGone:
+            return None
 
     @staticmethod
     def _json_or_unavailable(response: Response, url: str) -> Any:
@@ -296,7 +311,7 @@ class Upstream:
                 doc = json.loads(response.body)
                 header = response.header("X-PyPI-Last-Serial")
                 serial = int(header) if header.isdigit() else int(doc.get("last_serial") or 0)
-                project = Project.from_json(doc, serial)
+                project = Project.from_json(doc, serial, url)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise UpstreamError(f"{name}: malformed JSON API document ({_describe(exc)})") from exc
             if serial >= expected_serial:
