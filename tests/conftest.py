@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from bandersnatch_classic import config as configuration
+from bandersnatch_classic.dependencies import DependencyPolicy
 from bandersnatch_classic.filters import FilterSet
 from bandersnatch_classic.storage import FilesystemStorage
 from bandersnatch_classic.sync import Report, Mirror, mirror_lock, sync
@@ -65,28 +66,28 @@ class MirrorHarness:
         self.conf.write_text(body + "\n" + self.sections)
         return self.conf
 
-    def _parts(self) -> tuple[configuration.Config, Upstream, FilesystemStorage, FilterSet]:
+    def _parts(self) -> tuple[configuration.Config, Upstream, FilesystemStorage, FilterSet, DependencyPolicy | None]:
         loaded = configuration.load(self.conf)
         m = loaded.mirror
         up = Upstream(m.master, timeout=m.timeout, global_timeout=m.global_timeout, retry=FAST_RETRY, pool_size=m.workers,
                       download_mirror=m.download_mirror, download_mirror_no_fallback=m.download_mirror_no_fallback)
         storage = FilesystemStorage(m.directory, m.storage_filesystem_manage_permissions)
-        return loaded, up, storage, FilterSet.from_config(loaded.parser)
+        return loaded, up, storage, FilterSet.from_config(loaded.parser), DependencyPolicy.from_config(loaded.parser)
 
     def run(self, force_check: bool = False, cleanup_todo: bool = False) -> Report:
         """``bandersnatch mirror`` in this process, with fast retries."""
-        loaded, up, storage, filters = self._parts()
+        loaded, up, storage, filters, deps = self._parts()
         try:
-            return sync(up, storage, loaded.mirror, filters, force_check=force_check, cleanup_todo=cleanup_todo)
+            return sync(up, storage, loaded.mirror, filters, dependencies=deps, force_check=force_check, cleanup_todo=cleanup_todo)
         finally:
             up.close()
 
     def sync_projects(self, *names: str, write_root: bool = True) -> Report:
         """``bandersnatch sync NAME...`` in this process."""
-        loaded, up, storage, filters = self._parts()
+        loaded, up, storage, filters, deps = self._parts()
         try:
             with mirror_lock(storage.root):
-                return Mirror(loaded.mirror, up, storage, filters).sync_projects(names, write_root)
+                return Mirror(loaded.mirror, up, storage, filters, deps).sync_projects(names, write_root)
         finally:
             up.close()
 

@@ -207,3 +207,87 @@ def test_bad_filter_configs_exit_2_with_one_line(fh: MirrorHarness, sections: st
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in result.stderr
+
+
+# -- resolve-dependencies ------------------------------------------------------------------------
+def dependency_corpus() -> Corpus:
+    corpus = Corpus()
+
+    def wheel(name: str, version: str, requires: list[str], source: str = "") -> None:
+        filename, data, meta = make_wheel(name, version, source or f"NAME = {name!r}\n", requires)
+        corpus.add_file(name, version, filename, data, metadata=meta)
+
+    wheel("app", "1.0", ["lib-a>=1.0", "pywin-thing; sys_platform == 'win32'", "old-backport; python_version < '3.0'",
+                         "test-only; extra == 'test'"],
+          "import lib_a\nVALUE = lib_a.VALUE + 1\n")
+    wheel("lib-a", "1.0", ["lib-b[fast]"], "import lib_b\nVALUE = lib_b.VALUE + 1\n")
+    wheel("lib-b", "1.0", ["lib-c; extra == 'fast'"], "VALUE = 40\n")
+    # no .metadata file upstream: its requirements come from the JSON API's info.requires_dist
+    filename, data, _ = make_wheel("lib-c", "1.0", "VALUE = 1\n", ["lib-d>=2"])
+    corpus.add_file("lib-c", "1.0", filename, data)
+    corpus.projects["lib-c"].requires_dist = ["lib-d (>=2)"]
+    filename, data, _ = make_wheel("lib-d", "2.0", "VALUE = 2\n")
+    corpus.add_file("lib-d", "2.0", filename, data)
+    wheel("pywin-thing", "1.0", [])
+    wheel("old-backport", "1.0", [])
+    wheel("test-only", "1.0", [])
+    wheel("unrelated", "1.0", [])
+    return corpus
+
+
+@pytest.fixture
+def dh(tmp_path: Path):
+    with UpstreamServer(dependency_corpus()) as server:
+        yield MirrorHarness(tmp_path, server)
+
+
+DEPS = "[plugins]\nenabled = allowlist_project\n[allowlist]\npackages = app\nresolve-dependencies = true\n"
+
+
+def test_resolve_dependencies_mirrors_the_closure_for_the_targets(dh: MirrorHarness) -> None:
+    run(dh, DEPS + "python-versions = 3.11 3.12\nplatforms = linux\n")
+    assert mirrored_projects(dh) == ["app", "lib-a", "lib-b", "lib-c", "lib-d"]
+    dh.configure(sections=DEPS + "python-versions = 3.12\nplatforms = linux windows\n")
+    assert dh.run(force_check=True).exit_code == 0  # new targets: --force-check re-reads every project
+    assert "pywin-thing" in mirrored_projects(dh) and "old-backport" not in mirrored_projects(dh)
+    assert "test-only" not in mirrored_projects(dh) and "unrelated" not in mirrored_projects(dh)
+
+
+def test_dependencies_stay_followed_on_incremental_runs(dh: MirrorHarness) -> None:
+    run(dh, DEPS + "platforms = linux\n")
+    filename, data, meta = make_wheel("lib-b", "2.0", "VALUE = 40\n", ["lib-e"])
+    dh.corpus.add_file("lib-b", "2.0", filename, data, metadata=meta)
+    dh.corpus.add_file("lib-e", "1.0", "lib_e-1.0.tar.gz")
+    assert dh.run().exit_code == 0
+    assert "lib-e" in mirrored_projects(dh)
+    assert "lib_b-2.0-py3-none-any.whl" in listed(dh, "lib-b")
+
+
+def test_blocklist_wins_over_dependencies(dh: MirrorHarness) -> None:
+    run(dh, DEPS.replace("allowlist_project", "allowlist_project\n    blocklist_project") + "[blocklist]\npackages = lib-c\n")
+    assert mirrored_projects(dh) == ["app", "lib-a", "lib-b"]
+
+
+def test_resolve_dependencies_without_an_allowlist_is_a_config_error(dh: MirrorHarness) -> None:
+    dh.configure(sections="[allowlist]\nresolve-dependencies = true\n")
+    result = dh.cli("mirror")
+    assert result.returncode == 2 and "allowlist" in result.stderr
+
+
+def test_pip_installs_an_allowlisted_project_with_its_dependencies(dh: MirrorHarness, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    run(dh, DEPS)
+    target = tmp_path / "site"
+    env = {**os.environ, "PIP_CONFIG_FILE": os.devnull}
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--isolated", "--no-cache-dir", "--disable-pip-version-check",
+         "--only-binary", ":all:", "--index-url", (dh.dir / "web" / "simple").as_uri(), "--target", str(target), "app"],
+        env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = subprocess.run([sys.executable, "-c", "import app; print(app.VALUE)"],
+                         env={**os.environ, "PYTHONPATH": str(target)}, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "42"

@@ -79,6 +79,8 @@ class ProjectSpec:
     name: str
     serial: int = 0
     releases: dict[str, list[File]] = dataclasses.field(default_factory=dict)
+    #: ``info.requires_dist`` of the JSON API (the current release's requirements).
+    requires_dist: list[str] | None = None
 
 
 class Corpus:
@@ -178,7 +180,8 @@ class Corpus:
         releases = {version: [self._file_entry(f, version, base) for f in files] for version, files in spec.releases.items()}
         latest = list(spec.releases)[-1] if spec.releases else ""
         return {
-            "info": {"name": spec.name, "version": latest, "summary": f"The {spec.name} project"},
+            "info": {"name": spec.name, "version": latest, "summary": f"The {spec.name} project",
+                     "requires_dist": spec.requires_dist},
             "last_serial": spec.serial,
             "releases": releases,
             "urls": releases.get(latest, []),

@@ -16,9 +16,11 @@ from pathlib import Path
 
 from . import __version__, config as configuration
 from .errors import BandersnatchError, ConfigError, LockHeld, StateError
+from .dependencies import DependencyPolicy
 from .filters import FilterSet
 from .storage import FilesystemStorage
 from .sync import Mirror, mirror_lock, sync
+from .verify import delete_projects, verify
 from .upstream import Upstream
 
 logger = logging.getLogger("bandersnatch_classic")
@@ -44,6 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     sync_cmd = commands.add_parser("sync", help="sync the named projects now (status and todo stay)")
     sync_cmd.add_argument("--skip-simple-root", action="store_true", help="do not rewrite the root index")
     sync_cmd.add_argument("names", nargs="+", metavar="NAME")
+
+    verify = commands.add_parser("verify", help="check every file; repair, and reclaim what nothing references")
+    verify.add_argument("--delete", action="store_true", help="delete files no mirrored project references")
+    verify.add_argument("--dry-run", action="store_true", help="change nothing; report what would be fetched and deleted")
+    verify.add_argument("--json-update", action="store_true", help="refresh every project's metadata from the upstream first")
+    verify.add_argument("--workers", type=int, default=0, help="hashing threads (default: two per core)")
+
+    delete = commands.add_parser("delete", help="remove projects from the mirror")
+    delete.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    delete.add_argument("names", nargs="+", metavar="NAME")
 
     serve = commands.add_parser("serve", help="serve the mirror over HTTP (PEP 691 negotiation)")
     serve.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -119,21 +131,45 @@ def _run(args: argparse.Namespace) -> int:
 
         return serve(mirror.directory / "web", args.bind, args.port, mirror.hash_index)
     filters = FilterSet.from_config(loaded.parser)
+    dependencies = DependencyPolicy.from_config(loaded.parser)
     if filters.active:
         logger.info("Filters enabled: %s", ", ".join(filters.active))
+    if dependencies is not None and filters.allowlist() is None:
+        raise ConfigError(
+            "[allowlist] resolve-dependencies = true needs an allowlist "
+            "(allowlist_project or project_requirements with packages listed)"
+        )
     upstream = make_upstream(mirror)
     try:
         if args.command == "mirror":
             logger.info("Syncing %s from %s", mirror.directory, mirror.master)
             report = sync(
-                upstream, storage, mirror, filters,
+                upstream, storage, mirror, filters, dependencies=dependencies,
                 force_check=args.force_check, cleanup_todo=args.cleanup_todo or mirror.cleanup_todo,
             )
-        else:  # sync
+        elif args.command == "sync":
             with mirror_lock(mirror.directory):
-                report = Mirror(mirror, upstream, storage, filters).sync_projects(
+                report = Mirror(mirror, upstream, storage, filters, dependencies).sync_projects(
                     args.names, write_root=not args.skip_simple_root
                 )
+        elif args.command == "verify":
+            with mirror_lock(mirror.directory):
+                result = verify(
+                    Mirror(mirror, upstream, storage, filters, dependencies),
+                    delete=args.delete, dry_run=args.dry_run, json_update=args.json_update, workers=args.workers,
+                )
+            for name, reason in sorted(result.unfixed.items()):
+                logger.error("Could not fix %s: %s", name, reason)
+            logger.info("%s", result.summary())
+            return result.exit_code
+        else:  # delete
+            with mirror_lock(mirror.directory):
+                removed = delete_projects(Mirror(mirror, upstream, storage, filters), args.names, args.dry_run)
+            for path in removed:
+                logger.info("%s %s", "Would remove" if args.dry_run else "Removed", path)
+            logger.info("Delete: %d paths %s for %d projects", len(removed),
+                        "would be removed" if args.dry_run else "removed", len(args.names))
+            return EXIT_OK
     finally:
         upstream.close()
     for name, reason in sorted(report.failed.items()):

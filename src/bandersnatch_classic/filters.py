@@ -552,6 +552,16 @@ class FilterSet:
         names = set().union(*lists)
         return {n for n in names if self.allows_name(n)}
 
+    def allow_more(self, names: Iterable[str]) -> None:
+        """Widen the allowlists by ``names`` (canonical): dependencies of allowlisted projects."""
+        for f in self._projects:
+            if isinstance(f, (AllowlistProject, ProjectRequirements)) and f.names:
+                f.names.update(names)
+
+    def allows_dependency(self, name: str) -> bool:
+        """Whether a dependency may be mirrored: every project filter but the allowlists agrees."""
+        return all(f.allows(name) for f in self._projects if not isinstance(f, (AllowlistProject, ProjectRequirements)))
+
     def filter_project(self, project: Project) -> bool:
         """Trim ``project`` in place; False when it must not be mirrored at all."""
         if not self.allows_name(project.name):

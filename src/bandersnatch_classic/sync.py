@@ -41,6 +41,7 @@ from packaging.utils import canonicalize_name
 
 from . import pages
 from .config import MirrorConfig
+from .dependencies import DependencyPolicy, requirements_of
 from .discovery import discover
 from .errors import LockHeld, ProjectGone, UnsafePath
 from .filters import FilterSet
@@ -133,6 +134,7 @@ class _Worker:
         self.storage = mirror.storage
         self.filters = mirror.filters
         self.state = mirror.state
+        self.dependencies = mirror.dependencies
         self.threads = threads
         self.emit = emit
         self.stop = stop
@@ -220,18 +222,31 @@ class _Worker:
         except Exception as exc:
             self._report(FAILED, job, _reason(exc))
             return
+        requires = requirements_of(project, self.storage) if self.dependencies is not None else []
         logger.info("%s: synced at serial %d", project.name, project.serial)
-        self._report(SYNCED, job, (project.canonical, project.name, project.serial, job.files, job.bytes, job.written))
+        self._report(
+            SYNCED, job, (project.canonical, project.name, project.serial, job.files, job.bytes, job.written, requires)
+        )
 
 
 class Mirror:
     """A mirror directory, its state, and the workers that fill it."""
 
-    def __init__(self, config: MirrorConfig, upstream: Upstream, storage: Storage, filters: FilterSet) -> None:
+    def __init__(
+        self,
+        config: MirrorConfig,
+        upstream: Upstream,
+        storage: Storage,
+        filters: FilterSet,
+        dependencies: DependencyPolicy | None = None,
+    ) -> None:
         self.config = config
         self.upstream = upstream
         self.storage = storage
         self.filters = filters
+        self.dependencies = dependencies
+        #: Requires-Dist of the projects synced in this run (resolve-dependencies only).
+        self._requires: dict[str, list[str]] = {}
         self.state = MirrorState(storage, config.hash_index)
         self.report = Report()
         self._stopped = False
@@ -243,6 +258,8 @@ class Mirror:
         report = self.report
         full = self.state.check_generation() or force_check
         known = self.state.projects  # loaded now: forked workers inherit it
+        if self.dependencies is not None:
+            self.filters.allow_more(known)  # dependencies found by earlier runs stay mirrored
         status = self.state.status
         if cleanup_todo:
             self.state.remove_todo()
@@ -283,6 +300,7 @@ class Mirror:
             report.written += unpublish(canonical, self.config, self.storage, self.state)
             report.removed += 1
         self._sync(todo)
+        self._sync_dependencies(todo, set(work))
 
         # The html method learns most serials from the projects themselves.
         target = report.serial = max(target, self._highest_serial)
@@ -301,12 +319,47 @@ class Mirror:
         """The ``sync`` command: sync the named projects now; ``status`` and ``todo`` stay."""
         work = {canonicalize_name(n): 0 for n in names if self.filters.allows_name(n)}
         self.state.projects  # loaded now: forked workers inherit it
-        self._sync(Todo(self.state.status, work), checkpoint=False)
+        todo = Todo(self.state.status, work)
+        self._sync(todo, checkpoint=False)
+        self._sync_dependencies(todo, set(work), checkpoint=False)
         if write_root:
             self._write_root(self.state.status)
         else:
             self.state.save_projects()
         return self.report
+
+    def _sync_dependencies(self, todo: Todo, attempted: set[str], checkpoint: bool = True) -> None:
+        """Sync, round after round, the dependencies of what was synced that are not mirrored yet."""
+        if self.dependencies is None:
+            return
+        extras: dict[str, set[str]] = {}
+        while True:
+            wanted: dict[str, set[str]] = {}
+            for name, requires in self._requires.items():
+                for dep, dep_extras in self.dependencies.needed(requires, extras.get(name, ())).items():
+                    wanted.setdefault(dep, set()).update(dep_extras)
+            grown = any(not e <= extras.get(d, set()) for d, e in wanted.items())
+            for dep, dep_extras in wanted.items():
+                extras.setdefault(dep, set()).update(dep_extras)
+            new = sorted(
+                d for d in wanted
+                if d not in attempted and d not in self.state.projects and self.filters.allows_dependency(d)
+            )
+            if not new:
+                if grown:
+                    continue  # more extras asked of projects we hold: look at their requirements again
+                return
+            logger.info("Dependencies: %d more projects to mirror: %s", len(new), ", ".join(new[:20]))
+            attempted.update(new)
+            self.filters.allow_more(new)
+            round_ = Todo(todo.target, dict.fromkeys(new, 0))
+            todo.projects.update(round_.projects)
+            if checkpoint:
+                self.state.write_todo(todo)
+            self._sync(round_, checkpoint=False)
+            for name in new:
+                if name not in round_.projects:  # finished; what failed stays in todo
+                    todo.projects.pop(name, None)
 
     # -- running the workers -------------------------------------------------------------
     def _sync(self, todo: Todo, checkpoint: bool = True) -> None:
@@ -374,8 +427,10 @@ class Mirror:
         """Apply one worker result; return True when the project is done with (not failed)."""
         report = self.report
         if kind == SYNCED:
-            canonical, display, serial, files, size, written = detail
+            canonical, display, serial, files, size, written, requires = detail
             self.state.record(canonical, display, serial)
+            if self.dependencies is not None:
+                self._requires[canonical] = requires
             self._highest_serial = max(self._highest_serial, serial)
             report.synced += 1
             report.files += files
@@ -405,6 +460,10 @@ class Mirror:
         self.state.write_todo(todo)
 
     # -- end of run ----------------------------------------------------------------------
+    def write_root(self) -> None:
+        """Rewrite the root index from the project records (after ``delete``)."""
+        self._write_root(self.state.status)
+
     def _write_root(self, serial: int) -> None:
         """Render the root index from the project records (never from a directory scan)."""
         records = sorted(self.state.projects.items())
@@ -465,12 +524,13 @@ def sync(
     config: MirrorConfig,
     filters: FilterSet,
     *,
+    dependencies: DependencyPolicy | None = None,
     force_check: bool = False,
     cleanup_todo: bool = False,
 ) -> Report:
     """Bring ``storage`` up to date with ``upstream`` under the mirror lock."""
     with mirror_lock(storage.root):
-        return Mirror(config, upstream, storage, filters).run(force_check, cleanup_todo)
+        return Mirror(config, upstream, storage, filters, dependencies).run(force_check, cleanup_todo)
 
 
 def _merge(*works: dict[str, int]) -> dict[str, int]:

@@ -1,0 +1,248 @@
+"""Time this project against the reference ``bandersnatch`` on a local synthetic upstream.
+
+For one corpus (see benchmarks/upstream.py) and one ``workers`` value, each tool makes a
+full sync into an empty directory, then a run after 10 projects changed, then a run with
+no change. For every run: wall seconds, CPU seconds (user + system, the tool and all its
+processes), peak RSS (summed over the tool's processes, sampled every 50 ms), requests
+made, and the upstream's own CPU seconds. Each mirror is then checked file by file
+against the upstream, so that a fast wrong mirror cannot win.
+
+usage: python benchmarks/bench.py CORPUS [--scale F] [--workers N] [--tools ours,reference]
+
+The reference tool (bandersnatch 8.2.0, Python >= 3.12) is installed on first use into
+benchmarks/.ref-venv from the package registry. See docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+REF_VENV = HERE / ".ref-venv"
+REF_VERSION = "8.2.0"
+
+
+def find_python312() -> str:
+    for candidate in ("python3.13", "python3.12"):
+        path = shutil.which(candidate)
+        if path:
+            return path
+    pyenv = Path.home() / ".pyenv" / "versions"
+    for version in sorted(pyenv.glob("3.1[2-9]*"), reverse=True):
+        if (version / "bin" / "python3").exists():
+            return str(version / "bin" / "python3")
+    raise SystemExit("the reference tool needs Python >= 3.12; none found (set REF_PYTHON)")
+
+
+def reference_command() -> list[str]:
+    exe = REF_VENV / "bin" / "bandersnatch"
+    if not exe.exists():
+        python = os.environ.get("REF_PYTHON") or find_python312()
+        print(f"installing bandersnatch {REF_VERSION} into {REF_VENV} with {python}", flush=True)
+        subprocess.run([python, "-m", "venv", "--clear", str(REF_VENV)], check=True)
+        subprocess.run([str(REF_VENV / "bin" / "pip"), "install", "-q", f"bandersnatch=={REF_VERSION}"], check=True)
+    return [str(exe)]
+
+
+def ours_command() -> list[str]:
+    return [sys.executable, "-m", "bandersnatch_classic"]
+
+
+def write_config(path: Path, directory: Path, master: str, workers: int, tool: str) -> None:
+    lines = [
+        "[mirror]",
+        f"directory = {directory}",
+        f"master = {master}",
+        "timeout = 30",
+        "global-timeout = 18000",
+        f"workers = {workers}",
+        "hash-index = false",
+        "stop-on-error = false",
+        "json = false",
+        "release-files = true",
+        "cleanup = false",
+        "compare-method = hash",
+        "digest_name = sha256",
+        "keep_index_versions = 0",
+        "simple-format = ALL",
+        "storage-backend = filesystem",
+        "allow-non-https = true",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+class TreeSampler(threading.Thread):
+    """Peak of the summed RSS of a process and all its descendants."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak = 0
+        self.done = threading.Event()
+        self.page = os.sysconf("SC_PAGE_SIZE")
+
+    def run(self) -> None:
+        while not self.done.wait(0.05):
+            self.peak = max(self.peak, self._tree_rss())
+
+    def _tree_rss(self) -> int:
+        parents: dict[int, int] = {}
+        rss: dict[int, int] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry)] = int(fields[1])
+            rss[int(entry)] = int(fields[21]) * self.page
+        total, stack = 0, [self.pid]
+        while stack:
+            pid = stack.pop()
+            total += rss.get(pid, 0)
+            stack += [child for child, parent in parents.items() if parent == pid]
+        return total
+
+
+def http_json(url: str) -> object:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def timed_run(cmd: list[str], log: Path) -> dict[str, float]:
+    """Run ``cmd``; wall and CPU seconds of it and its waited-for descendants, peak tree RSS."""
+    start = time.monotonic()
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        sampler = TreeSampler(proc.pid)
+        sampler.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.monotonic() - start
+    sampler.done.set()
+    sampler.join()
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss_mb": sampler.peak / 1e6,
+            "exit": proc.returncode}
+
+
+def check_mirror(directory: Path, manifest: dict) -> str:
+    """'ok', or what is wrong: every upstream file with its sha256, every project page."""
+    web = directory / "web"
+    missing = wrong = 0
+    for rel, sha in manifest["files"].items():
+        if rel.endswith(".metadata") and not (web / rel).exists():
+            continue  # the reference tool does not fetch .metadata files
+        try:
+            with open(web / rel, "rb") as fh:
+                if hashlib.file_digest(fh, "sha256").hexdigest() != sha:
+                    wrong += 1
+        except FileNotFoundError:
+            missing += 1
+    pages = sum(1 for name in manifest["projects"] if not (web / "simple" / name / "index.html").exists())
+    if missing or wrong or pages:
+        return f"WRONG: {missing} files missing, {wrong} differ, {pages} pages missing"
+    return "ok"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("corpus", choices=["a", "b", "c"])
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the corpus's projects")
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--tools", default="ours,reference")
+    parser.add_argument("--dir", default="", help="where the mirrors go (default: a temporary directory)")
+    parser.add_argument("--json", default="", help="also write the results to this file")
+    args = parser.parse_args()
+
+    tools = {"ours": ours_command, "reference": reference_command}
+    chosen = [t.strip() for t in args.tools.split(",") if t.strip()]
+    commands = {t: tools[t]() for t in chosen}
+    root = Path(args.dir or tempfile.mkdtemp(prefix="bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+
+    server = subprocess.Popen([sys.executable, str(HERE / "upstream.py"), args.corpus, "--scale", str(args.scale)],
+                              stdout=subprocess.PIPE, text=True)
+    banner = server.stdout.readline().split() if server.stdout else []
+    master = f"http://127.0.0.1:{banner[1]}"
+    print(f"corpus {args.corpus}: {banner[3]} projects, {banner[5]} files; workers {args.workers}; mirrors in {root}")
+    machine = machine_limits(root, master) if args.corpus == "b" else {}
+
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    try:
+        for tool, cmd in commands.items():
+            directory = root / tool
+            shutil.rmtree(directory, ignore_errors=True)
+            conf = root / f"{tool}.conf"
+            write_config(conf, directory / "mirror", master, args.workers, tool)
+            results[tool] = {}
+            for phase in ("full", "10 changed", "no change"):
+                if phase == "10 changed":
+                    http_json(f"{master}/_change?n=10")
+                http_json(f"{master}/_reset")
+                run = timed_run([*cmd, "-c", str(conf), "mirror"], root / f"{tool}.log")
+                stats = http_json(f"{master}/_stats")
+                run.update(requests=stats["requests"], upstream_cpu=stats["cpu"])
+                results[tool][phase] = run
+                print(f"  {tool:9} {phase:10}  wall {run['wall']:8.2f}s  cpu {run['cpu']:8.2f}s  "
+                      f"rss {run['rss_mb']:7.1f}MB  requests {run['requests']:7d}  upstream cpu {run['upstream_cpu']:6.2f}s"
+                      f"  exit {run['exit']}", flush=True)
+            results[tool]["check"] = check_mirror(directory / "mirror", http_json(f"{master}/_manifest"))  # type: ignore[assignment]
+            print(f"  {tool:9} mirror check: {results[tool]['check']}", flush=True)
+    finally:
+        server.terminate()
+
+    if "ours" in results and "reference" in results:
+        print("ratios (ours / reference; below 1 is better):")
+        for phase in ("full", "10 changed", "no change"):
+            o, r = results["ours"][phase], results["reference"][phase]
+            print(f"  {phase:10}  wall {o['wall'] / r['wall']:.2f}  cpu {o['cpu'] / max(r['cpu'], 1e-9):.2f}  "
+                  f"rss {o['rss_mb'] / max(r['rss_mb'], 1e-9):.2f}  requests {o['requests'] / max(r['requests'], 1):.2f}")
+    if machine:
+        print(f"machine limit: sha256 {machine['sha256_mbs']:.0f} MB/s, curl loopback to disk {machine['curl_mbs']:.0f} MB/s")
+        for tool, runs in results.items():
+            rate = machine["corpus_bytes"] / runs["full"]["wall"] / 1e6
+            print(f"  {tool:9} full sync {rate:.0f} MB/s = {100 * rate / machine['curl_mbs']:.0f} % of the curl figure")
+        results["machine"] = machine  # type: ignore[assignment]
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def machine_limits(root: Path, master: str) -> dict[str, float]:
+    """What this machine can do for corpus (b): sha256 throughput, and curl over loopback to disk."""
+    block = os.urandom(64 << 20)
+    start = time.perf_counter()
+    for _ in range(8):
+        hashlib.sha256(block).digest()
+    sha = 8 * len(block) / (time.perf_counter() - start) / 1e6
+    manifest = http_json(f"{master}/_manifest")
+    files = [rel for rel in manifest["files"] if not rel.endswith(".metadata")][:10]  # type: ignore[index]
+    target = root / "curl"
+    target.mkdir(exist_ok=True)
+    start = time.perf_counter()
+    total = 0
+    for index, rel in enumerate(files):
+        out = target / f"f{index}"
+        subprocess.run(["curl", "-s", "-o", str(out), f"{master}/{rel}"], check=True)
+        total += out.stat().st_size
+    curl = total / (time.perf_counter() - start) / 1e6
+    shutil.rmtree(target)
+    corpus_bytes = sum(total / len(files) for rel in manifest["files"] if not rel.endswith(".metadata"))  # type: ignore[union-attr]
+    return {"sha256_mbs": sha, "curl_mbs": curl, "corpus_bytes": corpus_bytes}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""``verify`` and ``delete``: keep a large mirror honest.
+
+``verify`` reads what each mirrored project should hold from the mirror itself (the stored
+JSON document, else the PEP 691 page, else the HTML page -- so mirrors made by the
+reference tool verify too), hashes every file on every core (hashlib releases the GIL),
+re-syncs the projects with missing or corrupt files, and with ``--delete`` removes what no
+project references any more. Progress is kept in ``<directory>/verify-progress`` (projects
+already hashed), so an interrupted verify resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from html import unescape
+from pathlib import Path
+from urllib.parse import unquote
+
+from . import pages
+from .errors import BandersnatchError
+from .models import Project
+from .state import MirrorState
+from .storage import Storage
+from .sync import Mirror, _human
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_FILE = "verify-progress"
+_LINK = re.compile(r'<a href="([^"]+)"([^>]*)>')
+_CORE = re.compile(r'data-(?:core|dist-info)-metadata="sha256=([0-9a-f]{64})"')
+
+
+@dataclass
+class VerifyReport:
+    started: float = field(default_factory=time.monotonic)
+    projects: int = 0
+    files: int = 0
+    bytes_hashed: int = 0
+    broken: dict[str, list[str]] = field(default_factory=dict)  # project -> bad paths
+    unfixed: dict[str, str] = field(default_factory=dict)
+    unowned: dict[str, int] = field(default_factory=dict)  # path -> size
+    pages_fixed: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.broken or self.unfixed or self.unowned or self.pages_fixed else 0
+
+    def summary(self) -> str:
+        seconds = time.monotonic() - self.started
+        rate = self.bytes_hashed / seconds / 1e6 if seconds else 0.0
+        bad = sum(len(v) for v in self.broken.values())
+        verb = "would fix" if self.dry_run else "fixed"
+        outcome = "clean" if not self.exit_code else ("found problems" if self.dry_run else "repaired")
+        if self.unfixed:
+            outcome = f"{len(self.unfixed)} projects could not be fixed"
+        removed = "would delete" if self.dry_run else "deleted"
+        return (
+            f"Verify: {outcome}; {self.projects} projects, {self.files} files, {_human(self.bytes_hashed)} hashed "
+            f"in {seconds:.1f}s ({rate:.0f} MB/s); {bad} missing or corrupt files in {len(self.broken)} projects "
+            f"({verb}), {len(self.pages_fixed)} pages {verb}, {len(self.unowned)} unowned files "
+            f"({_human(sum(self.unowned.values()))}) {removed}"
+        )
+
+
+def expected_files(storage: Storage, state: MirrorState, canonical: str) -> dict[str, tuple[str | None, int | None]]:
+    """What a project should hold: ``web/packages/...`` path -> (sha256, size), from the mirror."""
+    out: dict[str, tuple[str | None, int | None]] = {}
+    doc = storage.read_text(f"web/json/{canonical}")
+    if doc is not None:
+        project = Project.from_json(json.loads(doc))
+        for f in project.files():
+            out[f"web/{f.path}"] = (f.sha256, f.size or None)
+            if f.metadata_sha256:
+                out[f"web/{f.path}.metadata"] = (f.metadata_sha256, None)
+        return out
+    page = storage.read_text(f"{state.simple_dir(canonical)}/index.v1_json")
+    if page is not None:
+        for entry in json.loads(page).get("files", []):
+            path = _local(entry["url"])
+            if path:
+                out[path] = (entry.get("hashes", {}).get("sha256"), entry.get("size"))
+                core = entry.get("core-metadata") or entry.get("dist-info-metadata")
+                if isinstance(core, dict) and core.get("sha256"):
+                    out[f"{path}.metadata"] = (core["sha256"], None)
+        return out
+    html = storage.read_text(f"{state.simple_dir(canonical)}/index.html") or ""
+    for href, attrs in _LINK.findall(html):
+        href = unescape(href)
+        path = _local(href)
+        if path:
+            digest = href.split("#sha256=", 1)[1] if "#sha256=" in href else None
+            out[path] = (digest, None)
+            core = _CORE.search(attrs)
+            if core:
+                out[f"{path}.metadata"] = (core.group(1), None)
+    return out
+
+
+def _local(href: str) -> str | None:
+    marker = href.find("/packages/")
+    if marker < 0:
+        return None
+    return "web" + unquote(href[marker:].split("#", 1)[0])
+
+
+def _check(storage: Storage, path: str, sha256: str | None, size: int | None) -> tuple[bool, int]:
+    """(file is right, bytes hashed)."""
+    try:
+        with open(storage.fspath(path), "rb") as fh:
+            actual = os.fstat(fh.fileno()).st_size
+            if size is not None and actual != size:
+                return False, 0
+            if sha256 is None:
+                return True, 0
+            return hashlib.file_digest(fh, "sha256").hexdigest() == sha256, actual
+    except FileNotFoundError:
+        return False, 0
+
+
+def verify(
+    mirror: Mirror,
+    *,
+    delete: bool = False,
+    dry_run: bool = False,
+    json_update: bool = False,
+    workers: int = 0,
+) -> VerifyReport:
+    """Check every file of every mirrored project; repair, and with ``delete`` reclaim."""
+    storage, state = mirror.storage, mirror.state
+    report = VerifyReport(dry_run=dry_run)
+    names = sorted(state.projects)
+    if json_update and not dry_run:
+        logger.info("Refreshing the metadata of %d projects from the upstream", len(names))
+        synced = mirror.sync_projects(names)
+        for name, reason in synced.failed.items():
+            report.unfixed[name] = reason
+        names = sorted(state.projects)  # projects gone upstream were forgotten
+    done = _read_progress(storage) if not dry_run else set()
+    if done:
+        logger.info("Resuming an interrupted verify: %d projects were already checked", len(done))
+    referenced: set[str] = set()
+    threads = workers or (os.cpu_count() or 1) * 2
+    last_save = time.monotonic()
+    with ThreadPoolExecutor(threads, thread_name_prefix="verify") as pool:
+        for canonical in names:
+            expected = expected_files(storage, state, canonical)
+            referenced.update(expected)
+            report.projects += 1
+            if canonical in done:
+                continue
+            results = list(pool.map(lambda item: _check(storage, item[0], *item[1]), expected.items()))
+            report.files += len(results)
+            report.bytes_hashed += sum(n for _, n in results)
+            bad = [path for (path, _), (ok, _) in zip(expected.items(), results) if not ok]
+            if bad:
+                report.broken[canonical] = bad
+                logger.warning("%s: %d missing or corrupt files, e.g. %s", canonical, len(bad), bad[0])
+            if _page_disagrees(mirror, canonical):
+                report.pages_fixed.append(canonical)
+            done.add(canonical)
+            if not dry_run and time.monotonic() - last_save > 5:
+                _write_progress(storage, done)
+                last_save = time.monotonic()
+    repair = sorted(set(report.broken) | set(report.pages_fixed))
+    if repair and not dry_run:
+        logger.info("Re-syncing %d projects to repair them", len(repair))
+        fixed = mirror.sync_projects(repair)
+        report.unfixed.update(fixed.failed)
+        for canonical in repair:  # what the repair brought in is referenced too
+            referenced.update(expected_files(storage, state, canonical))
+    if delete:
+        for path, size in _unowned(storage, referenced):
+            report.unowned[path] = size
+            if not dry_run:
+                storage.delete(path)
+        if not dry_run:
+            _remove_empty_dirs(storage.path("web/packages"))
+    for path, size in sorted(report.unowned.items())[:1000] if dry_run else []:
+        logger.info("Would delete %s (%s)", path, _human(size))
+    for canonical, paths in sorted(report.broken.items()) if dry_run else []:
+        for path in paths:
+            logger.info("Would fetch %s (project %s)", path, canonical)
+    if not dry_run:
+        storage.delete(PROGRESS_FILE)
+    return report
+
+
+def _page_disagrees(mirror: Mirror, canonical: str) -> bool:
+    """Whether the HTML page differs from what the stored JSON document renders to."""
+    storage, state, config = mirror.storage, mirror.state, mirror.config
+    doc = storage.read_text(f"web/json/{canonical}")
+    if doc is None or not config.write_html or config.keep_index_versions:
+        return False
+    project = Project.from_json(json.loads(doc))
+    page = storage.read_text(f"{state.simple_dir(canonical)}/index.html")
+    expected = pages.project_html(project, config.root_uri, config.digest_name)
+    if page != expected:
+        logger.warning("%s: the page disagrees with the stored metadata", canonical)
+        return True
+    return False
+
+
+def _unowned(storage: Storage, referenced: set[str]) -> Iterable[tuple[str, int]]:
+    base = storage.path("web/packages")
+    root = str(storage.path("web"))
+    for directory, _dirs, files in os.walk(base):
+        for name in files:
+            full = os.path.join(directory, name)
+            rel = "web" + full[len(root):]
+            if rel not in referenced:
+                yield rel, os.lstat(full).st_size
+
+
+def _remove_empty_dirs(base: Path) -> None:
+    """Remove every empty directory below ``base`` (deepest first)."""
+    for directory, _dirs, _files in os.walk(base, topdown=False):
+        if directory != str(base):
+            try:
+                os.rmdir(directory)
+            except OSError:
+                pass  # not empty
+
+
+def _read_progress(storage: Storage) -> set[str]:
+    text = storage.read_text(PROGRESS_FILE)
+    return set(text.split()) if text else set()
+
+
+def _write_progress(storage: Storage, done: set[str]) -> None:
+    storage.write_bytes(PROGRESS_FILE, "\n".join(sorted(done)).encode())
+
+
+def delete_projects(mirror: Mirror, names: Iterable[str], dry_run: bool = False) -> list[str]:
+    """Remove projects entirely: files, ``.metadata``, pages, JSON documents, root entries."""
+    from packaging.utils import canonicalize_name
+
+    storage, state = mirror.storage, mirror.state
+    removed: list[str] = []
+    for name in names:
+        canonical = canonicalize_name(name)
+        if canonical not in state.projects and not storage.exists(state.simple_dir(canonical)):
+            raise BandersnatchError(f"{name}: not in this mirror")
+        paths = list(expected_files(storage, state, canonical))
+        paths += [state.simple_dir(canonical), f"web/json/{canonical}", f"web/pypi/{canonical}"]
+        for path in paths:
+            if storage.exists(path) or storage.path(path).is_symlink():
+                removed.append(path)
+                if not dry_run:
+                    if storage.path(path).is_dir():
+                        storage.delete_tree(path)
+                    else:
+                        storage.delete(path)
+        if not dry_run:
+            state.forget(canonical)
+    if not dry_run:
+        mirror.write_root()
+        _remove_empty_dirs(storage.path("web/packages"))
+    return removed
+
