@@ -6,6 +6,12 @@ through urllib3 (measured 720 us against 250 us on loopback), and a full mirror 
 hundreds of thousands of requests. One thread-safe PoolManager keeps up to ``workers``
 connections alive per host.
 
+File downloads, which are nearly all of a full sync's requests, skip urllib3 when no
+proxy is in the way: each thread keeps its own keep-alive ``http.client`` connection per
+host, which costs less than half the CPU per request (measured 125 us against 300 us for
+a 20 KB file on loopback), and retries connection errors and 429/5xx itself, with the
+same policy.
+
 Retries come in two layers. urllib3's ``Retry`` retries what happens before a body
 arrives: connection errors and 429/500/502/503/504, honouring ``Retry-After``. What it
 cannot retry -- a body cut short, a connection reset mid-body, a file whose digest is
@@ -16,10 +22,13 @@ exponential backoff.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import http.client
 import json
 import logging
 import re
+import ssl
 import threading
 import time
 import urllib.request
@@ -133,6 +142,9 @@ class Upstream:
             "headers": {"User-Agent": USER_AGENT},
         }
         proxy_url = _proxy_for(self.master, proxy)
+        self._proxy = proxy
+        self._proxied: dict[str, bool] = {}
+        self._direct = threading.local()
         self._http: urllib3.PoolManager = (
             urllib3.ProxyManager(proxy_url, **options) if proxy_url else urllib3.PoolManager(**options)
         )
@@ -144,6 +156,7 @@ class Upstream:
         its parent.
         """
         self._http.clear()
+        self._direct = threading.local()
 
     # -- one request -----------------------------------------------------------------
     @contextlib.contextmanager
@@ -354,7 +367,12 @@ class Upstream:
                     self.retry.sleep(attempt - 1)
                 try:
                     return self._download_once(candidate, open_dest, sha256)
-                except (HashMismatch, *BODY_ERRORS) as exc:
+                except _RetryAfter as exc:
+                    last = exc
+                    if exc.seconds:
+                        time.sleep(exc.seconds)
+                    logger.debug("Retrying %s after %s", candidate, _describe(exc))
+                except (HashMismatch, *BODY_ERRORS, *DIRECT_ERRORS) as exc:
                     last = exc
                     logger.debug("Retrying %s after %s", candidate, _describe(exc))
                 except UpstreamError as exc:
@@ -365,6 +383,78 @@ class Upstream:
         raise UpstreamError(f"{url}: {_describe(last)}")
 
     def _download_once(
+        self,
+        url: str,
+        open_dest: Callable[[], contextlib.AbstractContextManager[BinaryIO]],
+        sha256: str,
+    ) -> int:
+        origin = url.split("/", 3)[:3]
+        key = "/".join(origin)
+        proxied = self._proxied.get(key)
+        if proxied is None:  # asking the environment costs ~200 us: once per host
+            proxied = self._proxied[key] = bool(_proxy_for(url, self._proxy))
+        if proxied:
+            return self._download_pooled(url, open_dest, sha256)
+        return self._download_direct(url, open_dest, sha256)
+
+    def _connection(self, scheme: str, host: str, port: int | None) -> http.client.HTTPConnection:
+        key = (scheme, host, port)
+        connections: dict[tuple[str, str, int | None], http.client.HTTPConnection] = self._direct.__dict__.setdefault(
+            "connections", {}
+        )
+        conn = connections.get(key)
+        if conn is None:
+            if scheme == "https":
+                conn = http.client.HTTPSConnection(host, port, timeout=self.timeout, context=_tls_context())
+            else:
+                conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
+            connections[key] = conn
+        return conn
+
+    def _download_direct(
+        self,
+        url: str,
+        open_dest: Callable[[], contextlib.AbstractContextManager[BinaryIO]],
+        sha256: str,
+    ) -> int:
+        """One attempt over this thread's own keep-alive connection (no proxy)."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UpstreamError(f"{url}: not an http(s) URL")
+        conn = self._connection(parts.scheme, parts.hostname, parts.port)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        deadline = time.monotonic() + self.global_timeout
+        with self._lock:
+            self.requests_made += 1
+        try:
+            conn.request("GET", target, headers={"User-Agent": USER_AGENT})
+            response = conn.getresponse()
+            if response.status != 200:
+                response.read()
+                if response.status in RETRY_STATUSES:
+                    raise _RetryAfter(f"HTTP {response.status}", _retry_after(response.getheader("Retry-After")))
+                raise UpstreamError(f"HTTP {response.status}")
+            digest = hashlib.sha256()
+            written = 0
+            with open_dest() as fh:
+                while chunk := response.read(CHUNK):
+                    digest.update(chunk)
+                    fh.write(chunk)
+                    written += len(chunk)
+                    if time.monotonic() > deadline:
+                        raise UpstreamError(f"took longer than global-timeout ({self.global_timeout:g}s)")
+                if response.length:  # the body ended before Content-Length said it would
+                    raise http.client.IncompleteRead(b"", response.length)
+                if digest.hexdigest() != sha256:
+                    raise HashMismatch(f"sha256 {digest.hexdigest()} does not match the expected {sha256}")
+            if response.will_close:
+                conn.close()
+            return written
+        except BaseException:
+            conn.close()  # never reuse a connection whose answer was not read to the end
+            raise
+
+    def _download_pooled(
         self,
         url: str,
         open_dest: Callable[[], contextlib.AbstractContextManager[BinaryIO]],
@@ -386,6 +476,31 @@ class Upstream:
                 if digest.hexdigest() != sha256:
                     raise HashMismatch(f"sha256 {digest.hexdigest()} does not match the expected {sha256}")
         return written
+
+
+class _RetryAfter(UpstreamError):
+    """A 429/5xx answer on the direct download path: retried after ``seconds`` (or backoff)."""
+
+    def __init__(self, message: str, seconds: float) -> None:
+        super().__init__(message)
+        self.seconds = seconds
+
+
+#: What a direct download may raise that is worth another attempt.
+DIRECT_ERRORS = (OSError, http.client.HTTPException)
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds from a Retry-After header (delta seconds only), capped; 0 when absent."""
+    try:
+        return min(max(float(value or 0), 0.0), MAX_RETRY_AFTER)
+    except ValueError:
+        return 0.0
+
+
+@functools.lru_cache(maxsize=1)
+def _tls_context() -> ssl.SSLContext:
+    return ssl.create_default_context()
 
 
 def _describe(exc: BaseException | None) -> str:
