@@ -436,11 +436,13 @@ class Upstream:
                 raise UpstreamError(f"HTTP {response.status}")
             digest = hashlib.sha256()
             written = 0
+            buffer = memoryview(bytearray(CHUNK))  # one buffer for the whole body: no copies
             with open_dest() as fh:
-                while chunk := response.read(CHUNK):
+                while count := response.readinto(buffer):
+                    chunk = buffer[:count]
                     digest.update(chunk)
                     fh.write(chunk)
-                    written += len(chunk)
+                    written += count
                     if time.monotonic() > deadline:
                         raise UpstreamError(f"took longer than global-timeout ({self.global_timeout:g}s)")
                 if response.length:  # the body ended before Content-Length said it would
