@@ -84,14 +84,18 @@ def write_config(path: Path, directory: Path, master: str, workers: int, tool: s
 
 
 class TreeSampler(threading.Thread):
-    """Peak of the summed RSS of a process and all its descendants."""
+    """Peak memory of a process and all its descendants: the sum of their PSS.
+
+    PSS (proportional set size) shares each page among the processes mapping it, so forked
+    workers that share their parent's pages are not counted twice; for a single process it
+    equals RSS less its share of libraries mapped by others.
+    """
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid = pid
         self.peak = 0
         self.done = threading.Event()
-        self.page = os.sysconf("SC_PAGE_SIZE")
 
     def run(self) -> None:
         while not self.done.wait(0.05):
@@ -99,7 +103,6 @@ class TreeSampler(threading.Thread):
 
     def _tree_rss(self) -> int:
         parents: dict[int, int] = {}
-        rss: dict[int, int] = {}
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
@@ -109,13 +112,23 @@ class TreeSampler(threading.Thread):
             except OSError:
                 continue
             parents[int(entry)] = int(fields[1])
-            rss[int(entry)] = int(fields[21]) * self.page
         total, stack = 0, [self.pid]
         while stack:
             pid = stack.pop()
-            total += rss.get(pid, 0)
+            total += _pss(pid)
             stack += [child for child, parent in parents.items() if parent == pid]
         return total
+
+
+def _pss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def http_json(url: str) -> object:

@@ -17,7 +17,7 @@ JSON. Allowlist mirrors never fetch a listing: they ask for their projects by na
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from packaging.utils import canonicalize_name
@@ -50,7 +50,7 @@ def discover(
     upstream: Upstream,
     method: str,
     status: int,
-    known: dict[str, tuple[str, int]],
+    known: Mapping[str, tuple[str, int]],
     allows: Callable[[str], bool],
     allowlist: set[str] | None,
     full: bool,
@@ -87,7 +87,7 @@ def discover(
     raise UpstreamError(f"no discovery method worked against {upstream.master}: {last_error}")
 
 
-def _xmlrpc(upstream: Upstream, status: int, known: dict[str, tuple[str, int]], full: bool) -> Plan:
+def _xmlrpc(upstream: Upstream, status: int, known: Mapping[str, tuple[str, int]], full: bool) -> Plan:
     target = upstream.changelog_last_serial()
     if full or not status:
         listing = upstream.list_packages_with_serial()
@@ -97,14 +97,14 @@ def _xmlrpc(upstream: Upstream, status: int, known: dict[str, tuple[str, int]], 
     return Plan("xmlrpc", target, upstream.changelog_since(status, target), set())
 
 
-def _simple(upstream: Upstream, status: int, known: dict[str, tuple[str, int]], full: bool) -> Plan:
+def _simple(upstream: Upstream, status: int, known: Mapping[str, tuple[str, int]], full: bool) -> Plan:
     target, listing = upstream.simple_listing()
     floor = 0 if full else status
     changed = {n: s for n, s in listing.items() if s > floor or canonicalize_name(n) not in known}
     return Plan("simple", max(target, status), changed, _missing(known, listing))
 
 
-def _html(upstream: Upstream, status: int, known: dict[str, tuple[str, int]], full: bool) -> Plan:
+def _html(upstream: Upstream, status: int, known: Mapping[str, tuple[str, int]], full: bool) -> Plan:
     names = upstream.html_listing()
     projects, top = _serials_by_name(upstream, names, known, full)
     return Plan("html", max(top, status), projects, _missing(known, names))
@@ -114,7 +114,7 @@ def _by_name(
     upstream: Upstream,
     method: str,
     status: int,
-    known: dict[str, tuple[str, int]],
+    known: Mapping[str, tuple[str, int]],
     allowlist: set[str],
     full: bool,
 ) -> Plan:
@@ -132,7 +132,7 @@ def _by_name(
 
 
 def _serials_by_name(
-    upstream: Upstream, names: Iterable[str], known: dict[str, tuple[str, int]], full: bool
+    upstream: Upstream, names: Iterable[str], known: Mapping[str, tuple[str, int]], full: bool
 ) -> tuple[dict[str, int], int]:
     """Ask each known project's PEP 691 page for its serial; new names are synced as they are.
 
@@ -152,7 +152,7 @@ def _serials_by_name(
     return projects, top
 
 
-def _missing(known: dict[str, tuple[str, int]], listed: Iterable[str]) -> set[str]:
+def _missing(known: Mapping[str, tuple[str, int]], listed: Iterable[str]) -> set[str]:
     upstream_names = {canonicalize_name(n) for n in listed}
     return {c for c in known if c not in upstream_names}
 

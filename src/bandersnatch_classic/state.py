@@ -68,6 +68,8 @@ class MirrorState:
         self.storage = storage
         self.hash_index = hash_index
         self._projects: dict[str, tuple[str, int]] | None = None
+        #: Whether a project was added, renamed or removed since loading (the root HTML lists names).
+        self.names_changed = False
         self._lock = threading.RLock()  # workers record projects while the main thread saves
 
     # -- generation and status -------------------------------------------------------
@@ -139,11 +141,15 @@ class MirrorState:
 
     def record(self, canonical: str, name: str, serial: int) -> None:
         with self._lock:
+            old = self.projects.get(canonical)
+            if old is None or old[0] != name:
+                self.names_changed = True
             self.projects[canonical] = (name, serial)
 
     def forget(self, canonical: str) -> None:
         with self._lock:
-            self.projects.pop(canonical, None)
+            if self.projects.pop(canonical, None) is not None:
+                self.names_changed = True
 
     def save_projects(self) -> None:
         with self._lock:

@@ -23,13 +23,14 @@ mirror keeps advancing (see docs/operations.md).
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -257,7 +258,7 @@ class Mirror:
         """The ``mirror`` command: sync everything that changed since the last run."""
         report = self.report
         full = self.state.check_generation() or force_check
-        known = self.state.projects  # loaded now: forked workers inherit it
+        known = _Records(self.state)  # read only if discovery needs it: a no-change run does not
         if self.dependencies is not None:
             self.filters.allow_more(known)  # dependencies found by earlier runs stay mirrored
         status = self.state.status
@@ -318,7 +319,6 @@ class Mirror:
     def sync_projects(self, names: Iterable[str], write_root: bool = True) -> Report:
         """The ``sync`` command: sync the named projects now; ``status`` and ``todo`` stay."""
         work = {canonicalize_name(n): 0 for n in names if self.filters.allows_name(n)}
-        self.state.projects  # loaded now: forked workers inherit it
         todo = Todo(self.state.status, work)
         self._sync(todo, checkpoint=False)
         self._sync_dependencies(todo, set(work), checkpoint=False)
@@ -369,6 +369,7 @@ class Mirror:
         failed, or was never started because the run stopped.
         """
         items = list(todo.projects.items())
+        self.state.projects  # loaded before forking, so that every worker inherits it
         processes = _process_count(self.config.workers, len(items))
         context = multiprocessing.get_context("fork") if processes > 1 else None
         stop = context.Event() if context else threading.Event()
@@ -414,6 +415,7 @@ class Mirror:
             thread.start()
             return [thread]
         share, extra = divmod(self.config.workers, processes)
+        gc.freeze()  # the workers inherit the parent's objects: keep the collector off their pages
         runners = []
         for index in range(processes):
             worker = _Worker(self, share + (index < extra), results.put, stop)
@@ -435,7 +437,8 @@ class Mirror:
             report.synced += 1
             report.files += files
             report.bytes += size
-            report.written += written
+            if self.config.diff_file:
+                report.written += written
         elif kind == REMOVED:
             canonical, written = detail
             if written or canonical in self.state.projects:
@@ -467,7 +470,7 @@ class Mirror:
     def _write_root(self, serial: int) -> None:
         """Render the root index from the project records (never from a directory scan)."""
         records = sorted(self.state.projects.items())
-        if self.config.write_html:
+        if self.config.write_html and (self.state.names_changed or not self.storage.exists("web/simple/index.html")):
             html = pages.root_html((c, d) for c, (d, _) in records).encode()
             for name in ("index.html", "index.v1_html"):
                 if self.storage.write_if_changed(f"web/simple/{name}", html):
@@ -487,6 +490,22 @@ class Mirror:
         lines = "".join(f"{self.storage.path(p)}\n" for p in sorted(set(self.report.written)))
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(lines)
+
+
+class _Records(Mapping[str, tuple[str, int]]):
+    """The mirror's project records, read from disk on first use."""
+
+    def __init__(self, state: MirrorState) -> None:
+        self._state = state
+
+    def __getitem__(self, key: str) -> tuple[str, int]:
+        return self._state.projects[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._state.projects)
+
+    def __len__(self) -> int:
+        return len(self._state.projects)
 
 
 def _run_worker(worker: _Worker, items: list[tuple[str, int]], results: Any) -> None:
