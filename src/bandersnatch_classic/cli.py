@@ -20,7 +20,6 @@ from .dependencies import DependencyPolicy
 from .filters import FilterSet
 from .storage import FilesystemStorage
 from .sync import Mirror, mirror_lock, sync
-from .verify import delete_projects, verify
 from .upstream import Upstream
 
 logger = logging.getLogger("bandersnatch_classic")
@@ -153,6 +152,8 @@ def _run(args: argparse.Namespace) -> int:
                     args.names, write_root=not args.skip_simple_root
                 )
         elif args.command == "verify":
+            from .verify import verify
+
             with mirror_lock(mirror.directory):
                 result = verify(
                     Mirror(mirror, upstream, storage, filters, dependencies),
@@ -163,6 +164,8 @@ def _run(args: argparse.Namespace) -> int:
             logger.info("%s", result.summary())
             return result.exit_code
         else:  # delete
+            from .verify import delete_projects
+
             with mirror_lock(mirror.directory):
                 removed = delete_projects(Mirror(mirror, upstream, storage, filters), args.names, args.dry_run)
             for path in removed:

@@ -15,10 +15,7 @@ import configparser
 import platform
 import sys
 from collections.abc import Iterable
-from email.parser import BytesHeaderParser
 
-from packaging.markers import default_environment
-from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from .errors import ConfigError
@@ -38,6 +35,8 @@ class DependencyPolicy:
     """The target environments whose dependencies a mirror must hold."""
 
     def __init__(self, python_versions: Iterable[str], platforms: Iterable[str]) -> None:
+        from packaging.markers import default_environment  # here: runs without the feature skip it
+
         base = default_environment()
         self.environments: list[dict[str, str]] = []
         for version in python_versions:
@@ -72,6 +71,8 @@ class DependencyPolicy:
 
     def needed(self, requirements: Iterable[str], extras: Iterable[str]) -> dict[str, set[str]]:
         """Project -> extras wanted, for requirements whose markers hold in a target environment."""
+        from packaging.requirements import InvalidRequirement, Requirement
+
         wanted: dict[str, set[str]] = {}
         contexts = [{**env, "extra": extra} for env in self.environments for extra in ("", *extras)]
         for line in requirements:
@@ -87,6 +88,8 @@ class DependencyPolicy:
 def requirements_of(project: Project, storage: Storage) -> list[str]:
     """``Requires-Dist`` of every kept release: from its mirrored ``.metadata`` files, else
     (for the current release) from the JSON API's ``info.requires_dist``."""
+    from email.parser import BytesHeaderParser
+
     lines: set[str] = set()
     current = str(project.info.get("version") or "")
     parser = BytesHeaderParser()

@@ -21,13 +21,17 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from typing import TYPE_CHECKING
+
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
 from .errors import ConfigError
 from .models import Project, ReleaseFile
+
+if TYPE_CHECKING:  # imported where used: most configs need neither, and every run starts faster
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +49,8 @@ def _lines(parser: configparser.ConfigParser, section: str, key: str) -> list[st
 
 
 def _requirement(line: str, where: str) -> Requirement:
+    from packaging.requirements import InvalidRequirement, Requirement
+
     try:
         return Requirement(line)
     except InvalidRequirement as exc:
@@ -467,6 +473,8 @@ class VersionRangeReleaseFileMetadata:
     _PYTHONS = [Version(f"{major}.{minor}") for major, top in ((2, 7), (3, 30)) for minor in range(top + 1)]
 
     def __init__(self, parser: configparser.ConfigParser) -> None:
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
         section = "version_range_release_file_metadata"
         self.nulls_match = True
         self.ranges: dict[str, SpecifierSet] = {}
@@ -482,6 +490,8 @@ class VersionRangeReleaseFileMetadata:
                 raise ConfigError(f"[{section}] {key} = {value!r} is not a PEP 440 specifier ({exc})") from exc
 
     def keeps(self, project: Project, file: ReleaseFile) -> bool:
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
         document = {"release_file": file.raw, "info": project.info, "release": {"version": file.version}}
         for path, wanted in self.ranges.items():
             value: Any = document

@@ -14,7 +14,6 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
-from dateutil.parser import isoparse
 from packaging.utils import canonicalize_name
 
 from .errors import UnsafePath
@@ -151,6 +150,8 @@ def _parse_time(value: Any) -> datetime | None:
     if not value:
         return None
     try:
+        from dateutil.parser import isoparse  # here: a run with nothing to do never needs it
+
         parsed = isoparse(str(value))
     except (ValueError, OverflowError):
         return None
