@@ -33,6 +33,8 @@ from .sync import Mirror, _human
 logger = logging.getLogger(__name__)
 
 PROGRESS_FILE = "verify-progress"
+#: Projects checked together: their files are hashed in parallel.
+BATCH = 256
 _LINK = re.compile(r'<a href="([^"]+)"([^>]*)>')
 _CORE = re.compile(r'data-(?:core|dist-info)-metadata="sha256=([0-9a-f]{64})"')
 
@@ -150,22 +152,31 @@ def verify(
     threads = workers or (os.cpu_count() or 1) * 2
     last_save = time.monotonic()
     with ThreadPoolExecutor(threads, thread_name_prefix="verify") as pool:
-        for canonical in names:
-            expected = expected_files(storage, state, canonical)
-            referenced.update(expected)
-            report.projects += 1
-            if canonical in done:
-                continue
-            results = list(pool.map(lambda item: _check(storage, item[0], *item[1]), expected.items()))
-            report.files += len(results)
-            report.bytes_hashed += sum(n for _, n in results)
-            bad = [path for (path, _), (ok, _) in zip(expected.items(), results) if not ok]
-            if bad:
-                report.broken[canonical] = bad
-                logger.warning("%s: %d missing or corrupt files, e.g. %s", canonical, len(bad), bad[0])
-            if _page_disagrees(mirror, canonical):
-                report.pages_fixed.append(canonical)
-            done.add(canonical)
+        # Projects go in batches, so that the pool hashes many files at once even when
+        # every project has only a few small ones.
+        for start in range(0, len(names), BATCH):
+            batch: list[tuple[str, str, str | None, int | None]] = []
+            for canonical in names[start : start + BATCH]:
+                expected = expected_files(storage, state, canonical)
+                referenced.update(expected)
+                report.projects += 1
+                if canonical not in done:
+                    batch += [(canonical, path, sha, size) for path, (sha, size) in expected.items()]
+            results = pool.map(lambda item: _check(storage, item[1], item[2], item[3]), batch)
+            for (canonical, path, _, _), (ok, hashed) in zip(batch, results):
+                report.files += 1
+                report.bytes_hashed += hashed
+                if not ok:
+                    report.broken.setdefault(canonical, []).append(path)
+            for canonical in names[start : start + BATCH]:
+                if canonical in done:
+                    continue
+                if canonical in report.broken:
+                    bad = report.broken[canonical]
+                    logger.warning("%s: %d missing or corrupt files, e.g. %s", canonical, len(bad), bad[0])
+                if _page_disagrees(mirror, canonical):
+                    report.pages_fixed.append(canonical)
+                done.add(canonical)
             if not dry_run and time.monotonic() - last_save > 5:
                 _write_progress(storage, done)
                 last_save = time.monotonic()
