@@ -115,7 +115,7 @@ class Running:
     def __init__(self, web: Path, hash_index: bool = False) -> None:
         self.server = make_server(web, "127.0.0.1", 0, hash_index)
         self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
         self.thread.start()
 
     @property
@@ -453,9 +453,9 @@ def test_hash_index_layout(tmp_path: Path) -> None:
         assert response.status == 301 and response.getheader("Location") == "/simple/mypkg/"
         assert running.request("/simple/m/")[0].status == 404
         assert running.request("/simple/", SIMPLE_JSON)[0].status == 200
-        wheel_url = json.loads(body if False else running.request("/simple/mypkg/", SIMPLE_JSON)[1])["files"][0]["url"]
+        wheel_url = json.loads(running.request("/simple/mypkg/", SIMPLE_JSON)[1])["files"][0]["url"]
         assert wheel_url.startswith("../../packages/")  # relative to the URL, not to the directory
-        assert running.request("/simple/mypkg/" + wheel_url)[0].status == 404  # not normalised by us
+        assert running.request("/simple/mypkg/" + wheel_url)[0].status == 404  # clients resolve it, not us
         assert running.request("/" + mirror.wheel_path)[1] == mirror.wheel
     finally:
         running.stop()
@@ -478,6 +478,12 @@ def test_one_log_line_per_request(server: Running, mirror: Mirror, caplog: pytes
     assert SIMPLE_JSON in lines[0].getMessage()
     assert '"GET /nothing HTTP/1.1" 404' in lines[1].getMessage()
     assert '"POST /simple/mypkg/ HTTP/1.1" 405' in lines[2].getMessage()
+    caplog.clear()
+    server.raw(b"/simple/MyPkg\x1b[2J/")
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "bandersnatch_classic.serve"]
+    assert "\x1b" not in line and "\\x1b" in line and " 404 " in line
+    server.raw(b"/simple/MyPkg")
+    assert caplog.records[-1].getMessage().endswith("301 0 -> /simple/mypkg/")
 
 
 def test_serve_runs_until_interrupted(mirror: Mirror, monkeypatch: pytest.MonkeyPatch,
@@ -540,3 +546,23 @@ def test_real_installers(mirror: Mirror, tmp_path: Path, tool: str, fmt: str, ca
     else:
         assert all(line.endswith(("text/html; charset=utf-8", SIMPLE_HTML)) for line in page), page
     assert any(f"/{mirror.wheel_path} HTTP/1.1\" 200" in line for line in log), log
+
+
+@pytest.mark.parametrize(
+    ("target", "parts"),
+    [
+        ("/simple/mypkg/", ["simple", "mypkg"]),
+        ("/simple//mypkg/?x=1#y", ["simple", "mypkg"]),
+        ("/packages/a%20b.whl", ["packages", "a b.whl"]),
+        ("http://127.0.0.1:8080/simple/", ["simple"]),
+        ("/%2e%2e/secret", None),
+        ("/simple/./", None),
+        ("/a%5cb", None),
+        ("/a%00", None),
+        ("/%c0%ae", None),
+        ("secret", None),
+        ("*", None),
+    ],
+)
+def test_request_paths_are_checked_before_any_file_access(target: str, parts: list[str] | None) -> None:
+    assert serve_module._request_path(target) == parts

@@ -129,7 +129,7 @@ def write_default_config(path: Path) -> None:
 
 
 def new_parser() -> configparser.ConfigParser:
-    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=None)
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=None, delimiters=("=",))
     parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive
     return parser
 

@@ -260,7 +260,7 @@ def read_requirements(parser: configparser.ConfigParser) -> list[Requirement]:
             raise ConfigError(f"[allowlist] requirements: no file matches {full!r}; fix requirements or requirements_path")
         for path in paths:
             try:
-                text = Path(path).read_text(encoding="utf-8")
+                text = Path(path).read_text(encoding="utf-8-sig")
             except (OSError, UnicodeDecodeError) as exc:
                 reason = getattr(exc, "strerror", None) or exc
                 raise ConfigError(f"[allowlist] requirements: cannot read {path} ({reason})") from exc
@@ -328,9 +328,8 @@ _TAG_WORDS = frozenset({"any", "all", "none", "match-null", "not-null", "search"
 def _tagged_items(parser: configparser.ConfigParser, section: str) -> list[tuple[str, list[str]]]:
     """The ``[tag:...]dotted.path = values`` keys of a section, with their value lines.
 
-    A parser that also takes ``:`` as a key delimiter (configparser's default) reads
-    ``not-null:info.license = x`` as key ``not-null``, value ``info.license = x``; such
-    keys are put back together here.
+    The config parser takes only ``=`` as a delimiter (as the reference tool's does), so
+    ``not-null:info.license = x`` is one key; a key that is only a tag has no field path.
     """
     if not parser.has_section(section):
         return []
@@ -341,11 +340,7 @@ def _tagged_items(parser: configparser.ConfigParser, section: str) -> list[tuple
             continue
         value = parser.get(section, key, fallback="") or ""
         if key.strip().lower() in _TAG_WORDS:
-            first, _, rest = value.partition("\n")
-            path, equals, first_value = first.partition("=")
-            if not equals or not path.strip():
-                raise ConfigError(f"[{section}] {key}:{first.strip()} is not allowed; use tag:dotted.path = values")
-            key, value = f"{key.strip()}:{path.strip()}", first_value + "\n" + rest
+            raise ConfigError(f"[{section}] {key} is a tag without a field path; use tag:dotted.path = values")
         items.append((key, _split_lines(value)))
     return items
 
@@ -380,8 +375,6 @@ class SizeProjectMetadata:
     def __init__(self, parser: configparser.ConfigParser) -> None:
         raw = (parser.get("size_project_metadata", "max_package_size", fallback="") or "").strip()
         self.limit = parse_size(raw, "[size_project_metadata] max_package_size") if raw else 0
-        if not raw:
-            logger.warning("size_project_metadata is enabled but [size_project_metadata] max_package_size is not set")
         self.allowed = AllowlistProject(parser).names
 
     def keeps(self, project: Project) -> bool:
@@ -396,7 +389,8 @@ class SizeProjectMetadata:
 
 class VersionsCountProjectMetadata:
     """``[versions_count_project_metadata] min_versions / max_versions``: drop projects with
-    fewer or more versions than that, as the upstream lists them (0 or unset: no bound)."""
+    fewer or more versions than that, as the upstream lists them (0 or unset: no bound).
+    Projects named in ``[allowlist] packages`` are kept whatever their count."""
 
     name = "versions_count_project_metadata"
 
@@ -409,8 +403,11 @@ class VersionsCountProjectMetadata:
                 f"[{section}] min_versions = {self.minimum} is more than max_versions = {self.maximum}; "
                 "use a min_versions no larger than max_versions"
             )
+        self.allowed = AllowlistProject(parser).names
 
     def keeps(self, project: Project) -> bool:
+        if project.canonical in self.allowed:
+            return True
         count = len(project.releases)
         return count >= self.minimum and (not self.maximum or count <= self.maximum)
 
@@ -514,8 +511,6 @@ class LatestRelease:
         if sort_by not in ("version", "time"):
             raise ConfigError(f"[latest_release] sort_by = {sort_by!r} is not allowed; use version or time")
         self.sort_by = sort_by
-        if not self.keep:
-            logger.info("latest_release is enabled with keep = 0: every release is kept")
 
     def select(self, project: Project) -> None:
         if not self.keep or len(project.releases) <= self.keep:
@@ -595,8 +590,6 @@ class ExcludePlatform:
                         "[blocklist] platforms: %r is not a known platform; it is matched as a platform tag fragment", entry
                     )
                 self.fragments.append(entry)
-        if not entries:
-            logger.warning("exclude_platform is enabled but [blocklist] platforms is empty")
 
     def _excluded(self, python: Python) -> bool:
         major, minor = python
@@ -726,9 +719,10 @@ class _Range:
                 self.nulls_match = tag.lower() == "match-null"
             else:
                 raise ConfigError(f"[{section}] {key}: unknown tag {tag!r}; use match-null or not-null")
-        if not self.path or not values:
-            raise ConfigError(f"[{section}] {key} = {'' if not values else values[0]!r}: give a field path and "
-                              "one or more versions (3.8) or PEP 440 specifiers (>=3.8)")
+        if not self.path:
+            raise ConfigError(f"[{section}] {key}: no field path after the tags; use e.g. release_file.requires_python")
+        if not values:
+            raise ConfigError(f"[{section}] {key} is empty; give versions (3.8) or PEP 440 specifiers (>=3.8), one per line")
         self.key = key
         self.versions: list[Version] = []
         self.ranges: list[SpecifierSet] = []
@@ -841,6 +835,36 @@ _SECTION_USERS = {
 }
 
 
+def _idle(f: Any) -> str | None:
+    """Why an enabled filter can drop nothing with this config, or None."""
+    if isinstance(f, AllowlistProject) and not f.names:
+        return "[allowlist] packages names no project, so every project is allowed"
+    if isinstance(f, ProjectRequirements) and not f.names:
+        return "[allowlist] requirements name no project, so every project is allowed"
+    if isinstance(f, BlocklistProject) and not f.names:
+        return "[blocklist] packages names no project (without a version specifier)"
+    if isinstance(f, (RegexProject, RegexRelease)) and not f.patterns:
+        return f"[filter_regex] {'packages' if isinstance(f, RegexProject) else 'releases'} is empty"
+    if isinstance(f, SizeProjectMetadata) and f.limit <= 0:
+        return "[size_project_metadata] max_package_size is not set"
+    if isinstance(f, VersionsCountProjectMetadata) and not (f.minimum or f.maximum):
+        return "[versions_count_project_metadata] sets neither min_versions nor max_versions"
+    if isinstance(f, (RegexProjectMetadata, RegexReleaseFileMetadata)) and not f.conditions:
+        return f"[{f.name}] has no keys"
+    if isinstance(f, VersionRangeReleaseFileMetadata) and not f.ranges:
+        return "[version_range_release_file_metadata] has no keys"
+    if isinstance(f, (AllowlistRelease, BlocklistRelease)) and not f.specifiers:
+        section = "allowlist" if isinstance(f, AllowlistRelease) else "blocklist"
+        return f"[{section}] packages has no line with a version specifier"
+    if isinstance(f, ProjectRequirementsPinned) and not f.wanted:
+        return "[allowlist] requirements name no project"
+    if isinstance(f, LatestRelease) and not f.keep:
+        return "[latest_release] keep is 0 or not set"
+    if isinstance(f, ExcludePlatform) and not (f.fragments or f.types or f.pythons):
+        return "[blocklist] platforms is empty"
+    return None
+
+
 def _check_sections(parser: configparser.ConfigParser, enabled: list[str]) -> None:
     """Warn about keys no filter reads and about sections no enabled filter reads."""
     defaults = parser.defaults()
@@ -878,6 +902,7 @@ class FilterSet:
         filter name or a value a filter cannot use.
         """
         names = [n.lower() for n in _words(parser, "plugins", "enabled")] if parser.has_section("plugins") else []
+        names_given = list(names)
         if "all" in names:
             names = list(ALL_FILTERS)
         chosen = []
@@ -891,10 +916,11 @@ class FilterSet:
             logger.warning("Filter sections are set but [plugins] enabled is missing: no filter runs")
         elif parser.has_section("plugins"):
             _check_sections(parser, filters.active)
-        for f in filters._projects:
-            if isinstance(f, _ALLOWLISTS) and not f.names:
-                where = "[allowlist] packages" if isinstance(f, AllowlistProject) else "[allowlist] requirements"
-                logger.warning("%s is enabled but %s names no project: every project is allowed", f.name, where)
+        explicit = "all" not in names_given
+        for f in filters.filters:
+            reason = _idle(f)
+            if reason:  # worth a warning when named on purpose; expected of most filters under "all"
+                logger.log(logging.WARNING if explicit else logging.DEBUG, "%s is enabled but does nothing: %s", f.name, reason)
         return filters
 
     def allows_name(self, name: str) -> bool:

@@ -19,10 +19,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 from urllib.parse import unquote, urlsplit
 
-from packaging.utils import canonicalize_name
-
-from .models import check_project_name
 from .errors import UnsafePath
+from .models import check_project_name
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +129,13 @@ def _request_path(target: str) -> list[str] | None:
     return parts
 
 
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped: a request line must not forge log lines."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 class MirrorRequestHandler(BaseHTTPRequestHandler):
     """Serves one mirror's ``web/`` directory; :func:`make_server` sets ``web`` and ``hash_index``."""
 
@@ -149,14 +154,15 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
         if isinstance(code, HTTPStatus):
             code = code.value
         logger.info(
-            '%s "%s" %s %s %s', self.address_string(), self.requestline, code, self._served_size, self._served_type
+            '%s "%s" %s %s %s',
+            self.address_string(), _printable(self.requestline), code, self._served_size, self._served_type,
         )
 
     def log_error(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        logger.debug("%s %s", self.address_string(), format % args)  # log_request follows
+        logger.debug("%s %s", self.address_string(), _printable(format % args))  # log_request follows
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        logger.info("%s %s", self.address_string(), format % args)
+        logger.info("%s %s", self.address_string(), _printable(format % args))
 
     # -- methods -------------------------------------------------------------------------
     def do_GET(self) -> None:
@@ -197,7 +203,7 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
         self._error(status, explain or message or "")
 
     def _redirect(self, location: str) -> None:
-        self._served_type, self._served_size = location, 0
+        self._served_type, self._served_size = f"-> {location}", 0
         self.send_response(HTTPStatus.MOVED_PERMANENTLY)
         self.send_header("Location", location)
         self.send_header("Content-Length", "0")
@@ -268,7 +274,7 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
                     break
         if not sources:
             return self._error(HTTPStatus.NOT_FOUND)
-        media = negotiate(self.headers.get("Accept"), set(sources))
+        media = negotiate(", ".join(self.headers.get_all("Accept") or []), set(sources))
         if media is None:
             return self._error(
                 HTTPStatus.NOT_ACCEPTABLE, f"Available: {', '.join(m for m in _SERVER_ORDER if m in sources)}"
