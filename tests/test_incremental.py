@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from packaging.utils import canonicalize_name
 
 from .conftest import MirrorHarness
 from .test_mirror import assert_mirror_equals_upstream, expected_html
@@ -104,6 +105,52 @@ def test_a_corrupt_todo_is_discarded_with_a_warning(harness: MirrorHarness, capl
     assert harness.run().exit_code == 0
     assert any("corrupt todo" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
     assert_mirror_equals_upstream(harness)
+
+
+def _root_listing(harness: MirrorHarness) -> dict[str, int]:
+    return {p["name"]: p["_last-serial"] for p in json.loads(harness.web("simple/index.v1_json").read_text())["projects"]}
+
+
+@pytest.mark.parametrize("garbage", [b'{"small": ', b'["not", "an", "object"]', b'{"small": "7"}', b"\xff\xfe{}"])
+def test_corrupt_project_records_are_rebuilt_from_the_pages(
+    harness: MirrorHarness, caplog: pytest.LogCaptureFixture, garbage: bytes
+) -> None:
+    harness.run()
+    before = _root_listing(harness)
+    (harness.dir / "projects.json").write_bytes(garbage)
+    harness.corpus.add_file("small", "0.4", "small-0.4.tar.gz")
+    assert harness.run().exit_code == 0
+    assert any("projects.json is corrupt" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+    assert_mirror_equals_upstream(harness)
+    after = _root_listing(harness)
+    assert set(after) == set(before) and after["small"] > before["small"]
+    assert set(json.loads((harness.dir / "projects.json").read_text())) == {canonicalize_name(n) for n in before}
+
+
+def test_project_records_in_the_older_form_are_read(harness: MirrorHarness) -> None:
+    harness.run()
+    before = _root_listing(harness)
+    path = harness.dir / "projects.json"
+    records = json.loads(path.read_text())
+    assert any(isinstance(v, list) for v in records.values())  # display names that differ are kept with them
+    older = {c: (v if isinstance(v, list) else [c, v]) for c, v in records.items()}
+    path.write_text(json.dumps(older))
+    harness.corpus.add_file("small", "0.4", "small-0.4.tar.gz")
+    assert harness.run().exit_code == 0
+    after = _root_listing(harness)
+    assert set(after) == set(before) and after["small"] > before["small"]
+    assert_mirror_equals_upstream(harness)
+
+
+def test_records_are_rewritten_only_when_one_changes(harness: MirrorHarness) -> None:
+    harness.run()
+    path = harness.dir / "projects.json"
+    stamp = path.stat().st_mtime_ns
+    assert harness.sync_projects("small").exit_code == 0  # current already: same serial, same name
+    assert path.stat().st_mtime_ns == stamp
+    harness.corpus.add_file("small", "0.4", "small-0.4.tar.gz")
+    assert harness.sync_projects("small").exit_code == 0
+    assert path.stat().st_mtime_ns != stamp
 
 
 def test_failed_projects_stay_in_todo_while_the_rest_advances(harness: MirrorHarness) -> None:

@@ -109,6 +109,24 @@ def test_first_run_in_a_missing_directory_suggests_dash_c(tmp_path: Path, harnes
     assert len(lines) == 1 and "-c" in lines[0] and "Traceback" not in result.stderr
 
 
+def test_log_config_replaces_the_default_log_setup(harness: MirrorHarness, tmp_path: Path) -> None:
+    log_file = tmp_path / "mirror.log"
+    log_config = tmp_path / "logging.ini"
+    log_config.write_text(
+        "[loggers]\nkeys = root\n[handlers]\nkeys = file\n[formatters]\nkeys = plain\n"
+        "[logger_root]\nlevel = INFO\nhandlers = file\n"
+        f"[handler_file]\nclass = FileHandler\nformatter = plain\nargs = ({str(log_file)!r},)\n"
+        "[formatter_plain]\nformat = custom %(levelname)s %(message)s\n"
+    )
+    harness.configure({"log-config": str(log_config)})
+    result = harness.cli("mirror")
+    assert result.returncode == 0, result.stderr
+    lines = log_file.read_text().splitlines()
+    assert lines and all(line.startswith("custom ") for line in lines)
+    assert "Summary: 3 projects synced, 0 failed" in lines[-1]
+    assert "Summary" not in result.stderr
+
+
 # -- a full sync ---------------------------------------------------------------------------
 def test_full_sync_mirrors_every_file_and_page(harness: MirrorHarness) -> None:
     result = harness.cli("mirror")

@@ -113,7 +113,7 @@ def test_project_json_is_byte_exact():
 
 
 def test_root_pages():
-    html = pages.root_html([("a-b", "A_B"), ("c", "c")])
+    html = pages.root_html([("a-b", "A_B", 3), ("c", "c", 9)])
     assert html == (
         "<!DOCTYPE html>\n<html>\n  <head>\n"
         '    <meta name="pypi:repository-version" content="1.0">\n'
@@ -122,10 +122,22 @@ def test_root_pages():
         '    <a href="c/">c</a><br/>\n'
         "  </body>\n</html>"
     )
-    assert json.loads(pages.root_json([("A_B", 3), ("c", 9)], 10)) == {
+    assert json.loads(pages.root_json([("a-b", "A_B", 3), ("c", "c", 9)], 10)) == {
         "meta": {"api-version": "1.1", "_last-serial": 10},
         "projects": [{"name": "A_B", "_last-serial": 3}, {"name": "c", "_last-serial": 9}],
     }
+
+
+
+def test_root_json_bytes_are_what_json_dumps_gives():
+    """The root JSON page is rendered by hand for speed; its bytes must not drift from json.dumps."""
+    projects = [("a-b", "A_B", 3), ("x", 'q"uote\\back', 4), ("y", "ünï-çødé", 5), ("z", "tab\tnew\nline", 6), ("s", "\U0001f40d", 7)]
+    expected = json.dumps({
+        "meta": {"api-version": "1.1", "_last-serial": 10},
+        "projects": [{"name": n, "_last-serial": s} for _, n, s in projects],
+    })
+    assert pages.root_json(projects, 10) == expected
+    assert pages.root_json([], 0) == json.dumps({"meta": {"api-version": "1.1", "_last-serial": 0}, "projects": []})
 
 
 def test_document_keeps_only_kept_files():

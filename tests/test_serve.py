@@ -94,10 +94,10 @@ class Mirror:
         }
         for name, text in self.pages.items():
             (self.project_dir / name).write_text(text)
-        root_html = pages.root_html([("mypkg", "mypkg")])
+        root_html = pages.root_html([("mypkg", "mypkg", 7)])
         (self.web / "simple" / "index.html").write_text(root_html)
         (self.web / "simple" / "index.v1_html").write_text(root_html)
-        (self.web / "simple" / "index.v1_json").write_text(pages.root_json([("mypkg", 7)], 7))
+        (self.web / "simple" / "index.v1_json").write_text(pages.root_json([("mypkg", "mypkg", 7)], 7))
         (self.web / "pypi" / "mypkg").mkdir(parents=True)
         (self.web / "pypi" / "mypkg" / "json").write_text(json.dumps({"info": {"name": "mypkg"}, "last_serial": 7}))
         (self.web / "json").mkdir()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import logging.config
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def setup_logging(debug: bool, log_config: str = "") -> None:
     if log_config:
-        logging.config.fileConfig(log_config, disable_existing_loggers=False)
+        from logging.config import fileConfig  # here: only runs with a log-config need it
+
+        fileConfig(log_config, disable_existing_loggers=False)
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))

@@ -11,7 +11,6 @@ import configparser
 import dataclasses
 import logging
 import os
-from importlib import resources
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -113,6 +112,8 @@ def default_master() -> str:
 
 def default_config_text() -> str:
     """The commented default configuration (the text of examples/bandersnatch.conf)."""
+    from importlib import resources  # here: only a first run needs it
+
     return resources.files(__package__).joinpath("default.conf").read_text(encoding="utf-8")
 
 

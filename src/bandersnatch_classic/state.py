@@ -1,10 +1,11 @@
 """The mirror's own records: ``generation``, ``status``, ``todo`` and ``projects.json``.
 
-``projects.json`` maps each mirrored project's canonical name to its display name and the
-serial its pages were written at. The root index is rendered from it (not by scanning
-directories), and the ``html`` discovery method compares against it. A mirror made by the
-reference tool has no such file: it is rebuilt once from the ``<!--SERIAL N-->`` comments of
-the project pages.
+``projects.json`` maps each mirrored project's canonical name to the serial its pages were
+written at, or to ``[display name, serial]`` when the display name differs from the canonical
+one. The root index is rendered from it (not by scanning directories), and the ``html``
+discovery method compares against it. A mirror made by the reference tool has no such file:
+it is rebuilt once from the ``<!--SERIAL N-->`` comments of the project pages; a corrupt one
+is rebuilt the same way.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import json
 import logging
 import re
 import threading
-from html import unescape
-from urllib.parse import unquote
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from html import unescape
 from pathlib import Path
+from typing import Union
+from urllib.parse import unquote
 
 from packaging.utils import canonicalize_name
 
@@ -61,15 +64,78 @@ class Todo:
         return cls(target, projects)
 
 
+#: A record as stored: the serial alone when the display name is the canonical name.
+_Stored = Union[int, list]
+
+
+class Records(Mapping[str, tuple[str, int]]):
+    """canonical name -> (display name, serial) of every mirrored project.
+
+    Kept in the stored form, which is what ``json`` reads and writes fastest: a mirror of
+    100,000 projects loads and saves its records on every run that syncs anything.
+    """
+
+    def __init__(self, stored: dict[str, _Stored] | None = None) -> None:
+        self._stored: dict[str, _Stored] = stored if stored is not None else {}
+
+    @classmethod
+    def from_json(cls, text: str) -> Records:
+        """Parse ``projects.json`` (also the older ``{name: [display, serial]}`` form); ValueError if malformed."""
+        stored = json.loads(text)
+        if not isinstance(stored, dict):
+            raise ValueError("not an object")
+        for canonical, value in stored.items():
+            if type(value) is int:
+                continue
+            if not (type(value) is list and len(value) == 2 and isinstance(value[0], str) and type(value[1]) is int):
+                raise ValueError(f"bad record {value!r}")
+            if value[0] == canonical:
+                stored[canonical] = value[1]
+        return cls(stored)
+
+    def to_json(self) -> str:
+        return json.dumps(self._stored, separators=(",", ":"))
+
+    def __getitem__(self, canonical: str) -> tuple[str, int]:
+        value = self._stored[canonical]
+        return (canonical, value) if type(value) is int else (value[0], value[1])
+
+    def __contains__(self, canonical: object) -> bool:
+        return canonical in self._stored
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._stored)
+
+    def __len__(self) -> int:
+        return len(self._stored)
+
+    def set(self, canonical: str, display: str, serial: int) -> None:
+        self._stored[canonical] = serial if display == canonical else [display, serial]
+
+    def pop(self, canonical: str) -> bool:
+        """Forget a project; True if it was recorded."""
+        return self._stored.pop(canonical, None) is not None
+
+    def rows(self) -> list[tuple[str, str, int]]:
+        """``(canonical, display, serial)`` of every project, in canonical-name order."""
+        stored = self._stored
+        return [
+            (c, c, v) if type(v) is int else (c, v[0], v[1])  # type: ignore[index]
+            for c in sorted(stored)
+            for v in (stored[c],)
+        ]
+
+
 class MirrorState:
     """Reads and writes the state files of one mirror directory."""
 
     def __init__(self, storage: Storage, hash_index: bool = False) -> None:
         self.storage = storage
         self.hash_index = hash_index
-        self._projects: dict[str, tuple[str, int]] | None = None
+        self._projects: Records | None = None
         #: Whether a project was added, renamed or removed since loading (the root HTML lists names).
         self.names_changed = False
+        self._unsaved = False
         self._lock = threading.RLock()  # workers record projects while the main thread saves
 
     # -- generation and status -------------------------------------------------------
@@ -128,32 +194,44 @@ class MirrorState:
 
     # -- per-project records ---------------------------------------------------------
     @property
-    def projects(self) -> dict[str, tuple[str, int]]:
-        """canonical name -> (display name, serial) of every mirrored project (read-only use)."""
+    def projects(self) -> Records:
+        """The records of every mirrored project (change them through :meth:`record` and :meth:`forget`)."""
         with self._lock:
             if self._projects is None:
-                text = self.storage.read_text(PROJECTS_FILE)
-                if text is not None:
-                    self._projects = {k: (v[0], int(v[1])) for k, v in json.loads(text).items()}
-                else:
-                    self._projects = self._scan_pages()
+                self._projects = self._load_projects()
             return self._projects
+
+    def _load_projects(self) -> Records:
+        try:
+            text = self.storage.read_text(PROJECTS_FILE)
+            if text is not None:
+                return Records.from_json(text)
+        except ValueError as exc:  # also undecodable bytes
+            logger.warning("%s is corrupt (%s); rebuilding it from the project pages", self.storage.path(PROJECTS_FILE), exc)
+        self._unsaved = True  # the rebuilt records are worth keeping
+        return self._scan_pages()
 
     def record(self, canonical: str, name: str, serial: int) -> None:
         with self._lock:
             old = self.projects.get(canonical)
             if old is None or old[0] != name:
                 self.names_changed = True
-            self.projects[canonical] = (name, serial)
+            if old != (name, serial):
+                self.projects.set(canonical, name, serial)
+                self._unsaved = True
 
     def forget(self, canonical: str) -> None:
         with self._lock:
-            if self.projects.pop(canonical, None) is not None:
-                self.names_changed = True
+            if self.projects.pop(canonical):
+                self.names_changed = self._unsaved = True
 
     def save_projects(self) -> None:
+        """Write ``projects.json`` if a record changed since it was read or last written."""
         with self._lock:
-            data = json.dumps(self.projects, separators=(",", ":"), sort_keys=True)
+            if not self._unsaved:
+                return
+            data = self.projects.to_json()
+            self._unsaved = False
         self.storage.write_bytes(PROJECTS_FILE, data.encode())
 
     def simple_dir(self, canonical: str) -> str:
@@ -177,17 +255,17 @@ class MirrorState:
                 paths.append("web" + unquote(href[marker:].split("#", 1)[0]))
         return paths
 
-    def _scan_pages(self) -> dict[str, tuple[str, int]]:
+    def _scan_pages(self) -> Records:
         """Rebuild the project records from existing pages (a mirror made by another tool)."""
         simple = self.storage.root / "web" / "simple"
-        found: dict[str, tuple[str, int]] = {}
+        found = Records()
         if not simple.is_dir():
             return found
         pattern = "*/*/index.html" if self.hash_index else "*/index.html"
         for page in simple.glob(pattern):
             record = _read_page_record(page)
             if record is not None:
-                found[canonicalize_name(page.parent.name)] = record
+                found.set(canonicalize_name(page.parent.name), *record)
         if found:
             logger.info("Rebuilt the records of %d projects from their pages", len(found))
         return found

@@ -469,14 +469,14 @@ class Mirror:
 
     def _write_root(self, serial: int) -> None:
         """Render the root index from the project records (never from a directory scan)."""
-        records = sorted(self.state.projects.items())
+        records = self.state.projects.rows()
         if self.config.write_html and (self.state.names_changed or not self.storage.exists("web/simple/index.html")):
-            html = pages.root_html((c, d) for c, (d, _) in records).encode()
+            html = pages.root_html(records).encode()
             for name in ("index.html", "index.v1_html"):
                 if self.storage.write_if_changed(f"web/simple/{name}", html):
                     self.report.written.append(f"web/simple/{name}")
         if self.config.write_json:
-            page = pages.root_json(((d, s) for _, (d, s) in records), serial).encode()
+            page = pages.root_json(records, serial).encode()
             if self.storage.write_if_changed("web/simple/index.v1_json", page):
                 self.report.written.append("web/simple/index.v1_json")
         self.state.save_projects()
