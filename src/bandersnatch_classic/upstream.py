@@ -33,7 +33,7 @@ import threading
 import time
 import urllib.request
 import xmlrpc.client
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -434,21 +434,7 @@ class Upstream:
                 if response.status in RETRY_STATUSES:
                     raise _RetryAfter(f"HTTP {response.status}", _retry_after(response.getheader("Retry-After")))
                 raise UpstreamError(f"HTTP {response.status}")
-            digest = hashlib.sha256()
-            written = 0
-            buffer = memoryview(bytearray(CHUNK))  # one buffer for the whole body: no copies
-            with open_dest() as fh:
-                while count := response.readinto(buffer):
-                    chunk = buffer[:count]
-                    digest.update(chunk)
-                    fh.write(chunk)
-                    written += count
-                    if time.monotonic() > deadline:
-                        raise UpstreamError(f"took longer than global-timeout ({self.global_timeout:g}s)")
-                if response.length:  # the body ended before Content-Length said it would
-                    raise http.client.IncompleteRead(b"", response.length)
-                if digest.hexdigest() != sha256:
-                    raise HashMismatch(f"sha256 {digest.hexdigest()} does not match the expected {sha256}")
+            written = self._write_verified(_body_chunks(response), open_dest, sha256, deadline)
             if response.will_close:
                 conn.close()
             return written
@@ -466,17 +452,27 @@ class Upstream:
         with self._response("GET", url) as response:
             if response.status != 200:
                 raise UpstreamError(f"HTTP {response.status}")
-            digest = hashlib.sha256()
-            written = 0
-            with open_dest() as fh:
-                for chunk in response.stream(CHUNK):
-                    digest.update(chunk)
-                    fh.write(chunk)
-                    written += len(chunk)
-                    if time.monotonic() > deadline:
-                        raise UpstreamError(f"took longer than global-timeout ({self.global_timeout:g}s)")
-                if digest.hexdigest() != sha256:
-                    raise HashMismatch(f"sha256 {digest.hexdigest()} does not match the expected {sha256}")
+            return self._write_verified(response.stream(CHUNK), open_dest, sha256, deadline)
+
+    def _write_verified(
+        self,
+        chunks: Iterable[bytes | memoryview],
+        open_dest: Callable[[], contextlib.AbstractContextManager[BinaryIO]],
+        sha256: str,
+        deadline: float,
+    ) -> int:
+        """Write a body to ``open_dest()`` while hashing it; an error inside leaves nothing behind."""
+        digest = hashlib.sha256()
+        written = 0
+        with open_dest() as fh:
+            for chunk in chunks:
+                digest.update(chunk)
+                fh.write(chunk)
+                written += len(chunk)
+                if time.monotonic() > deadline:
+                    raise UpstreamError(f"took longer than global-timeout ({self.global_timeout:g}s)")
+            if digest.hexdigest() != sha256:
+                raise HashMismatch(f"sha256 {digest.hexdigest()} does not match the expected {sha256}")
         return written
 
 
@@ -486,6 +482,15 @@ class _RetryAfter(UpstreamError):
     def __init__(self, message: str, seconds: float) -> None:
         super().__init__(message)
         self.seconds = seconds
+
+
+def _body_chunks(response: http.client.HTTPResponse) -> Iterator[memoryview]:
+    """The body through one reused buffer (no copies); IncompleteRead if it ends short."""
+    buffer = memoryview(bytearray(CHUNK))
+    while count := response.readinto(buffer):
+        yield buffer[:count]
+    if response.length:  # the body ended before Content-Length said it would
+        raise http.client.IncompleteRead(b"", response.length)
 
 
 #: What a direct download may raise that is worth another attempt.
