@@ -469,8 +469,11 @@ class Mirror:
 
     def _write_root(self, serial: int) -> None:
         """Render the root index from the project records (never from a directory scan)."""
-        records = self.state.projects.rows()
-        if self.config.write_html and (self.state.names_changed or not self.storage.exists("web/simple/index.html")):
+        write_html = self.config.write_html and (
+            self.state.names_changed or not self.storage.exists("web/simple/index.html")
+        )
+        records = self.state.projects.rows() if write_html or self.config.write_json else []
+        if write_html:
             html = pages.root_html(records).encode()
             for name in ("index.html", "index.v1_html"):
                 if self.storage.write_if_changed(f"web/simple/{name}", html):
