@@ -285,6 +285,24 @@ def test_resolve_dependencies_without_an_allowlist_is_a_config_error(dh: MirrorH
     assert result.returncode == 2 and "allowlist" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("lines", "needles"),
+    [
+        ("resolve-dependencies = perhaps\n", ["[allowlist] resolve-dependencies", "'perhaps'", "true or false"]),
+        ("resolve-dependencies = yes\npython-versions = 3\n", ["[allowlist] python-versions", "'3'"]),
+        ("resolve-dependencies = on\nplatforms = beos\n", ["[allowlist] platforms", "'beos'"]),
+    ],
+)
+def test_bad_resolve_dependencies_values_exit_2_with_one_line(dh: MirrorHarness, lines: str, needles: list[str]) -> None:
+    dh.configure(sections="[plugins]\nenabled = allowlist_project\n[allowlist]\npackages = app\n" + lines)
+    result = dh.cli("mirror")
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in errors[0]
+
+
 def test_pip_installs_an_allowlisted_project_with_its_dependencies(dh: MirrorHarness, tmp_path: Path) -> None:
     import os
     import subprocess

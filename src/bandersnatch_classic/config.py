@@ -154,6 +154,20 @@ def load(path: Path) -> Config:
     return Config(path=path, mirror=_read_mirror(parser["mirror"], path), parser=parser)
 
 
+def parse_bool(value: str | None, where: str, default: bool) -> bool:
+    """A boolean config value (true/false, yes/no, on/off, 1/0); ``default`` when unset or empty.
+
+    ``where`` names the key in the error, e.g. ``[mirror] json``.
+    """
+    value = (value or "").strip()
+    if not value:
+        return default
+    lowered = value.lower()
+    if lowered in configparser.ConfigParser.BOOLEAN_STATES:
+        return configparser.ConfigParser.BOOLEAN_STATES[lowered]
+    raise ConfigError(f"{where} = {value!r} is not a boolean; use true or false")
+
+
 class _Reader:
     """Typed access to one section that remembers which keys were read."""
 
@@ -171,13 +185,7 @@ class _Reader:
         return default if value is None else value
 
     def boolean(self, key: str, default: bool) -> bool:
-        value = self.raw(key)
-        if value is None or value == "":
-            return default
-        lowered = value.lower()
-        if lowered in configparser.ConfigParser.BOOLEAN_STATES:
-            return configparser.ConfigParser.BOOLEAN_STATES[lowered]
-        raise ConfigError(f"[mirror] {key} = {value!r} is not a boolean; use true or false")
+        return parse_bool(self.raw(key), f"[mirror] {key}", default)
 
     def number(self, key: str, default: float, kind: type, low: float, high: float | None) -> float:
         value = self.raw(key)

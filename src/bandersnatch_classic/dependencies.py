@@ -18,6 +18,7 @@ from collections.abc import Iterable
 
 from packaging.utils import canonicalize_name
 
+from .config import parse_bool
 from .errors import ConfigError
 from .models import Project
 from .storage import Storage
@@ -51,11 +52,9 @@ class DependencyPolicy:
     @classmethod
     def from_config(cls, parser: configparser.ConfigParser) -> DependencyPolicy | None:
         """The policy of ``[allowlist]``, or None when ``resolve-dependencies`` is off."""
-        raw = parser.get("allowlist", "resolve-dependencies", fallback="false").strip().lower()
-        if raw in ("false", "no", "off", "0", ""):
+        wanted = parser.get("allowlist", "resolve-dependencies", fallback=None)
+        if not parse_bool(wanted, "[allowlist] resolve-dependencies", False):
             return None
-        if raw not in ("true", "yes", "on", "1"):
-            raise ConfigError(f"[allowlist] resolve-dependencies = {raw!r}: expected true or false")
         here = f"{sys.version_info.major}.{sys.version_info.minor}"
         versions = (parser.get("allowlist", "python-versions", fallback="") or here).split()
         for version in versions:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
+from .config import parse_bool
 from .errors import ConfigError
 from .models import Project, ReleaseFile
 
@@ -112,15 +113,6 @@ def _int(parser: configparser.ConfigParser, section: str, key: str, default: int
     if value < 0:
         raise ConfigError(f"[{section}] {key} = {raw.strip()!r} is not allowed; use a whole number 0 or more")
     return value
-
-
-def _bool(parser: configparser.ConfigParser, section: str, key: str, default: bool) -> bool:
-    raw = (parser.get(section, key, fallback="") or "").strip().lower()
-    if not raw:
-        return default
-    if raw not in configparser.ConfigParser.BOOLEAN_STATES:
-        raise ConfigError(f"[{section}] {key} = {raw!r} is not a boolean; use true or false")
-    return configparser.ConfigParser.BOOLEAN_STATES[raw]
 
 
 def _version(text: str) -> Version | None:
@@ -786,7 +778,7 @@ class VersionRangeReleaseFileMetadata:
         self.ranges: list[_Range] = []
         if not parser.has_section(section):
             return
-        nulls_match = _bool(parser, section, "nulls_match", True)
+        nulls_match = parse_bool(parser.get(section, "nulls_match", fallback=None), f"[{section}] nulls_match", True)
         for key, values in _tagged_items(parser, section):
             if key != "nulls_match":
                 self.ranges.append(_Range(key, values, nulls_match, section))
