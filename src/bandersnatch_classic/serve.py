@@ -21,10 +21,11 @@ from urllib.parse import unquote, urlsplit
 
 from .errors import UnsafePath
 from .models import check_project_name
+from .pages import JSON_CONTENT_TYPE as SIMPLE_JSON
+from .state import pages_dir
 
 logger = logging.getLogger(__name__)
 
-SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 SIMPLE_HTML = "application/vnd.pypi.simple.v1+html"
 TEXT_HTML = "text/html"
 #: PEP 691's ``latest`` aliases: answered with the v1 type.
@@ -244,12 +245,6 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
             return None
         return resolved if resolved.is_relative_to(self.web) else None
 
-    def _project_dir(self, canonical: str) -> Path:
-        """Where a project's pages are: ``MirrorState.simple_dir``'s rule, below ``web/``."""
-        if self.hash_index:
-            return self.web / "simple" / canonical[0] / canonical
-        return self.web / "simple" / canonical
-
     def _simple(self, name: str | None, body: bool) -> None:
         if name is None:
             directory = self.web / "simple"
@@ -264,7 +259,7 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
             # the directory, so ``/simple/<name>`` redirects to ``/simple/<name>/`` too.
             if canonical != name or not self.path.split("?", 1)[0].endswith("/"):
                 return self._redirect(f"/simple/{canonical}/")
-            directory = self._project_dir(canonical)
+            directory = self.web / pages_dir(canonical, self.hash_index)
         sources: dict[str, Path] = {}
         for media, filenames in SOURCES.items():
             for filename in filenames:

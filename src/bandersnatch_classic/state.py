@@ -236,9 +236,7 @@ class MirrorState:
 
     def simple_dir(self, canonical: str) -> str:
         """The directory of a project's pages below the mirror directory."""
-        if self.hash_index:
-            return f"web/simple/{canonical[0]}/{canonical}"
-        return f"web/simple/{canonical}"
+        return f"web/{pages_dir(canonical, self.hash_index)}"
 
     def project_files(self, canonical: str) -> list[str]:
         """Paths (``web/packages/...``) of the files the project's current page links to."""
@@ -248,12 +246,7 @@ class MirrorState:
         else:
             page = self.storage.read_text(f"{self.simple_dir(canonical)}/index.html") or ""
             hrefs = [unescape(h) for h in _HREF_RE.findall(page)]
-        paths = []
-        for href in hrefs:
-            marker = href.find("/packages/")
-            if marker >= 0:
-                paths.append("web" + unquote(href[marker:].split("#", 1)[0]))
-        return paths
+        return [path for path in map(local_package_path, hrefs) if path]
 
     def _scan_pages(self) -> Records:
         """Rebuild the project records from existing pages (a mirror made by another tool)."""
@@ -269,6 +262,19 @@ class MirrorState:
         if found:
             logger.info("Rebuilt the records of %d projects from their pages", len(found))
         return found
+
+
+def pages_dir(canonical: str, hash_index: bool) -> str:
+    """The directory of a project's pages below ``web/`` (``hash-index`` adds the first letter)."""
+    return f"simple/{canonical[0]}/{canonical}" if hash_index else f"simple/{canonical}"
+
+
+def local_package_path(href: str) -> str | None:
+    """The ``web/packages/...`` path a page's file link points at, or None if it points elsewhere."""
+    marker = href.find("/packages/")
+    if marker < 0:
+        return None
+    return "web" + unquote(href[marker:].split("#", 1)[0])
 
 
 def _read_page_record(page: Path) -> tuple[str, int] | None:

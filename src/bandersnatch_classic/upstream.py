@@ -46,11 +46,11 @@ from urllib3.util.retry import Retry
 from . import __version__
 from .errors import HashMismatch, ProjectGone, StaleResponse, UpstreamError
 from .models import Project
+from .pages import JSON_CONTENT_TYPE as SIMPLE_JSON
 
 logger = logging.getLogger(__name__)
 
 USER_AGENT = f"bandersnatch-classic/{__version__} (urllib3/{urllib3.__version__})"
-SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 _HTML_SERIAL = re.compile(rb"<!--SERIAL (\d+)-->")
 CHUNK = 1 << 20

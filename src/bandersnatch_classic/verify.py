@@ -21,12 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from html import unescape
 from pathlib import Path
-from urllib.parse import unquote
 
 from . import pages
 from .errors import BandersnatchError
 from .models import Project
-from .state import MirrorState
+from .state import MirrorState, local_package_path
 from .storage import Storage
 from .sync import Mirror, _human
 
@@ -72,12 +71,21 @@ class VerifyReport:
         )
 
 
-def expected_files(storage: Storage, state: MirrorState, canonical: str) -> dict[str, tuple[str | None, int | None]]:
-    """What a project should hold: ``web/packages/...`` path -> (sha256, size), from the mirror."""
-    out: dict[str, tuple[str | None, int | None]] = {}
+def stored_project(storage: Storage, canonical: str) -> Project | None:
+    """The project as its stored JSON document (``web/json/<name>``) describes it, if there is one."""
     doc = storage.read_text(f"web/json/{canonical}")
-    if doc is not None:
-        project = Project.from_json(json.loads(doc))
+    return Project.from_json(json.loads(doc)) if doc is not None else None
+
+
+def expected_files(
+    storage: Storage, state: MirrorState, canonical: str, project: Project | None
+) -> dict[str, tuple[str | None, int | None]]:
+    """What a project should hold: ``web/packages/...`` path -> (sha256, size), from the mirror.
+
+    ``project`` is its :func:`stored_project`; without one, the project's pages are read.
+    """
+    out: dict[str, tuple[str | None, int | None]] = {}
+    if project is not None:
         for f in project.files():
             out[f"web/{f.path}"] = (f.sha256, f.size or None)
             if f.metadata_sha256:
@@ -86,7 +94,7 @@ def expected_files(storage: Storage, state: MirrorState, canonical: str) -> dict
     page = storage.read_text(f"{state.simple_dir(canonical)}/index.v1_json")
     if page is not None:
         for entry in json.loads(page).get("files", []):
-            path = _local(entry["url"])
+            path = local_package_path(entry["url"])
             if path:
                 out[path] = (entry.get("hashes", {}).get("sha256"), entry.get("size"))
                 core = entry.get("core-metadata") or entry.get("dist-info-metadata")
@@ -96,7 +104,7 @@ def expected_files(storage: Storage, state: MirrorState, canonical: str) -> dict
     html = storage.read_text(f"{state.simple_dir(canonical)}/index.html") or ""
     for href, attrs in _LINK.findall(html):
         href = unescape(href)
-        path = _local(href)
+        path = local_package_path(href)
         if path:
             digest = href.split("#sha256=", 1)[1] if "#sha256=" in href else None
             out[path] = (digest, None)
@@ -104,13 +112,6 @@ def expected_files(storage: Storage, state: MirrorState, canonical: str) -> dict
             if core:
                 out[f"{path}.metadata"] = (core.group(1), None)
     return out
-
-
-def _local(href: str) -> str | None:
-    marker = href.find("/packages/")
-    if marker < 0:
-        return None
-    return "web" + unquote(href[marker:].split("#", 1)[0])
 
 
 def _check(storage: Storage, path: str, sha256: str | None, size: int | None) -> tuple[bool, int]:
@@ -156,8 +157,9 @@ def verify(
         # every project has only a few small ones.
         for start in range(0, len(names), BATCH):
             batch: list[tuple[str, str, str | None, int | None]] = []
-            for canonical in names[start : start + BATCH]:
-                expected = expected_files(storage, state, canonical)
+            stored = {canonical: stored_project(storage, canonical) for canonical in names[start : start + BATCH]}
+            for canonical, project in stored.items():
+                expected = expected_files(storage, state, canonical, project)
                 referenced.update(expected)
                 report.projects += 1
                 if canonical not in done:
@@ -168,13 +170,13 @@ def verify(
                 report.bytes_hashed += hashed
                 if not ok:
                     report.broken.setdefault(canonical, []).append(path)
-            for canonical in names[start : start + BATCH]:
+            for canonical, project in stored.items():
                 if canonical in done:
                     continue
                 if canonical in report.broken:
                     bad = report.broken[canonical]
                     logger.warning("%s: %d missing or corrupt files, e.g. %s", canonical, len(bad), bad[0])
-                if _page_disagrees(mirror, canonical):
+                if _page_disagrees(mirror, canonical, project):
                     report.pages_fixed.append(canonical)
                 done.add(canonical)
             if not dry_run and time.monotonic() - last_save > 5:
@@ -186,7 +188,7 @@ def verify(
         fixed = mirror.sync_projects(repair)
         report.unfixed.update(fixed.failed)
         for canonical in repair:  # what the repair brought in is referenced too
-            referenced.update(expected_files(storage, state, canonical))
+            referenced.update(expected_files(storage, state, canonical, stored_project(storage, canonical)))
     if delete:
         for path, size in _unowned(storage, referenced):
             report.unowned[path] = size
@@ -204,13 +206,11 @@ def verify(
     return report
 
 
-def _page_disagrees(mirror: Mirror, canonical: str) -> bool:
-    """Whether the HTML page differs from what the stored JSON document renders to."""
+def _page_disagrees(mirror: Mirror, canonical: str, project: Project | None) -> bool:
+    """Whether the HTML page differs from what the stored JSON document (``project``) renders to."""
     storage, state, config = mirror.storage, mirror.state, mirror.config
-    doc = storage.read_text(f"web/json/{canonical}")
-    if doc is None or not config.write_html or config.keep_index_versions:
+    if project is None or not config.write_html or config.keep_index_versions:
         return False
-    project = Project.from_json(json.loads(doc))
     page = storage.read_text(f"{state.simple_dir(canonical)}/index.html")
     expected = pages.project_html(project, config.root_uri, config.digest_name)
     if page != expected:
@@ -259,7 +259,7 @@ def delete_projects(mirror: Mirror, names: Iterable[str], dry_run: bool = False)
         canonical = canonicalize_name(name)
         if canonical not in state.projects and not storage.exists(state.simple_dir(canonical)):
             raise BandersnatchError(f"{name}: not in this mirror")
-        paths = list(expected_files(storage, state, canonical))
+        paths = list(expected_files(storage, state, canonical, stored_project(storage, canonical)))
         paths += [state.simple_dir(canonical), f"web/json/{canonical}", f"web/pypi/{canonical}"]
         for path in paths:
             if storage.exists(path) or storage.path(path).is_symlink():
