@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 EPOCH = datetime(2024, 1, 1, tzinfo=timezone.utc)
 SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
@@ -231,7 +232,7 @@ class Corpus:
         return {
             "meta": {"api-version": "1.1", "_last-serial": spec.serial},
             "name": canonicalize_name(spec.name),
-            "versions": list(spec.releases),
+            "versions": sorted(spec.releases, key=Version),  # the public index lists them ascending
             "files": files,
         }
 

@@ -33,6 +33,10 @@ class StaleResponse(UpstreamError):
     """The upstream keeps serving a page older than the serial it announced."""
 
 
+class NotServed(UpstreamError):
+    """The upstream answered 404 or 410 for a file it had advertised."""
+
+
 class HashMismatch(UpstreamError):
     """A downloaded file's digest differs from the one the upstream published."""
 

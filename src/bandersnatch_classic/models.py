@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
@@ -17,6 +17,10 @@ from urllib.parse import unquote, urljoin, urlsplit
 from packaging.utils import canonicalize_name
 
 from .errors import UnsafePath
+
+
+#: The keys under which a JSON API file entry gives its core metadata digest (PEP 658/714).
+METADATA_KEYS = ("core-metadata", "data-dist-info-metadata", "dist-info-metadata")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -77,6 +81,8 @@ class Project:
     info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     #: The whole JSON API document as the upstream sent it.
     raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+    #: Files whose core metadata the mirror does not serve (see :meth:`drop_metadata`).
+    without_metadata: set[str] = dataclasses.field(default_factory=set, repr=False)
 
     @property
     def canonical(self) -> str:
@@ -87,16 +93,38 @@ class Project:
         for files in self.releases.values():
             yield from files
 
+    def drop_metadata(self, filenames: Iterable[str]) -> None:
+        """Forget the core metadata of these files: the mirror does not hold their ``.metadata``.
+
+        Pages rendered afterwards carry no metadata attribute for them, and the stored
+        document says ``false`` where the upstream gave a digest, as the JSON API does for
+        a file without metadata.
+        """
+        drop = set(filenames)
+        if not drop:
+            return
+        self.without_metadata |= drop
+        for version, files in self.releases.items():
+            self.releases[version] = [
+                dataclasses.replace(f, metadata_sha256=None) if f.filename in drop else f for f in files
+            ]
+
     def document(self) -> dict[str, Any]:
         """The JSON API document to store: the upstream's, with only the kept releases and files."""
         kept = {f.filename for f in self.files()}
         upstream = self.raw.get("releases") or {}
         doc = dict(self.raw)
         doc["releases"] = {
-            v: [e for e in upstream.get(v, []) if e.get("filename") in kept] for v in self.releases
+            v: [self._entry(e) for e in upstream.get(v, []) if e.get("filename") in kept] for v in self.releases
         }
-        doc["urls"] = [e for e in self.raw.get("urls") or [] if e.get("filename") in kept]
+        doc["urls"] = [self._entry(e) for e in self.raw.get("urls") or [] if e.get("filename") in kept]
         return doc
+
+    def _entry(self, entry: Mapping[str, Any]) -> Mapping[str, Any]:
+        """A file's stored entry: the upstream's, without metadata digests the mirror cannot back."""
+        if entry.get("filename") not in self.without_metadata:
+            return entry
+        return {**entry, **{k: False for k in METADATA_KEYS if k in entry}, "core-metadata": False}
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any], serial: int | None = None, base: str = "") -> Project:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +33,8 @@ class Download:
     path: str
     sha256: str
     mtime: datetime | None = None
+    #: A ``.metadata`` sidecar: one the upstream cannot serve does not fail the project.
+    sidecar: bool = False
 
     def fetch(self, upstream: Upstream, storage: Storage) -> int:
         return upstream.download(self.url, lambda: storage.writer(self.path, self.mtime), self.sha256)
@@ -52,8 +55,28 @@ def plan_downloads(project: Project, config: MirrorConfig, storage: Storage) -> 
         if config.core_metadata and file.metadata_sha256:
             meta_path = f"{path}.metadata"
             if not storage.sha256(meta_path) == file.metadata_sha256:
-                downloads.append(Download(f"{file.url}.metadata", meta_path, file.metadata_sha256))
+                downloads.append(Download(f"{file.url}.metadata", meta_path, file.metadata_sha256, sidecar=True))
     return downloads
+
+
+def unserved_metadata(
+    project: Project, config: MirrorConfig, storage: Storage, failed: Iterable[str] = ()
+) -> list[ReleaseFile]:
+    """The files whose advertised core metadata the mirror does not serve.
+
+    That is every one with ``core-metadata = false``; otherwise those whose ``.metadata``
+    download failed in this sync (``failed``: paths below the mirror) or is not on disk.
+    Their pages must not offer metadata (see :meth:`Project.drop_metadata`).
+    """
+    failed = set(failed)
+    out = []
+    for file in project.files():
+        if not file.metadata_sha256:
+            continue
+        meta_path = f"web/{file.path}.metadata"
+        if not config.core_metadata or meta_path in failed or not storage.exists(meta_path):
+            out.append(file)
+    return out
 
 
 def is_current(storage: Storage, path: str, file: ReleaseFile, compare_method: str) -> bool:

@@ -7,11 +7,14 @@ so that mirrors written by either tool look the same to clients and to each othe
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from html import escape
 from json.encoder import encode_basestring_ascii
 from typing import Any
+
+from packaging.version import InvalidVersion, Version
 
 from .models import Project, ReleaseFile
 
@@ -21,7 +24,7 @@ API_VERSION = "1.1"
 _PAGE_HEAD = """<!DOCTYPE html>
 <html>
   <head>
-    <meta name="pypi:repository-version" content="1.0">
+    <meta name="pypi:repository-version" content="{version}">
     <title>{title}</title>
   </head>
   <body>
@@ -44,7 +47,7 @@ def _digest(file: ReleaseFile, digest_name: str) -> str:
 def project_html(project: Project, root_uri: str = "", digest_name: str = "sha256") -> str:
     """The PEP 503 page of one project, with the PEP 592/658/714 attributes."""
     name = escape(project.name)
-    lines = [_PAGE_HEAD.format(title=f"Links for {name}"), f"    <h1>Links for {name}</h1>\n"]
+    lines = [_PAGE_HEAD.format(title=f"Links for {name}", version=API_VERSION), f"    <h1>Links for {name}</h1>\n"]
     for file in project.files():
         attrs = [f'href="{escape(file_href(file, root_uri))}#{digest_name}={_digest(file, digest_name)}"']
         if file.requires_python:
@@ -65,6 +68,32 @@ def upload_time(when: datetime) -> str:
     return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+#: PEP 700's ``upload-time`` as the upstream may give it: UTC, with or without fractions.
+_UPLOAD_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?Z$")
+
+
+def file_upload_time(file: ReleaseFile) -> str | None:
+    """A file's ``upload-time``: the upstream's own text when it is in PEP 700's form
+    (``...:47Z`` stays ``...:47Z``), else rendered from the parsed time."""
+    given = file.raw.get("upload_time_iso_8601")
+    if isinstance(given, str) and _UPLOAD_TIME.match(given):
+        return given
+    return upload_time(file.upload_time) if file.upload_time is not None else None
+
+
+def version_order(versions: Iterable[str]) -> list[str]:
+    """Versions in the order the upstream's simple pages list them: ascending by PEP 440,
+    with strings that are not PEP 440 versions first, in text order."""
+
+    def key(text: str) -> tuple[int, Any, str]:
+        try:
+            return (1, Version(text), text)
+        except InvalidVersion:
+            return (0, (), text)
+
+    return sorted(versions, key=key)
+
+
 def project_json(project: Project, root_uri: str = "") -> str:
     """The PEP 691 JSON page of one project, with the PEP 700 fields."""
     files: list[dict[str, Any]] = []
@@ -77,8 +106,9 @@ def project_json(project: Project, root_uri: str = "") -> str:
         if file.requires_python:
             entry["requires-python"] = file.requires_python
         entry["size"] = file.size
-        if file.upload_time is not None:
-            entry["upload-time"] = upload_time(file.upload_time)
+        uploaded = file_upload_time(file)
+        if uploaded is not None:
+            entry["upload-time"] = uploaded
         entry["yanked"] = (file.yanked_reason or True) if file.yanked else False
         if file.metadata_sha256:
             entry["core-metadata"] = {"sha256": file.metadata_sha256}
@@ -86,7 +116,7 @@ def project_json(project: Project, root_uri: str = "") -> str:
     page = {
         "meta": {"api-version": API_VERSION, "_last-serial": str(project.serial)},
         "name": project.canonical,
-        "versions": list(project.releases),
+        "versions": version_order(project.releases),
         "files": files,
     }
     return json.dumps(page)
@@ -94,7 +124,7 @@ def project_json(project: Project, root_uri: str = "") -> str:
 
 def root_html(projects: Iterable[tuple[str, str, int]]) -> str:
     """The PEP 503 root index; ``projects`` are ``(canonical, display name, serial)`` in order."""
-    lines = [_PAGE_HEAD.format(title="Simple Index")]
+    lines = [_PAGE_HEAD.format(title="Simple Index", version=API_VERSION)]
     lines.extend([f'    <a href="{escape(c)}/">{escape(d)}</a><br/>\n' for c, d, _ in projects])
     lines.append(_PAGE_TAIL)
     return "".join(lines)

@@ -44,10 +44,11 @@ from . import pages
 from .config import MirrorConfig
 from .dependencies import DependencyPolicy, requirements_of
 from .discovery import discover
-from .errors import LockHeld, ProjectGone, UnsafePath
+from .errors import HashMismatch, LockHeld, NotServed, ProjectGone, UnsafePath
 from .filters import FilterSet
 from .models import Project, check_project_name
-from .package import Download, plan_downloads, publish, unpublish
+from .package import Download, plan_downloads, publish, unpublish, unserved_metadata
+from .sidecars import MissingSidecars, sidecars_of
 from .state import MirrorState, Todo
 from .storage import Storage
 from .upstream import Upstream
@@ -123,6 +124,8 @@ class _Job:
         self.files = 0
         self.bytes = 0
         self.written: list[str] = []
+        #: ``.metadata`` sidecars the upstream did not serve (paths below the mirror).
+        self.missing: list[str] = []
         self.error: str | None = None
 
 
@@ -202,6 +205,13 @@ class _Worker:
                     job.files += 1
                     job.bytes += size
                     job.written.append(download.path)
+            except (NotServed, HashMismatch) as exc:
+                if not download.sidecar:
+                    job.error = job.error or _reason(exc)
+                else:
+                    logger.warning("%s: %s; mirrored without it, its pages offer no core metadata for that file", job.name, exc)
+                    with self._lock:
+                        job.missing.append(download.path)
             except Exception as exc:
                 job.error = job.error or _reason(exc)
         elif job.error is None:
@@ -219,6 +229,9 @@ class _Worker:
         project = job.project
         assert project is not None
         try:
+            unserved = unserved_metadata(project, self.config, self.storage, job.missing)
+            project.drop_metadata(f.filename for f in unserved)
+            missing = sidecars_of(unserved) if self.config.core_metadata else []
             job.written += publish(project, self.config, self.storage, self.state)
         except Exception as exc:
             self._report(FAILED, job, _reason(exc))
@@ -226,7 +239,9 @@ class _Worker:
         requires = requirements_of(project, self.storage) if self.dependencies is not None else []
         logger.info("%s: synced at serial %d", project.name, project.serial)
         self._report(
-            SYNCED, job, (project.canonical, project.name, project.serial, job.files, job.bytes, job.written, requires)
+            SYNCED,
+            job,
+            (project.canonical, project.name, project.serial, job.files, job.bytes, job.written, requires, missing),
         )
 
 
@@ -249,6 +264,7 @@ class Mirror:
         #: Requires-Dist of the projects synced in this run (resolve-dependencies only).
         self._requires: dict[str, list[str]] = {}
         self.state = MirrorState(storage, config.hash_index)
+        self.sidecars = MissingSidecars(storage)
         self.report = Report()
         self._stopped = False
         self._highest_serial = 0
@@ -287,7 +303,8 @@ class Mirror:
         for name, reason in plan.rejected.items():
             report.failed[name] = f"refused: {reason}"
         target = max(plan.target, since)
-        work = _merge(todo.projects if todo else {}, plan.projects)
+        recovered = self.sidecars.retry(self.upstream, self.config.workers)  # served now: pages to rewrite
+        work = _merge(todo.projects if todo else {}, plan.projects, dict.fromkeys(recovered, 0))
         report.serial = target
         if not work and not removed and target == status and self.storage.exists("status"):
             logger.info("Nothing to do: the mirror is at serial %d", status)
@@ -403,6 +420,7 @@ class Mirror:
         else:
             for name in finished:
                 todo.projects.pop(name, None)
+            self.sidecars.save()
         for runner in runners:
             if getattr(runner, "exitcode", 0):
                 logger.error("A worker process ended with status %s; its unfinished projects stay in todo", runner.exitcode)
@@ -429,8 +447,9 @@ class Mirror:
         """Apply one worker result; return True when the project is done with (not failed)."""
         report = self.report
         if kind == SYNCED:
-            canonical, display, serial, files, size, written, requires = detail
+            canonical, display, serial, files, size, written, requires, missing = detail
             self.state.record(canonical, display, serial)
+            self.sidecars.set(canonical, missing)
             if self.dependencies is not None:
                 self._requires[canonical] = requires
             self._highest_serial = max(self._highest_serial, serial)
@@ -439,8 +458,11 @@ class Mirror:
             report.bytes += size
             if self.config.diff_file:
                 report.written += written
+        elif kind == SKIPPED:
+            self.sidecars.forget(canonicalize_name(name))
         elif kind == REMOVED:
             canonical, written = detail
+            self.sidecars.forget(canonical)
             if written or canonical in self.state.projects:
                 self.state.forget(canonical)
                 report.removed += 1
@@ -458,6 +480,7 @@ class Mirror:
     def _checkpoint(self, todo: Todo, finished: list[str]) -> None:
         """Record finished projects: their records first, then the shorter todo."""
         self.state.save_projects()
+        self.sidecars.save()
         for name in finished:
             todo.projects.pop(name, None)
         self.state.write_todo(todo)

@@ -44,7 +44,7 @@ from urllib3.exceptions import MaxRetryError, ProtocolError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from . import __version__
-from .errors import HashMismatch, ProjectGone, StaleResponse, UpstreamError
+from .errors import HashMismatch, NotServed, ProjectGone, StaleResponse, UpstreamError
 from .models import Project
 from .pages import JSON_CONTENT_TYPE as SIMPLE_JSON
 
@@ -378,8 +378,8 @@ class Upstream:
                 except UpstreamError as exc:
                     last = exc
                     break  # an HTTP error status or a dead connection: urllib3 has retried it
-        if isinstance(last, HashMismatch):
-            raise HashMismatch(f"{url}: {last}")
+        if isinstance(last, (HashMismatch, NotServed)):
+            raise type(last)(f"{url}: {last}")
         raise UpstreamError(f"{url}: {_describe(last)}")
 
     def _download_once(
@@ -433,7 +433,7 @@ class Upstream:
                 response.read()
                 if response.status in RETRY_STATUSES:
                     raise _RetryAfter(f"HTTP {response.status}", _retry_after(response.getheader("Retry-After")))
-                raise UpstreamError(f"HTTP {response.status}")
+                raise _status_error(response.status)
             written = self._write_verified(_body_chunks(response), open_dest, sha256, deadline)
             if response.will_close:
                 conn.close()
@@ -451,7 +451,7 @@ class Upstream:
         deadline = time.monotonic() + self.global_timeout
         with self._response("GET", url) as response:
             if response.status != 200:
-                raise UpstreamError(f"HTTP {response.status}")
+                raise _status_error(response.status)
             return self._write_verified(response.stream(CHUNK), open_dest, sha256, deadline)
 
     def _write_verified(
@@ -491,6 +491,11 @@ def _body_chunks(response: http.client.HTTPResponse) -> Iterator[memoryview]:
         yield buffer[:count]
     if response.length:  # the body ended before Content-Length said it would
         raise http.client.IncompleteRead(b"", response.length)
+
+
+def _status_error(status: int) -> UpstreamError:
+    """The error for a file answered with ``status``: :class:`NotServed` for 404 and 410."""
+    return NotServed(f"HTTP {status}") if status in (404, 410) else UpstreamError(f"HTTP {status}")
 
 
 #: What a direct download may raise that is worth another attempt.

@@ -1,0 +1,116 @@
+"""``.metadata`` sidecars the upstream advertises but cannot serve.
+
+A PEP 658 ``.metadata`` file is optional: pip and uv fall back to the release file when a
+page offers none. So a sidecar that answers 404 or 410, or whose digest stays wrong, never
+fails its project: the release file is mirrored, its page entries carry no metadata
+attribute, and the sidecar is recorded here, in ``<directory>/missing-metadata``.
+
+Each ``mirror`` run, and ``verify``, asks the upstream again for the recorded sidecars only
+(one small request each); a project whose sidecars come through is synced again so that its
+pages offer them. The project's next change upstream retries them as well.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+
+from .errors import UpstreamError
+from .models import ReleaseFile
+from .storage import Storage
+from .upstream import Upstream
+
+logger = logging.getLogger(__name__)
+
+MISSING_FILE = "missing-metadata"
+
+#: One recorded sidecar: (path below the mirror, upstream URL, sha256).
+Sidecar = tuple[str, str, str]
+
+
+def sidecars_of(files: Iterable[ReleaseFile]) -> list[Sidecar]:
+    """The sidecar records of these files (which must advertise core metadata)."""
+    return [(f"web/{f.path}.metadata", f"{f.url}.metadata", str(f.metadata_sha256)) for f in files]
+
+
+class MissingSidecars:
+    """canonical project name -> the sidecars of its mirrored files that the upstream did not serve."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self._loaded: dict[str, list[Sidecar]] | None = None
+        self._changed = False
+
+    @property
+    def projects(self) -> dict[str, list[Sidecar]]:
+        if self._loaded is None:
+            self._loaded = self._load()
+        return self._loaded
+
+    def _load(self) -> dict[str, list[Sidecar]]:
+        text = self.storage.read_text(MISSING_FILE)
+        if not text:
+            return {}
+        try:
+            data = json.loads(text)
+            return {str(k): [(str(p), str(u), str(h)) for p, u, h in v] for k, v in data.items()}
+        except (ValueError, TypeError, AttributeError):
+            logger.warning("Discarding corrupt %s", self.storage.path(MISSING_FILE))
+            return {}
+
+    def set(self, canonical: str, sidecars: Iterable[Sidecar]) -> None:
+        """Record the sidecars ``canonical`` lacks after a sync (none: forget the project)."""
+        entries = [tuple(s) for s in sidecars]
+        if entries:
+            if self.projects.get(canonical) != entries:
+                self.projects[canonical] = entries
+                self._changed = True
+        elif canonical in self.projects:
+            del self.projects[canonical]
+            self._changed = True
+
+    def forget(self, canonical: str) -> None:
+        self.set(canonical, [])
+
+    def save(self) -> None:
+        if not self._changed:
+            return
+        if self.projects:
+            self.storage.write_bytes(MISSING_FILE, json.dumps(self.projects, indent=0, sort_keys=True).encode())
+        else:
+            self.storage.delete(MISSING_FILE)
+        self._changed = False
+
+    def retry(self, upstream: Upstream, workers: int) -> set[str]:
+        """Ask the upstream again for every recorded sidecar; return the projects now complete.
+
+        A sidecar that comes through is stored (verified against its digest); its project
+        must be synced again for its pages to offer it.
+        """
+        pending = [(c, s) for c, sidecars in self.projects.items() for s in sidecars]
+        if not pending:
+            return set()
+
+        def fetch(item: tuple[str, Sidecar]) -> bool:
+            _, (path, url, sha256) = item
+            if self.storage.sha256(path) == sha256:
+                return True
+            try:
+                upstream.download(url, lambda: self.storage.writer(path), sha256)
+            except UpstreamError as exc:
+                logger.debug("Still missing: %s (%s)", url, exc)
+                return False
+            return True
+
+        with ThreadPoolExecutor(max(1, workers), thread_name_prefix="sidecar") as pool:
+            results = list(pool.map(fetch, pending))
+        incomplete = {c for (c, _), ok in zip(pending, results) if not ok}
+        complete = set(self.projects) - incomplete
+        logger.info(
+            "Asked again for %d missing .metadata files: %d projects now have all theirs",
+            len(pending),
+            len(complete),
+        )
+        return complete
