@@ -9,7 +9,8 @@ It serves a :class:`Corpus` the tests define and change between runs:
 - the files and their PEP 658 ``.metadata`` under ``/packages/``.
 
 Switches make it behave like the upstreams met in the wild (``xmlrpc_enabled``,
-``simple_json_enabled``, ``serial_header``), and :meth:`UpstreamServer.fault` injects
+``simple_json_enabled``, ``root_json_enabled``, ``serial_header``, ``relative_urls``,
+``unserved_sidecars``, ``bad_sidecars``), and :meth:`UpstreamServer.fault` injects
 faults (error statuses with ``Retry-After``, connection resets, truncated and corrupted
 bodies, delays, stale JSON pages) on chosen paths. Every request is logged, so tests can
 count what a run asked for.
@@ -262,6 +263,15 @@ class UpstreamServer:
         self.serial_header = True
         #: JSON API file URLs relative to the document, as some proxies answer.
         self.relative_urls = False
+        #: Advertised-but-missing sidecars, as met behind a caching proxy: filename -> the
+        #: status (404, 410) its ``.metadata`` answers with. The JSON API still lists the
+        #: digest; the simple pages do not.
+        self.unserved_sidecars: dict[str, int] = {}
+        #: Filenames whose ``.metadata`` answers bytes that never match the advertised digest
+        #: (the JSON API lists it, the simple pages do not).
+        self.bad_sidecars: set[str] = set()
+        #: False: the root listing answers HTML even to a PEP 691 request (project pages stay JSON).
+        self.root_json_enabled = True
         self.changelog_cap = 50_000
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str]] = []
@@ -469,7 +479,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _simple_root(self, fault: Fault | None) -> None:
         corpus = self.upstream.corpus
         specs = sorted(corpus.projects.values(), key=lambda s: canonicalize_name(s.name))
-        if self._wants_json():
+        if self._wants_json() and self.upstream.root_json_enabled:
             doc = {
                 "meta": {"api-version": "1.1", "_last-serial": corpus.serial},
                 "projects": [{"name": s.name, "_last-serial": s.serial} for s in specs],
@@ -484,6 +494,9 @@ class _Handler(BaseHTTPRequestHandler):
         if spec is None:
             return self._send(404, b"not found\n", "text/plain")
         doc = self.upstream.corpus.simple_project(spec, base)
+        for entry in doc["files"]:
+            if entry["filename"] in self.upstream.unserved_sidecars or entry["filename"] in self.upstream.bad_sidecars:
+                entry["core-metadata"] = False
         if self._wants_json():
             return self._send(200, json.dumps(doc).encode(), SIMPLE_JSON, self._serial_headers(spec.serial), fault)
         links = "".join(f'<a href="{f["url"]}#sha256={f["hashes"]["sha256"]}">{f["filename"]}</a>\n' for f in doc["files"])
@@ -493,8 +506,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _file(self, path: str, fault: Fault | None) -> None:
         files = self.upstream.corpus.files()
         if path.endswith(".metadata") and path[: -len(".metadata")] in files:
-            meta = files[path[: -len(".metadata")]].metadata
-            if meta is not None:
+            file = files[path[: -len(".metadata")]]
+            if file.filename in self.upstream.unserved_sidecars:
+                return self._send(self.upstream.unserved_sidecars[file.filename], b"not here\n", "text/plain")
+            if file.metadata is not None:
+                meta = file.metadata + (b"Tampered: yes\n" if file.filename in self.upstream.bad_sidecars else b"")
                 return self._send(200, meta, "application/octet-stream", fault=fault)
         elif path in files:
             return self._send(200, files[path].content, "application/octet-stream", fault=fault)

@@ -326,8 +326,14 @@ class Mirror:
         if not todo.projects:
             self.state.write_status(target)
             self.state.remove_todo()
-        # else todo holds what failed or was never started (after a stop): the next run
-        # retries those together with what changed after ``target``; status stays put.
+        else:
+            # todo holds what failed or was never started (after a stop): the next run
+            # retries those together with what changed after ``target``; status stays put.
+            # The target may have grown from the projects' own serials (a first run that
+            # asked no listing for serials starts at 0): without it the next run would see
+            # no progress and sync everything again.
+            todo.target = target
+            self.state.write_todo(todo)
         if not report.failed and not self._stopped:
             self.storage.write_bytes("web/last-modified", report.started_at.strftime("%Y%m%dT%H:%M:%S\n").encode())
         self._write_diff_file()

@@ -1,0 +1,180 @@
+"""The public index as met through a caching proxy (issue 13): sidecars that are advertised
+but not served, pages that promise only what the mirror holds, failures that stay local."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import MirrorHarness
+from .test_serve import Running, _clean_env
+from .upstream import make_wheel
+
+METADATA_ATTRS = ("data-core-metadata", "data-dist-info-metadata")
+JSON_METADATA_KEYS = ("core-metadata", "dist-info-metadata", "data-dist-info-metadata")
+
+
+def add_wheel_project(h: MirrorHarness, name: str = "wheelie", version: str = "1.0") -> str:
+    """A project with a real wheel (and its metadata) and an sdist; returns the wheel's filename."""
+    wheel, data, meta = make_wheel(name, version)
+    h.corpus.add_file(name, version, wheel, data, metadata=meta)
+    h.corpus.add_file(name, version, f"{name}-{version}.tar.gz")
+    return wheel
+
+
+def html_entry(h: MirrorHarness, canonical: str, filename: str) -> str:
+    page = h.web(f"simple/{canonical}/index.html").read_text()
+    return next(line for line in page.splitlines() if f">{filename}</a>" in line)
+
+
+def json_entry(h: MirrorHarness, canonical: str, filename: str) -> dict[str, Any]:
+    return next(f for f in h.json_page(canonical)["files"] if f["filename"] == filename)
+
+
+def stored_entry(h: MirrorHarness, canonical: str, filename: str) -> dict[str, Any]:
+    doc = json.loads(h.web(f"json/{canonical}").read_text())
+    return next(e for files in doc["releases"].values() for e in files if e["filename"] == filename)
+
+
+def offers_metadata(h: MirrorHarness, canonical: str, filename: str) -> bool:
+    """Whether any page kind offers core metadata for the file (and they agree)."""
+    html = any(a in html_entry(h, canonical, filename) for a in METADATA_ATTRS)
+    pep691 = any(json_entry(h, canonical, filename).get(k) for k in JSON_METADATA_KEYS)
+    stored = any(stored_entry(h, canonical, filename).get(k) for k in JSON_METADATA_KEYS)
+    assert html == pep691 == stored, (html, pep691, stored)
+    return html
+
+
+def warnings(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if " WARNING: " in line]
+
+
+# -- 1. sidecars are optional ------------------------------------------------------------------
+@pytest.mark.parametrize("fault", ["404", "410", "digest"])
+def test_a_sidecar_the_upstream_cannot_serve_does_not_fail_its_project(harness: MirrorHarness, fault: str) -> None:
+    wheel = add_wheel_project(harness)
+    if fault == "digest":
+        harness.upstream.bad_sidecars.add(wheel)
+    else:
+        harness.upstream.unserved_sidecars[wheel] = int(fault)
+    result = harness.cli("mirror")
+    assert result.returncode == 0, result.stderr
+    found = warnings(result.stderr)
+    assert len(found) == 1 and f"{wheel}.metadata" in found[0], found
+    assert "Summary: 4 projects synced, 0 failed" in result.stderr
+    wheel_path = harness.corpus.get("wheelie").releases["1.0"][0].path.lstrip("/")
+    assert harness.web(wheel_path).is_file()
+    assert not harness.web(f"{wheel_path}.metadata").exists()
+    assert not offers_metadata(harness, "wheelie", wheel)
+    assert offers_metadata(harness, "tiny-lib", "tiny_lib-2.0-py3-none-any.whl")  # others keep theirs
+    assert "wheelie" in json.loads((harness.dir / "missing-metadata").read_text())
+
+    # The upstream serves it now: the next run asks for it alone and rewrites that project only.
+    harness.upstream.unserved_sidecars.clear()
+    harness.upstream.bad_sidecars.clear()
+    harness.upstream.clear()
+    again = harness.cli("mirror")
+    assert again.returncode == 0 and not warnings(again.stderr), again.stderr
+    assert harness.upstream.counts() == {"xmlrpc": 1, "metadata": 1, "json": 1}
+    assert offers_metadata(harness, "wheelie", wheel)
+    assert harness.package_files() == harness.expected_files()
+    assert not (harness.dir / "missing-metadata").exists()
+    assert harness.cli("verify").returncode == 0
+
+
+def test_a_missing_sidecar_is_picked_up_on_the_projects_next_change(harness: MirrorHarness) -> None:
+    wheel = add_wheel_project(harness)
+    harness.upstream.unserved_sidecars[wheel] = 404
+    assert harness.run().exit_code == 0
+    harness.upstream.clear()
+    harness.run()  # still missing: one small request for it, nothing else re-fetched
+    assert harness.upstream.counts() == {"xmlrpc": 1, "metadata": 1}
+    harness.upstream.unserved_sidecars.clear()
+    (harness.dir / "missing-metadata").unlink()  # even without the record
+    harness.corpus.add_file("wheelie", "1.1", "wheelie-1.1.tar.gz")
+    assert harness.run().exit_code == 0
+    assert offers_metadata(harness, "wheelie", wheel)
+
+
+def test_a_sidecar_failing_for_another_reason_fails_its_project(harness: MirrorHarness) -> None:
+    wheel = add_wheel_project(harness)
+    harness.upstream.fault(re.escape(f"{wheel}.metadata"), "status", times=None, status=500)
+    report = harness.run()
+    assert list(report.failed) == ["wheelie"]
+
+
+def test_pip_installs_a_project_whose_sidecar_is_missing(harness: MirrorHarness, tmp_path: Path) -> None:
+    wheel = add_wheel_project(harness)
+    harness.upstream.unserved_sidecars[wheel] = 404
+    assert harness.cli("mirror").returncode == 0
+    assert_pip_installs(harness, tmp_path, "wheelie")
+
+
+def assert_pip_installs(h: MirrorHarness, tmp_path: Path, name: str) -> None:
+    running = Running(h.dir / "web")
+    target = tmp_path / "site"
+    try:
+        cmd = [sys.executable, "-m", "pip", "install", "--isolated", "--no-cache-dir", "--disable-pip-version-check",
+               "--no-input", "--only-binary", ":all:", "--index-url", running.index, "--target", str(target), name]
+        result = subprocess.run(cmd, env=_clean_env(), capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+    finally:
+        running.stop()
+    assert (target / name).is_dir()
+
+
+# -- 2. pages promise only what the mirror holds, with the upstream's values -------------------------
+def test_core_metadata_false_offers_no_metadata_in_any_page(harness: MirrorHarness, tmp_path: Path) -> None:
+    add_wheel_project(harness)
+    harness.configure({"core-metadata": "false"})
+    assert harness.cli("mirror").returncode == 0
+    assert not list(harness.web("packages").rglob("*.metadata"))
+    for page in harness.web("simple").rglob("index.*"):
+        text = page.read_text()
+        assert not any(a in text for a in (*METADATA_ATTRS, *JSON_METADATA_KEYS)), page
+    for doc in harness.web("json").iterdir():
+        entries = [e for files in json.loads(doc.read_text())["releases"].values() for e in files]
+        assert not any(e.get(k) for e in entries for k in JSON_METADATA_KEYS), doc
+    assert not (harness.dir / "missing-metadata").exists()
+    assert harness.cli("verify").returncode == 0
+    assert_pip_installs(harness, tmp_path, "wheelie")
+
+
+def test_pages_carry_the_upstreams_values(harness: MirrorHarness) -> None:
+    corpus = harness.corpus
+    corpus.add_file("order", "2.0", "order-2.0.tar.gz", requires_python=">=3.9")
+    corpus.add_file("order", "10.0", "order-10.0.tar.gz", yanked="do not use")
+    corpus.add_file("order", "1.0", "order-1.0.tar.gz")
+    assert harness.cli("mirror").returncode == 0
+    upstream = harness.upstream
+    import urllib.request
+
+    request = urllib.request.Request(f"{upstream.url}/simple/order/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    with urllib.request.urlopen(request) as response:  # the upstream's own page
+        theirs = json.loads(response.read())
+    ours = harness.json_page("order")
+    assert ours["versions"] == theirs["versions"] == ["1.0", "2.0", "10.0"]
+    assert ours["meta"]["api-version"] == theirs["meta"]["api-version"]
+    html = harness.web("simple/order/index.html").read_text()
+    assert f'<meta name="pypi:repository-version" content="{ours["meta"]["api-version"]}">' in html
+    by_name = {f["filename"]: f for f in theirs["files"]}
+    for entry in ours["files"]:
+        want = by_name[entry["filename"]]
+        for key in ("upload-time", "requires-python", "yanked", "size", "hashes"):
+            assert entry.get(key) == want.get(key), (key, entry, want)
+
+
+def test_upload_time_is_kept_as_the_upstream_wrote_it(harness: MirrorHarness) -> None:
+    from datetime import datetime, timezone
+
+    harness.corpus.add_file("whole", "1.0", "whole-1.0.tar.gz", upload_time=datetime(2020, 5, 6, 7, 8, 47, tzinfo=timezone.utc))
+    harness.run()
+    stored = stored_entry(harness, "whole", "whole-1.0.tar.gz")["upload_time_iso_8601"]
+    assert json_entry(harness, "whole", "whole-1.0.tar.gz")["upload-time"] == stored
