@@ -178,3 +178,62 @@ def test_upload_time_is_kept_as_the_upstream_wrote_it(harness: MirrorHarness) ->
     harness.run()
     stored = stored_entry(harness, "whole", "whole-1.0.tar.gz")["upload_time_iso_8601"]
     assert json_entry(harness, "whole", "whole-1.0.tar.gz")["upload-time"] == stored
+
+
+# -- 4. failures stay local ----------------------------------------------------------------------
+#: (name, upstream switches, allowlist?)
+METHODS = {
+    "xmlrpc": dict(xmlrpc=True, json=True, root_json=True, allowlist=False),
+    "simple": dict(xmlrpc=False, json=True, root_json=True, allowlist=False),
+    "html": dict(xmlrpc=False, json=False, root_json=False, allowlist=False),
+    "html-root": dict(xmlrpc=False, json=True, root_json=False, allowlist=False),
+    "allowlist-xmlrpc": dict(xmlrpc=True, json=True, root_json=True, allowlist=True),
+    "allowlist-simple": dict(xmlrpc=False, json=True, root_json=True, allowlist=True),
+    "allowlist-html": dict(xmlrpc=False, json=False, root_json=False, allowlist=True),
+}
+
+
+BROKEN = r"/broken-1\.0\.tar\.gz$"
+
+
+def run_after_a_failed_run(h: MirrorHarness, method: str) -> dict[str, int]:
+    """Mirror 9 projects of which one keeps failing, change one upstream, run again; return
+    the second run's requests by kind."""
+    switches = METHODS[method]
+    h.upstream.xmlrpc_enabled = switches["xmlrpc"]
+    h.upstream.simple_json_enabled = switches["json"]
+    h.upstream.root_json_enabled = switches["root_json"]
+    for i in range(5):
+        h.corpus.add_file(f"fine-{i}", "1.0", f"fine_{i}-1.0.tar.gz")
+    h.corpus.add_file("broken", "1.0", "broken-1.0.tar.gz")
+    h.upstream.fault(BROKEN, "status", times=None, status=404)
+    if switches["allowlist"]:
+        names = "\n".join(f"    {n}" for n in h.corpus.projects)
+        h.configure(sections=f"[plugins]\nenabled = allowlist_project\n[allowlist]\npackages =\n{names}\n")
+    first = h.cli("mirror")
+    assert first.returncode == 1 and "broken: failed" in first.stderr, first.stderr
+    h.corpus.add_file("fine-0", "1.1", "fine_0-1.1.tar.gz")  # one change upstream
+    h.upstream.clear()
+    h.upstream.fault(BROKEN, "status", times=None, status=404)
+    second = h.cli("mirror")
+    assert second.returncode == 1, second.stderr
+    assert "Summary: 1 projects synced, 1 failed" in second.stderr, second.stderr
+    return dict(h.upstream.counts())
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_the_run_after_a_failed_run_costs_the_failed_project_and_the_changes(harness: MirrorHarness, method: str) -> None:
+    counts = run_after_a_failed_run(harness, method)
+    print(f"\n{method}: {counts}")
+    # the JSON documents of the failed project and of the changed one, nothing else
+    assert counts.get("json") == 2, counts
+    # the failed project's file and the changed project's new file
+    assert counts.get("file") == 2, counts
+    known = len(harness.corpus.projects) - 1  # all but the failed one
+    if method in ("html", "html-root", "allowlist-html", "allowlist-simple"):
+        # no serials in a listing (or no listing at all): one page request per known project,
+        # plus the listing itself, plus the PEP 691 listing that answered HTML
+        assert counts.get("simple", 0) <= known + 2, counts
+    else:
+        assert counts.get("simple", 0) <= 1, counts
+    assert counts.get("xmlrpc", 0) <= 2, counts
