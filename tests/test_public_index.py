@@ -237,3 +237,71 @@ def test_the_run_after_a_failed_run_costs_the_failed_project_and_the_changes(har
     else:
         assert counts.get("simple", 0) <= 1, counts
     assert counts.get("xmlrpc", 0) <= 2, counts
+
+
+# -- 3. verify works on every mirror this tool writes -------------------------------------------
+MIRROR_KINDS = {
+    "json": {"json": "true"},
+    "json-relative-urls": {"json": "true"},
+    "no-json": {"json": "false"},
+    "no-json-relative-urls": {"json": "false"},
+    "hash-index": {"json": "true", "hash-index": "true"},
+    "keep-index-versions": {"json": "true", "keep_index_versions": "2"},
+    "html-only-pages": {"json": "false", "simple-format": "HTML"},
+    "core-metadata-off": {"json": "true", "core-metadata": "false"},
+}
+
+
+@pytest.mark.parametrize("kind", list(MIRROR_KINDS))
+def test_verify_is_clean_on_every_kind_of_mirror(harness: MirrorHarness, kind: str) -> None:
+    wheel = add_wheel_project(harness)
+    harness.upstream.unserved_sidecars[wheel] = 404
+    harness.upstream.relative_urls = "relative" in kind
+    harness.configure(MIRROR_KINDS[kind])
+    assert harness.cli("mirror").returncode == 0
+    harness.run()  # a second run (keep_index_versions: pages unchanged, no new version)
+    result = harness.cli("verify", "--delete")
+    assert result.returncode == 0, result.stderr
+    assert "Verify: clean" in result.stderr.splitlines()[-1], result.stderr
+    sdist = next(harness.web("packages").rglob("small-0.2.tar.gz"))
+    sdist.write_bytes(b"corrupt")
+    repaired = harness.cli("verify")
+    assert "1 missing or corrupt files in 1 projects (1 fixed)" in repaired.stderr, repaired.stderr
+    assert sdist.read_bytes() != b"corrupt"
+    assert harness.cli("verify", "--delete").returncode == 0
+
+
+def test_verify_reports_as_fixed_only_what_a_recheck_confirms(harness: MirrorHarness) -> None:
+    harness.run()
+    lost = next(harness.web("packages").rglob("small-0.2.tar.gz"))
+    lost.unlink()
+    harness.upstream.fault(r"/small-0\.2\.tar\.gz$", "status", times=None, status=404)
+    result = harness.cli("verify")
+    assert result.returncode == 1
+    last = result.stderr.splitlines()[-1]
+    assert "1 projects could not be fixed" in last and "(0 fixed)" in last, last
+    dry = harness.cli("verify", "--dry-run")
+    assert "Would fetch" in dry.stderr and "small-0.2.tar.gz" in dry.stderr
+
+
+def test_verify_picks_up_a_sidecar_the_upstream_serves_now(harness: MirrorHarness) -> None:
+    wheel = add_wheel_project(harness)
+    harness.upstream.unserved_sidecars[wheel] = 410
+    harness.run()
+    harness.upstream.unserved_sidecars.clear()
+    assert harness.cli("verify").returncode == 0
+    assert offers_metadata(harness, "wheelie", wheel)
+    assert harness.package_files() == harness.expected_files()
+
+
+def test_verify_repairs_dependencies_the_allowlist_does_not_name(harness: MirrorHarness) -> None:
+    wheel, data, meta = make_wheel("app", "1.0", requires=["helper"])
+    harness.corpus.add_file("app", "1.0", wheel, data, metadata=meta)
+    harness.corpus.add_file("helper", "1.0", "helper-1.0.tar.gz")
+    harness.configure(sections="[plugins]\nenabled = allowlist_project\n[allowlist]\npackages = app\nresolve-dependencies = true\n")
+    assert harness.cli("mirror").returncode == 0
+    helper = next(harness.web("packages").rglob("helper-1.0.tar.gz"))
+    helper.unlink()
+    result = harness.cli("verify")
+    assert "(1 fixed)" in result.stderr, result.stderr
+    assert helper.is_file()

@@ -341,6 +341,8 @@ class Mirror:
 
     def sync_projects(self, names: Iterable[str], write_root: bool = True) -> Report:
         """The ``sync`` command: sync the named projects now; ``status`` and ``todo`` stay."""
+        if self.dependencies is not None:
+            self.filters.allow_more(_Records(self.state))  # dependencies found by earlier runs
         work = {canonicalize_name(n): 0 for n in names if self.filters.allows_name(n)}
         todo = Todo(self.state.status, work)
         self._sync(todo, checkpoint=False)

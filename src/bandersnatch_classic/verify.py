@@ -48,6 +48,8 @@ class VerifyReport:
     unfixed: dict[str, str] = field(default_factory=dict)
     unowned: dict[str, int] = field(default_factory=dict)  # path -> size
     pages_fixed: list[str] = field(default_factory=list)
+    #: Broken files a re-check after the repair found right (or no longer referenced).
+    fixed_files: int = 0
     dry_run: bool = False
 
     @property
@@ -59,6 +61,7 @@ class VerifyReport:
         rate = self.bytes_hashed / seconds / 1e6 if seconds else 0.0
         bad = sum(len(v) for v in self.broken.values())
         verb = "would fix" if self.dry_run else "fixed"
+        files_verb = verb if self.dry_run else f"{self.fixed_files} fixed"
         outcome = "clean" if not self.exit_code else ("found problems" if self.dry_run else "repaired")
         if self.unfixed:
             outcome = f"{len(self.unfixed)} projects could not be fixed"
@@ -66,15 +69,19 @@ class VerifyReport:
         return (
             f"Verify: {outcome}; {self.projects} projects, {self.files} files, {_human(self.bytes_hashed)} hashed "
             f"in {seconds:.1f}s ({rate:.0f} MB/s); {bad} missing or corrupt files in {len(self.broken)} projects "
-            f"({verb}), {len(self.pages_fixed)} pages {verb}, {len(self.unowned)} unowned files "
+            f"({files_verb}), {len(self.pages_fixed)} pages {verb}, {len(self.unowned)} unowned files "
             f"({_human(sum(self.unowned.values()))}) {removed}"
         )
 
 
 def stored_project(storage: Storage, canonical: str) -> Project | None:
-    """The project as its stored JSON document (``web/json/<name>``) describes it, if there is one."""
+    """The project as its stored JSON document (``web/json/<name>``) describes it, if there is one.
+
+    File URLs relative to the document (as some upstreams give them) are resolved against
+    the document's path on the upstream, ``/pypi/<name>/json``, as ``mirror`` did.
+    """
     doc = storage.read_text(f"web/json/{canonical}")
-    return Project.from_json(json.loads(doc)) if doc is not None else None
+    return Project.from_json(json.loads(doc), base=f"/pypi/{canonical}/json") if doc is not None else None
 
 
 def expected_files(
@@ -157,9 +164,16 @@ def verify(
         # every project has only a few small ones.
         for start in range(0, len(names), BATCH):
             batch: list[tuple[str, str, str | None, int | None]] = []
-            stored = {canonical: stored_project(storage, canonical) for canonical in names[start : start + BATCH]}
-            for canonical, project in stored.items():
-                expected = expected_files(storage, state, canonical, project)
+            stored = {}
+            for canonical in names[start : start + BATCH]:
+                try:
+                    project = stored_project(storage, canonical)
+                    expected = expected_files(storage, state, canonical, project)
+                except (ValueError, KeyError, TypeError, BandersnatchError) as exc:
+                    logger.error("%s: cannot read what the mirror holds for it: %s", canonical, exc)
+                    report.unfixed[canonical] = f"unreadable page or document: {exc}"
+                    continue
+                stored[canonical] = project
                 referenced.update(expected)
                 report.projects += 1
                 if canonical not in done:
@@ -182,13 +196,15 @@ def verify(
             if not dry_run and time.monotonic() - last_save > 5:
                 _write_progress(storage, done)
                 last_save = time.monotonic()
-    repair = sorted(set(report.broken) | set(report.pages_fixed))
+    repair = set(report.broken) | set(report.pages_fixed)
+    if not dry_run:
+        repair |= mirror.sidecars.retry(mirror.upstream, threads)  # served now: pages to rewrite
     if repair and not dry_run:
         logger.info("Re-syncing %d projects to repair them", len(repair))
-        fixed = mirror.sync_projects(repair)
-        report.unfixed.update(fixed.failed)
-        for canonical in repair:  # what the repair brought in is referenced too
-            referenced.update(expected_files(storage, state, canonical, stored_project(storage, canonical)))
+        synced = mirror.sync_projects(sorted(repair))
+        report.unfixed.update(synced.failed)
+        for canonical in sorted(repair):  # what the repair brought in is referenced too
+            referenced.update(_recheck(mirror, canonical, report))
     if delete:
         for path, size in _unowned(storage, referenced):
             report.unowned[path] = size
@@ -204,6 +220,33 @@ def verify(
     if not dry_run:
         storage.delete(PROGRESS_FILE)
     return report
+
+
+def _recheck(mirror: Mirror, canonical: str, report: VerifyReport) -> dict[str, tuple[str | None, int | None]]:
+    """Check a repaired project again; count as fixed only what is right now.
+
+    A file found broken is fixed when it is right now, or when the project no longer
+    references it (e.g. a ``.metadata`` the upstream cannot serve, which the rewritten page
+    no longer offers). Returns what the project references after the repair.
+    """
+    storage, state = mirror.storage, mirror.state
+    try:
+        project = stored_project(storage, canonical)
+        expected = expected_files(storage, state, canonical, project)
+    except (ValueError, KeyError, TypeError, BandersnatchError) as exc:
+        report.unfixed.setdefault(canonical, f"unreadable after the repair: {exc}")
+        return {}
+    still = []
+    for path in report.broken.get(canonical, []):
+        if path in expected and not _check(storage, path, *expected[path])[0]:
+            still.append(path)
+    report.fixed_files += len(report.broken.get(canonical, [])) - len(still)
+    if still:
+        logger.error("%s: %d files still missing or corrupt after the repair, e.g. %s", canonical, len(still), still[0])
+        report.unfixed.setdefault(canonical, f"{len(still)} files still missing or corrupt after the repair")
+    if canonical in report.pages_fixed and _page_disagrees(mirror, canonical, project):
+        report.unfixed.setdefault(canonical, "its page still disagrees with the stored metadata")
+    return expected
 
 
 def _page_disagrees(mirror: Mirror, canonical: str, project: Project | None) -> bool:
