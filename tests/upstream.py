@@ -522,6 +522,8 @@ def make_wheel(name: str, version: str, module_source: str = "VALUE = 42\n", req
     """A small valid wheel: (filename, wheel bytes, METADATA bytes)."""
     dist = canonicalize_name(name).replace("-", "_")
     metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+    extras = sorted({m for r in requires or [] for m in re.findall(r"""extra\s*==\s*["']([^"']+)["']""", r)})
+    metadata += "".join(f"Provides-Extra: {e}\n" for e in extras)
     metadata += "".join(f"Requires-Dist: {r}\n" for r in requires or [])
     files = {
         f"{dist}/__init__.py": module_source.encode(),
@@ -573,3 +575,39 @@ def bulk_corpus(projects: int, releases: int = 2, files: int = 2, size: int = 20
                 content = (hashlib.sha256(seed).digest() * (size // 32 + 1))[:size]
                 corpus.add_file(name, f"{r}.0", filename, content)
     return corpus
+
+
+def make_sdist(name: str, version: str, build_requires: list[str] | None = None, fmt: str = "tar.gz",
+               pyproject: str | None = None) -> tuple[str, bytes]:
+    """A small sdist (``tar.gz`` or ``zip``): (filename, bytes). ``build_requires`` becomes the
+    ``[build-system] requires`` of a real ``pyproject.toml``; None and no ``pyproject`` text: an
+    sdist without one (a legacy ``setup.py`` project)."""
+    dist = canonicalize_name(name).replace("-", "_")
+    top = f"{dist}-{version}"
+    files = {f"{top}/PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+             f"{top}/{dist}/__init__.py": b"VALUE = 42\n"}
+    if build_requires is not None:
+        requires = ", ".join(json.dumps(r) for r in build_requires)
+        pyproject = f'[build-system]\nrequires = [{requires}]\nbuild-backend = "setuptools.build_meta"\n\n' \
+                    f'[project]\nname = "{name}"\nversion = "{version}"\n'
+    if pyproject is not None:
+        files[f"{top}/pyproject.toml"] = pyproject.encode()
+    else:
+        files[f"{top}/setup.py"] = f"from setuptools import setup\nsetup(name={name!r}, version={version!r})\n".encode()
+    # a nested pyproject.toml must not be taken for the sdist's own
+    files[f"{top}/tests/fixture/pyproject.toml"] = b'[build-system]\nrequires = ["nested-only"]\n'
+    buffer = io.BytesIO()
+    if fmt == "zip":
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for arcname, data in files.items():
+                archive.writestr(zipfile.ZipInfo(arcname, date_time=(2024, 1, 1, 0, 0, 0)), data)
+    else:
+        import tarfile
+
+        with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+            # the sdist's own pyproject.toml last: found by reading through the archive
+            for arcname, data in sorted(files.items(), key=lambda item: item[0] == f"{top}/pyproject.toml"):
+                info = tarfile.TarInfo(arcname)
+                info.size, info.mtime = len(data), int(EPOCH.timestamp())
+                archive.addfile(info, io.BytesIO(data))
+    return f"{top}.{fmt}", buffer.getvalue()

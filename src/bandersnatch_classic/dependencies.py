@@ -12,16 +12,27 @@ until nothing new turns up.
 from __future__ import annotations
 
 import configparser
+import logging
 import platform
 import sys
+import tarfile
+import zipfile
 from collections.abc import Iterable
+from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
 from .config import parse_bool
 from .errors import ConfigError
-from .models import Project
+from .models import Project, ReleaseFile
 from .storage import Storage
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+logger = logging.getLogger(__name__)
 
 #: Marker variables of each platform an operator can name.
 PLATFORMS = {
@@ -35,9 +46,11 @@ PLATFORMS = {
 class DependencyPolicy:
     """The target environments whose dependencies a mirror must hold."""
 
-    def __init__(self, python_versions: Iterable[str], platforms: Iterable[str]) -> None:
+    def __init__(self, python_versions: Iterable[str], platforms: Iterable[str], build: bool = False) -> None:
         from packaging.markers import default_environment  # here: runs without the feature skip it
 
+        #: Also the build requirements of every mirrored sdist (resolve-build-dependencies).
+        self.build = build
         base = default_environment()
         self.environments: list[dict[str, str]] = []
         for version in python_versions:
@@ -51,9 +64,13 @@ class DependencyPolicy:
 
     @classmethod
     def from_config(cls, parser: configparser.ConfigParser) -> DependencyPolicy | None:
-        """The policy of ``[allowlist]``, or None when ``resolve-dependencies`` is off."""
+        """The policy of ``[allowlist]``, or None when ``resolve-dependencies`` and
+        ``resolve-build-dependencies`` are both off (the latter implies the former: a build
+        dependency needs its own dependencies to run)."""
         wanted = parser.get("allowlist", "resolve-dependencies", fallback=None)
-        if not parse_bool(wanted, "[allowlist] resolve-dependencies", False):
+        build_wanted = parser.get("allowlist", "resolve-build-dependencies", fallback=None)
+        build = parse_bool(build_wanted, "[allowlist] resolve-build-dependencies", False)
+        if not parse_bool(wanted, "[allowlist] resolve-dependencies", False) and not build:
             return None
         here = f"{sys.version_info.major}.{sys.version_info.minor}"
         versions = (parser.get("allowlist", "python-versions", fallback="") or here).split()
@@ -66,7 +83,7 @@ class DependencyPolicy:
         for name in platforms:
             if name not in PLATFORMS:
                 raise ConfigError(f"[allowlist] platforms: {name!r} is not one of {', '.join(PLATFORMS)}")
-        return cls(versions, platforms)
+        return cls(versions, platforms, build)
 
     def needed(self, requirements: Iterable[str], extras: Iterable[str]) -> dict[str, set[str]]:
         """Project -> extras wanted, for requirements whose markers hold in a target environment."""
@@ -84,9 +101,10 @@ class DependencyPolicy:
         return wanted
 
 
-def requirements_of(project: Project, storage: Storage) -> list[str]:
+def requirements_of(project: Project, storage: Storage, build: bool = False) -> list[str]:
     """``Requires-Dist`` of every kept release: from its mirrored ``.metadata`` files, else
-    (for the current release) from the JSON API's ``info.requires_dist``."""
+    (for the current release) from the JSON API's ``info.requires_dist``; with ``build``,
+    also the build requirements of every mirrored sdist (:func:`build_requirements`)."""
     from email.parser import BytesHeaderParser
 
     lines: set[str] = set()
@@ -105,4 +123,68 @@ def requirements_of(project: Project, storage: Storage) -> list[str]:
             found = True
         if not found and version == current:
             lines.update(project.info.get("requires_dist") or [])
+        if build:
+            for file in files:
+                if is_sdist(file) and storage.exists(f"web/{file.path}"):
+                    lines.update(build_requirements(storage.path(f"web/{file.path}")))
     return sorted(lines)
+
+
+#: What a source tree without ``[build-system] requires`` builds with (PEP 517/518): the
+#: setuptools legacy backend, as pip installs it.
+DEFAULT_BUILD_REQUIRES = ("setuptools>=40.8.0", "wheel")
+#: A pyproject.toml larger than this is not read (a hostile archive must not fill memory).
+MAX_PYPROJECT = 1 << 20
+_SDIST_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar", ".zip")
+
+
+def is_sdist(file: ReleaseFile) -> bool:
+    return file.packagetype == "sdist" or (not file.packagetype and file.filename.lower().endswith(_SDIST_SUFFIXES))
+
+
+def build_requirements(path: Path) -> list[str]:
+    """``[build-system] requires`` of the ``pyproject.toml`` at the top of an sdist (tar or
+    zip); the PEP 517/518 default (setuptools, wheel) when there is none. An archive that
+    cannot be read gives nothing (logged): it cannot be built either."""
+    try:
+        text = _read_pyproject(path)
+    except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile, ValueError) as exc:
+        logger.warning("%s: cannot read the sdist for its build requirements (%s)", path.name, exc)
+        return []
+    if text is None:
+        return list(DEFAULT_BUILD_REQUIRES)
+    try:
+        data = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        logger.warning("%s: pyproject.toml is not valid TOML (%s); no build requirements read", path.name, exc)
+        return []
+    system = data.get("build-system")
+    requires = system.get("requires") if isinstance(system, dict) else None
+    if not isinstance(requires, list):
+        return list(DEFAULT_BUILD_REQUIRES)
+    return [r for r in requires if isinstance(r, str)]
+
+
+def _read_pyproject(path: Path) -> str | None:
+    """The text of ``<top>/pyproject.toml`` in an sdist, or None when it has none."""
+    if path.name.lower().endswith(".zip"):
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if _is_top_pyproject(info.filename) and not info.is_dir():
+                    if info.file_size > MAX_PYPROJECT:
+                        raise ValueError("pyproject.toml is too large")
+                    return archive.read(info).decode("utf-8")
+        return None
+    with tarfile.open(path, "r:*") as archive:
+        for member in archive:
+            if member.isfile() and _is_top_pyproject(member.name):
+                if member.size > MAX_PYPROJECT:
+                    raise ValueError("pyproject.toml is too large")
+                handle = archive.extractfile(member)
+                return handle.read().decode("utf-8") if handle is not None else None
+    return None
+
+
+def _is_top_pyproject(name: str) -> bool:
+    parts = name.lstrip("./").split("/")
+    return len(parts) == 2 and parts[1] == "pyproject.toml"

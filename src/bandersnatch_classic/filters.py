@@ -165,10 +165,9 @@ class AllowlistProject:
     name = "allowlist_project"
 
     def __init__(self, parser: configparser.ConfigParser) -> None:
-        self.names = {
-            canonicalize_name(_requirement(line, "[allowlist] packages").name)
-            for line in _lines(parser, "allowlist", "packages")
-        }
+        reqs = [_requirement(line, "[allowlist] packages") for line in _lines(parser, "allowlist", "packages")]
+        self.names = {canonicalize_name(r.name) for r in reqs}
+        self.extras = _extras_of(reqs)
 
     def allows(self, name: str) -> bool:
         return not self.names or canonicalize_name(name) in self.names
@@ -260,13 +259,24 @@ def read_requirements(parser: configparser.ConfigParser) -> list[Requirement]:
     return requirements
 
 
+def _extras_of(requirements: Iterable[Requirement]) -> dict[str, set[str]]:
+    """Project -> the extras its lines ask for (``requests[socks]``), for resolve-dependencies."""
+    extras: dict[str, set[str]] = {}
+    for req in requirements:
+        if req.extras:
+            extras.setdefault(canonicalize_name(req.name), set()).update(req.extras)
+    return extras
+
+
 class ProjectRequirements:
     """``[allowlist] requirements``: mirror only the projects named in requirements files."""
 
     name = "project_requirements"
 
     def __init__(self, parser: configparser.ConfigParser) -> None:
-        self.names = {canonicalize_name(r.name) for r in read_requirements(parser)}
+        reqs = read_requirements(parser)
+        self.names = {canonicalize_name(r.name) for r in reqs}
+        self.extras = _extras_of(reqs)
 
     def allows(self, name: str) -> bool:
         return not self.names or canonicalize_name(name) in self.names
@@ -806,7 +816,10 @@ _RENAMED = {
 #: The keys each fixed-key filter section knows (sections of free dotted paths are not listed).
 _KNOWN_KEYS = {
     "plugins": {"enabled"},
-    "allowlist": {"packages", "requirements_path", "requirements", "resolve-dependencies", "python-versions", "platforms"},
+    "allowlist": {
+        "packages", "requirements_path", "requirements", "resolve-dependencies", "resolve-build-dependencies",
+        "python-versions", "platforms",
+    },
     "blocklist": {"packages", "platforms"},
     "filter_regex": {"packages", "releases"},
     "filter_prerelease": {"packages"},
@@ -927,6 +940,14 @@ class FilterSet:
             return None
         names = set().union(*lists)
         return {n for n in names if self.allows_name(n)}
+
+    def extras(self) -> dict[str, set[str]]:
+        """Project (canonical) -> the extras the allowlists ask for, e.g. ``requests[socks]``."""
+        out: dict[str, set[str]] = {}
+        for f in self._projects:
+            for name, extras in getattr(f, "extras", {}).items():
+                out.setdefault(name, set()).update(extras)
+        return out
 
     def allow_more(self, names: Iterable[str]) -> None:
         """Widen the allowlists by ``names`` (canonical): dependencies of allowlisted projects."""

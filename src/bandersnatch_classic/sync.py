@@ -236,7 +236,8 @@ class _Worker:
         except Exception as exc:
             self._report(FAILED, job, _reason(exc))
             return
-        requires = requirements_of(project, self.storage) if self.dependencies is not None else []
+        policy = self.dependencies
+        requires = requirements_of(project, self.storage, policy.build) if policy is not None else []
         logger.info("%s: synced at serial %d", project.name, project.serial)
         self._report(
             SYNCED,
@@ -357,7 +358,7 @@ class Mirror:
         """Sync, round after round, the dependencies of what was synced that are not mirrored yet."""
         if self.dependencies is None:
             return
-        extras: dict[str, set[str]] = {}
+        extras = self.filters.extras()  # requests[socks] in the allowlist: PySocks too
         while True:
             wanted: dict[str, set[str]] = {}
             for name, requires in self._requires.items():
