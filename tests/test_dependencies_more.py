@@ -128,3 +128,20 @@ def test_build_requirements_of_an_sdist(tmp_path: Path, fmt: str) -> None:
     broken = tmp_path / f"broken-1.0.{fmt}"
     broken.write_bytes(b"not an archive")
     assert build_requirements(broken) == []
+
+
+# -- 7. exclude_platform and interpreter-specific tags -----------------------------------------
+def test_exclude_platform_python_version_covers_every_interpreter(harness: MirrorHarness) -> None:
+    corpus = harness.corpus
+    corpus.projects.clear()
+    tags = ["cp312-cp312-manylinux_2_17_x86_64", "graalpy312-graalpy242_312_native-manylinux_2_17_x86_64",
+            "pp312-pypy312_pp73-manylinux_2_17_x86_64", "py312-none-any", "cp311-cp311-manylinux_2_17_x86_64",
+            "graalpy311-graalpy242_311_native-manylinux_2_17_x86_64", "pp310-pypy310_pp73-win_amd64",
+            "cp312-abi3-manylinux_2_17_x86_64", "py3-none-any"]
+    for tag in tags:
+        corpus.add_file("native", "1.0", f"native-1.0-{tag}.whl")
+    harness.configure(sections="[plugins]\nenabled = exclude_platform\n[blocklist]\nplatforms = py3.12\n")
+    assert harness.cli("mirror").returncode == 0
+    kept = {f["filename"].removeprefix("native-1.0-").removesuffix(".whl") for f in harness.json_page("native")["files"]}
+    assert kept == {"cp311-cp311-manylinux_2_17_x86_64", "graalpy311-graalpy242_311_native-manylinux_2_17_x86_64",
+                    "pp310-pypy310_pp73-win_amd64", "cp312-abi3-manylinux_2_17_x86_64", "py3-none-any"}

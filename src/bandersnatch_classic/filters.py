@@ -547,7 +547,9 @@ _PLATFORMS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] 
 }
 _PLATFORM_ALIASES = {"win": "windows", "macosx": "macos", "osx": "macos", "darwin": "macos"}
 _PY_ENTRY = re.compile(r"^py(\d)(?:\.(\d+))?$")
-_PY_TAG = re.compile(r"^(?:py|cp|pp|ip|jy)(\d)(\d*)$")
+#: A wheel's Python tag: an implementation (generic, CPython, PyPy, IronPython, Jython,
+#: GraalPy) and the Python version it implements (``graalpy312`` is Python 3.12).
+_PY_TAG = re.compile(r"^(?:py|cp|pp|ip|jy|graalpy)(\d)(\d*)$")
 _PY_IN_NAME = re.compile(r"-py(\d)\.(\d+)(?=[.-])")
 _SDIST_ENDINGS = (".tar.gz", ".zip", ".tar.bz2", ".tgz", ".tar.xz", ".tar")
 
