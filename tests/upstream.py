@@ -10,7 +10,7 @@ It serves a :class:`Corpus` the tests define and change between runs:
 
 Switches make it behave like the upstreams met in the wild (``xmlrpc_enabled``,
 ``simple_json_enabled``, ``root_json_enabled``, ``serial_header``, ``relative_urls``,
-``unserved_sidecars``, ``bad_sidecars``), and :meth:`UpstreamServer.fault` injects
+``unserved_sidecars``, ``bad_sidecars``, ``whole_second_times``), and :meth:`UpstreamServer.fault` injects
 faults (error statuses with ``Retry-After``, connection resets, truncated and corrupted
 bodies, delays, stale JSON pages) on chosen paths. Every request is logged, so tests can
 count what a run asked for.
@@ -272,6 +272,9 @@ class UpstreamServer:
         self.bad_sidecars: set[str] = set()
         #: False: the root listing answers HTML even to a PEP 691 request (project pages stay JSON).
         self.root_json_enabled = True
+        #: Upload times without fractions when they have none (``...:47Z``), in the JSON API and
+        #: the simple pages, as the public index writes old uploads.
+        self.whole_second_times = False
         self.changelog_cap = 50_000
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str]] = []
@@ -467,6 +470,9 @@ class _Handler(BaseHTTPRequestHandler):
         if spec is None:
             return self._send(404, b'{"message": "Not Found"}', "application/json")
         doc = self.upstream.corpus.json_doc(spec, "../.." if self.upstream.relative_urls else base)
+        if self.upstream.whole_second_times:
+            for entry in (e for files in doc["releases"].values() for e in files):
+                entry["upload_time_iso_8601"] = entry["upload_time_iso_8601"].replace(".000000Z", "Z")
         serial = spec.serial
         if fault is not None and fault.kind == "stale":
             serial -= 1
@@ -495,6 +501,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(404, b"not found\n", "text/plain")
         doc = self.upstream.corpus.simple_project(spec, base)
         for entry in doc["files"]:
+            if self.upstream.whole_second_times:
+                entry["upload-time"] = entry["upload-time"].replace(".000000Z", "Z")
             if entry["filename"] in self.upstream.unserved_sidecars or entry["filename"] in self.upstream.bad_sidecars:
                 entry["core-metadata"] = False
         if self._wants_json():

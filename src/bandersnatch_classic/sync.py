@@ -317,6 +317,7 @@ class Mirror:
         for canonical in sorted(removed):
             logger.info("%s: gone from the upstream listing; removing it from the index", canonical)
             report.written += unpublish(canonical, self.config, self.storage, self.state)
+            self.sidecars.forget(canonical)
             report.removed += 1
         self._sync(todo)
         self._sync_dependencies(todo, set(work))

@@ -314,7 +314,9 @@ def delete_projects(mirror: Mirror, names: Iterable[str], dry_run: bool = False)
                         storage.delete(path)
         if not dry_run:
             state.forget(canonical)
+            mirror.sidecars.forget(canonical)
     if not dry_run:
+        mirror.sidecars.save()
         mirror.write_root()
         _remove_empty_dirs(storage.path("web/packages"))
     return removed
