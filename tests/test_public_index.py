@@ -304,3 +304,16 @@ def test_verify_repairs_dependencies_the_allowlist_does_not_name(harness: Mirror
     result = harness.cli("verify")
     assert "(1 fixed)" in result.stderr, result.stderr
     assert helper.is_file()
+
+
+def test_verify_rewrites_outdated_pages_without_asking_the_upstream(harness: MirrorHarness) -> None:
+    harness.run()
+    page = harness.web("simple/small/index.html")
+    good = page.read_text()
+    page.write_text(good.replace('content="1.1"', 'content="1.0"'))  # as an older version wrote it
+    harness.upstream.clear()
+    result = harness.cli("verify")
+    assert "1 pages fixed" in result.stderr.splitlines()[-1], result.stderr
+    assert page.read_text() == good
+    assert harness.upstream.counts() == {}
+    assert harness.cli("verify").returncode == 0

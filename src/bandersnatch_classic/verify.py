@@ -25,6 +25,7 @@ from pathlib import Path
 from . import pages
 from .errors import BandersnatchError
 from .models import Project
+from .package import publish
 from .state import MirrorState, local_package_path
 from .storage import Storage
 from .sync import Mirror, _human
@@ -196,7 +197,12 @@ def verify(
             if not dry_run and time.monotonic() - last_save > 5:
                 _write_progress(storage, done)
                 last_save = time.monotonic()
-    repair = set(report.broken) | set(report.pages_fixed)
+    repair = set(report.broken)
+    for canonical in report.pages_fixed if not dry_run else []:
+        if canonical in repair or not _rewrite_pages(mirror, canonical):
+            repair.add(canonical)
+    if report.pages_fixed and not dry_run:
+        state.save_projects()
     if not dry_run:
         repair |= mirror.sidecars.retry(mirror.upstream, threads)  # served now: pages to rewrite
     if repair and not dry_run:
@@ -220,6 +226,24 @@ def verify(
     if not dry_run:
         storage.delete(PROGRESS_FILE)
     return report
+
+
+def _rewrite_pages(mirror: Mirror, canonical: str) -> bool:
+    """Render a project's pages again from its stored document, without asking the upstream.
+
+    For a project whose files are all right but whose pages disagree with the document
+    (e.g. pages written by an older version of this tool): a re-sync would cost a request
+    per project for nothing the upstream has to say. Returns whether the pages agree now.
+    """
+    project = stored_project(mirror.storage, canonical)
+    if project is None:
+        return False
+    try:
+        publish(project, mirror.config, mirror.storage, mirror.state)
+    except (OSError, BandersnatchError) as exc:
+        logger.warning("%s: could not rewrite its pages from the stored document (%s); re-syncing it", canonical, exc)
+        return False
+    return not _page_disagrees(mirror, canonical, stored_project(mirror.storage, canonical))
 
 
 def _recheck(mirror: Mirror, canonical: str, report: VerifyReport) -> dict[str, tuple[str | None, int | None]]:
