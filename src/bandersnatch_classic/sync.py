@@ -304,7 +304,8 @@ class Mirror:
         for name, reason in plan.rejected.items():
             report.failed[name] = f"refused: {reason}"
         target = max(plan.target, since)
-        recovered = self.sidecars.retry(self.upstream, self.config.workers)  # served now: pages to rewrite
+        # sidecars the upstream did not serve before and serves now: their pages to rewrite
+        recovered = self.sidecars.retry(self.upstream, self.config.workers) if self.config.core_metadata else set()
         work = _merge(todo.projects if todo else {}, plan.projects, dict.fromkeys(recovered, 0))
         report.serial = target
         if not work and not removed and target == status and self.storage.exists("status"):
