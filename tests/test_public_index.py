@@ -317,3 +317,15 @@ def test_verify_rewrites_outdated_pages_without_asking_the_upstream(harness: Mir
     assert page.read_text() == good
     assert harness.upstream.counts() == {}
     assert harness.cli("verify").returncode == 0
+
+
+def test_a_mirror_without_release_files_links_the_upstream_and_verifies(harness: MirrorHarness) -> None:
+    harness.configure({"release-files": "false"})
+    assert harness.cli("mirror").returncode == 0
+    assert not [p for p in harness.web("packages").rglob("*") if p.is_file() and not p.name.endswith(".metadata")]
+    for canonical, spec in harness.corpus.projects.items():
+        urls = [f["url"] for f in harness.json_page(canonical)["files"]]
+        assert urls == [harness.upstream.url + f.path for files in spec.releases.values() for f in files]
+        assert f'href="{harness.upstream.url}/packages/' in harness.web(f"simple/{canonical}/index.html").read_text()
+    result = harness.cli("verify", "--delete")
+    assert result.returncode == 0 and "Verify: clean" in result.stderr.splitlines()[-1], result.stderr

@@ -88,6 +88,12 @@ class MirrorConfig:
     def write_json(self) -> bool:
         return self.simple_format in ("ALL", "JSON")
 
+    @property
+    def links_upstream(self) -> bool:
+        """Whether pages link the upstream's file URLs: the mirror holds no release files
+        (``release-files = false``) and ``root_uri`` names no other place for them."""
+        return not self.release_files and not self.root_uri
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:

@@ -96,7 +96,7 @@ def publish(project: Project, config: MirrorConfig, storage: Storage, state: Mir
     written = []
     simple_dir = state.simple_dir(project.canonical)
     if config.write_html:
-        html = pages.project_html(project, config.root_uri, config.digest_name).encode()
+        html = pages.project_html(project, config.root_uri, config.digest_name, config.links_upstream).encode()
         if config.keep_index_versions:
             written += _write_versioned_page(storage, simple_dir, html, project.serial, config.keep_index_versions)
         elif storage.write_if_changed(f"{simple_dir}/index.html", html):
@@ -104,7 +104,7 @@ def publish(project: Project, config: MirrorConfig, storage: Storage, state: Mir
         if storage.write_if_changed(f"{simple_dir}/index.v1_html", html):
             written.append(f"{simple_dir}/index.v1_html")
     if config.write_json:
-        page = pages.project_json(project, config.root_uri).encode()
+        page = pages.project_json(project, config.root_uri, config.links_upstream).encode()
         if storage.write_if_changed(f"{simple_dir}/index.v1_json", page):
             written.append(f"{simple_dir}/index.v1_json")
     if config.json:

@@ -33,9 +33,10 @@ _PAGE_TAIL = """  </body>
 </html>"""
 
 
-def file_href(file: ReleaseFile, root_uri: str = "") -> str:
-    """The link to a file from a project page: relative (``../../packages/...``) or absolute."""
-    return f"{root_uri or '../..'}/{file.path}"
+def file_href(file: ReleaseFile, root_uri: str = "", upstream: bool = False) -> str:
+    """The link to a file from a project page: relative (``../../packages/...``) or absolute;
+    with ``upstream``, the upstream's own URL (a mirror without release files)."""
+    return file.url if upstream else f"{root_uri or '../..'}/{file.path}"
 
 
 def _digest(file: ReleaseFile, digest_name: str) -> str:
@@ -44,12 +45,12 @@ def _digest(file: ReleaseFile, digest_name: str) -> str:
     return str((file.raw.get("digests") or {}).get(digest_name) or "")
 
 
-def project_html(project: Project, root_uri: str = "", digest_name: str = "sha256") -> str:
+def project_html(project: Project, root_uri: str = "", digest_name: str = "sha256", upstream: bool = False) -> str:
     """The PEP 503 page of one project, with the PEP 592/658/714 attributes."""
     name = escape(project.name)
     lines = [_PAGE_HEAD.format(title=f"Links for {name}", version=API_VERSION), f"    <h1>Links for {name}</h1>\n"]
     for file in project.files():
-        attrs = [f'href="{escape(file_href(file, root_uri))}#{digest_name}={_digest(file, digest_name)}"']
+        attrs = [f'href="{escape(file_href(file, root_uri, upstream))}#{digest_name}={_digest(file, digest_name)}"']
         if file.requires_python:
             attrs.append(f'data-requires-python="{escape(file.requires_python)}"')
         if file.metadata_sha256:
@@ -94,13 +95,13 @@ def version_order(versions: Iterable[str]) -> list[str]:
     return sorted(versions, key=key)
 
 
-def project_json(project: Project, root_uri: str = "") -> str:
+def project_json(project: Project, root_uri: str = "", upstream: bool = False) -> str:
     """The PEP 691 JSON page of one project, with the PEP 700 fields."""
     files: list[dict[str, Any]] = []
     for file in project.files():
         entry: dict[str, Any] = {
             "filename": file.filename,
-            "url": file_href(file, root_uri),
+            "url": file_href(file, root_uri, upstream),
             "hashes": {"sha256": file.sha256},
         }
         if file.requires_python:

@@ -122,6 +122,14 @@ def expected_files(
     return out
 
 
+def _held(mirror: Mirror, expected: dict[str, tuple[str | None, int | None]]) -> dict[str, tuple[str | None, int | None]]:
+    """What of ``expected`` the mirror holds itself: with ``release-files = false`` only the
+    ``.metadata`` files (the pages link the release files elsewhere)."""
+    if mirror.config.release_files:
+        return expected
+    return {path: want for path, want in expected.items() if path.endswith(".metadata")}
+
+
 def _check(storage: Storage, path: str, sha256: str | None, size: int | None) -> tuple[bool, int]:
     """(file is right, bytes hashed)."""
     try:
@@ -169,7 +177,7 @@ def verify(
             for canonical in names[start : start + BATCH]:
                 try:
                     project = stored_project(storage, canonical)
-                    expected = expected_files(storage, state, canonical, project)
+                    expected = _held(mirror, expected_files(storage, state, canonical, project))
                 except (ValueError, KeyError, TypeError, BandersnatchError) as exc:
                     logger.error("%s: cannot read what the mirror holds for it: %s", canonical, exc)
                     report.unfixed[canonical] = f"unreadable page or document: {exc}"
@@ -256,7 +264,7 @@ def _recheck(mirror: Mirror, canonical: str, report: VerifyReport) -> dict[str, 
     storage, state = mirror.storage, mirror.state
     try:
         project = stored_project(storage, canonical)
-        expected = expected_files(storage, state, canonical, project)
+        expected = _held(mirror, expected_files(storage, state, canonical, project))
     except (ValueError, KeyError, TypeError, BandersnatchError) as exc:
         report.unfixed.setdefault(canonical, f"unreadable after the repair: {exc}")
         return {}
@@ -279,7 +287,7 @@ def _page_disagrees(mirror: Mirror, canonical: str, project: Project | None) -> 
     if project is None or not config.write_html or config.keep_index_versions:
         return False
     page = storage.read_text(f"{state.simple_dir(canonical)}/index.html")
-    expected = pages.project_html(project, config.root_uri, config.digest_name)
+    expected = pages.project_html(project, config.root_uri, config.digest_name, config.links_upstream)
     if page != expected:
         logger.warning("%s: the page disagrees with the stored metadata", canonical)
         return True
