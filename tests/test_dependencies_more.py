@@ -144,3 +144,9 @@ def test_exclude_platform_python_version_covers_every_interpreter(harness: Mirro
     kept = {f["filename"].removeprefix("native-1.0-").removesuffix(".whl") for f in harness.json_page("native")["files"]}
     assert kept == {"cp311-cp311-manylinux_2_17_x86_64", "graalpy311-graalpy242_311_native-manylinux_2_17_x86_64",
                     "pp310-pypy310_pp73-win_amd64", "cp312-abi3-manylinux_2_17_x86_64", "py3-none-any"}
+
+
+def test_resolve_build_dependencies_needs_an_allowlist(harness: MirrorHarness) -> None:
+    harness.configure(sections="[allowlist]\nresolve-build-dependencies = true\n")
+    result = harness.cli("mirror")
+    assert result.returncode == 2 and "resolve-build-dependencies = true needs an allowlist" in result.stderr, result.stderr

@@ -136,7 +136,8 @@ def _run(args: argparse.Namespace) -> int:
         logger.info("Filters enabled: %s", ", ".join(filters.active))
     if dependencies is not None and filters.allowlist() is None:
         raise ConfigError(
-            "[allowlist] resolve-dependencies = true needs an allowlist "
+            f"[allowlist] {'resolve-build-dependencies' if dependencies.build else 'resolve-dependencies'} = true "
+            "needs an allowlist "
             "(allowlist_project or project_requirements with packages listed)"
         )
     upstream = make_upstream(mirror)
