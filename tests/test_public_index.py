@@ -329,3 +329,16 @@ def test_a_mirror_without_release_files_links_the_upstream_and_verifies(harness:
         assert f'href="{harness.upstream.url}/packages/' in harness.web(f"simple/{canonical}/index.html").read_text()
     result = harness.cli("verify", "--delete")
     assert result.returncode == 0 and "Verify: clean" in result.stderr.splitlines()[-1], result.stderr
+
+
+def test_verify_goes_on_past_an_unreadable_project_and_then_deletes_nothing(harness: MirrorHarness) -> None:
+    harness.run()
+    harness.web("json/small").write_text("{not json")
+    stray = harness.web("packages/zz/stray.tar.gz")
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"x")
+    result = harness.cli("verify", "--delete")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "1 projects could not be fixed" in result.stderr.splitlines()[-1]
+    assert stray.exists() and next(harness.web("packages").rglob("small-0.2.tar.gz")).exists()
+    assert "tiny-lib" not in result.stderr  # the others were checked, and are fine

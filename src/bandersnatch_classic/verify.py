@@ -166,6 +166,8 @@ def verify(
     if done:
         logger.info("Resuming an interrupted verify: %d projects were already checked", len(done))
     referenced: set[str] = set()
+    #: Projects whose files are unknown: nothing may be deleted as unreferenced then.
+    unreadable: set[str] = set()
     threads = workers or (os.cpu_count() or 1) * 2
     last_save = time.monotonic()
     with ThreadPoolExecutor(threads, thread_name_prefix="verify") as pool:
@@ -181,6 +183,7 @@ def verify(
                 except (ValueError, KeyError, TypeError, BandersnatchError) as exc:
                     logger.error("%s: cannot read what the mirror holds for it: %s", canonical, exc)
                     report.unfixed[canonical] = f"unreadable page or document: {exc}"
+                    unreadable.add(canonical)
                     continue
                 stored[canonical] = project
                 referenced.update(expected)
@@ -219,7 +222,13 @@ def verify(
         report.unfixed.update(synced.failed)
         for canonical in sorted(repair):  # what the repair brought in is referenced too
             referenced.update(_recheck(mirror, canonical, report))
-    if delete:
+    if delete and unreadable:
+        logger.error(
+            "Not deleting unreferenced files: what %d projects reference is unknown (e.g. %s)",
+            len(unreadable),
+            min(unreadable),
+        )
+    elif delete:
         for path, size in _unowned(storage, referenced):
             report.unowned[path] = size
             if not dry_run:
