@@ -211,6 +211,7 @@ def run_after_a_failed_run(h: MirrorHarness, method: str) -> dict[str, int]:
         h.configure(sections=f"[plugins]\nenabled = allowlist_project\n[allowlist]\npackages =\n{names}\n")
     first = h.cli("mirror")
     assert first.returncode == 1 and "broken: failed" in first.stderr, first.stderr
+    assert not h.web("simple/broken").exists() and "broken" not in h.web("simple/index.html").read_text()
     h.corpus.add_file("fine-0", "1.1", "fine_0-1.1.tar.gz")  # one change upstream
     h.upstream.clear()
     h.upstream.fault(BROKEN, "status", times=None, status=404)
