@@ -261,6 +261,9 @@ class UpstreamServer:
         self.serial_header = True
         #: JSON API file URLs relative to the document, as some proxies answer.
         self.relative_urls = False
+        #: The JSON API answers any spelling but the display name with a 301 to it, as the
+        #: public index does.
+        self.redirect_to_display_name = False
         self.changelog_cap = 50_000
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str]] = []
@@ -455,6 +458,8 @@ class _Handler(BaseHTTPRequestHandler):
         spec = self.upstream.corpus.get(name)
         if spec is None:
             return self._send(404, b'{"message": "Not Found"}', "application/json")
+        if self.upstream.redirect_to_display_name and name != spec.name:
+            return self._send(301, b"", "text/plain", {"Location": f"{base}/pypi/{spec.name}/json"}, fault)
         doc = self.upstream.corpus.json_doc(spec, "../.." if self.upstream.relative_urls else base)
         serial = spec.serial
         if fault is not None and fault.kind == "stale":
