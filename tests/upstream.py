@@ -264,6 +264,12 @@ class UpstreamServer:
         #: The JSON API answers any spelling but the display name with a 301 to it, as the
         #: public index does.
         self.redirect_to_display_name = False
+        #: Files answer ``/packages/...`` with a 302 to ``/cdn/packages/...``, as a CDN in front may.
+        self.redirect_files = False
+        #: (user, password) that every request must carry as HTTP Basic auth, or get a 401.
+        self.credentials: tuple[str, str] | None = None
+        #: Requests that came in absolute form (``GET http://host/path``), as a proxy gets them.
+        self.proxied_requests = 0
         self.changelog_cap = 50_000
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str]] = []
@@ -314,6 +320,24 @@ class UpstreamServer:
         """Requests by kind: xmlrpc, json, simple, file, metadata."""
         with self._lock:
             return Counter(_kind(m, p) for m, p in self.requests)
+
+    def refuses(self, handler: BaseHTTPRequestHandler) -> bool:
+        """Count proxy-form requests; answer 401 to one without the expected credentials."""
+        if "://" in handler.path:
+            with self._lock:
+                self.proxied_requests += 1
+        if self.credentials is None:
+            return False
+        expected = "Basic " + base64.b64encode(":".join(self.credentials).encode()).decode()
+        if handler.headers.get("Authorization") == expected:
+            return False
+        body = b"credentials required\n"
+        handler.send_response(401)
+        handler.send_header("WWW-Authenticate", 'Basic realm="test"')
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+        return True
 
     def _take_fault(self, path: str) -> Fault | None:
         with self._lock:
@@ -405,11 +429,14 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routing ---------------------------------------------------------------------
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.upstream._log("POST", self.path)
-        fault = self._apply_fault("POST " + self.path)
+        path = urlsplit(self.path).path
+        self.upstream._log("POST", path)
+        if self.upstream.refuses(self):
+            return
+        fault = self._apply_fault("POST " + path)
         if fault is not None and fault.kind in ("reset", "status"):
             return
-        if self.path.rstrip("/") != "/pypi" or not self.upstream.xmlrpc_enabled:
+        if path.rstrip("/") != "/pypi" or not self.upstream.xmlrpc_enabled:
             self._send(405, b"XML-RPC is not available here\n", "text/plain")
             return
         params, method = xmlrpc.client.loads(body)
@@ -435,6 +462,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
         self.upstream._log("GET", path)
+        if self.upstream.refuses(self):
+            return
         fault = self._apply_fault(path)
         if fault is not None and fault.kind in ("reset", "status"):
             return
@@ -447,7 +476,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._simple_root(fault)
             if path.startswith("/simple/"):
                 return self._simple_project(unquote(path[len("/simple/") :]).strip("/"), base, fault)
-            if path.startswith("/packages/"):
+            if path.startswith(("/packages/", "/cdn/packages/")):
                 return self._file(path, fault)
         self._send(404, b"not found\n", "text/plain")
 
@@ -495,6 +524,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, page.encode(), "text/html", self._serial_headers(spec.serial), fault)
 
     def _file(self, path: str, fault: Fault | None) -> None:
+        if self.upstream.redirect_files and path.startswith("/packages/"):
+            return self._send(302, b"", "text/plain", {"Location": f"{self.upstream.url}/cdn{path}"})
+        path = path.removeprefix("/cdn")
         files = self.upstream.corpus.files()
         if path.endswith(".metadata") and path[: -len(".metadata")] in files:
             meta = files[path[: -len(".metadata")]].metadata
