@@ -11,7 +11,7 @@ It serves a :class:`Corpus` the tests define and change between runs:
 Switches make it behave like the upstreams met in the wild (``xmlrpc_enabled``,
 ``simple_json_enabled``, ``serial_header``), and :meth:`UpstreamServer.fault` injects
 faults (error statuses with ``Retry-After``, connection resets, truncated and corrupted
-bodies, delays, stale JSON pages) on chosen paths. Every request is logged, so tests can
+bodies, hung and trickled answers, stale JSON pages) on chosen paths. Every request is logged, so tests can
 count what a run asked for.
 
 Each response goes out in a single ``send``: a response written in pieces meets Nagle's
@@ -241,7 +241,7 @@ class Fault:
     """One injected misbehaviour: ``kind`` on requests whose path matches ``pattern``."""
 
     pattern: str
-    kind: str  # status | reset | truncate | corrupt | delay | stale | trickle
+    kind: str  # status | reset | truncate | corrupt | hang | stale | trickle
     times: int | None = 1  # None: forever
     status: int = 503
     retry_after: str | None = None
@@ -273,9 +273,16 @@ class UpstreamServer:
         self.changelog_cap = 50_000
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str]] = []
+        #: The XML-RPC method of every call, in order.
+        self.xmlrpc_calls: list[str] = []
         self._lock = threading.Lock()
         #: Called with (method, path) before each request is answered (for kill tests).
         self.on_request: Any = None
+        #: Called while a "trickle" answer is half sent: a kill there is always mid-body.
+        self.on_trickle: Any = None
+        #: Set when the server stops: "hang" faults wait for it, so a client's timeout
+        #: always fires first, however slow the machine.
+        self.released = threading.Event()
         handler = type("Handler", (_Handler,), {"upstream": self})
         self._server = _QuietServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
@@ -291,6 +298,7 @@ class UpstreamServer:
         return self
 
     def stop(self) -> None:
+        self.released.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -310,6 +318,7 @@ class UpstreamServer:
         """Forget the request log and every fault."""
         with self._lock:
             self.requests.clear()
+            self.xmlrpc_calls.clear()
             self.faults.clear()
 
     def count(self, prefix: str = "") -> int:
@@ -400,6 +409,8 @@ class _Handler(BaseHTTPRequestHandler):
             cut = len(data) * 3 // 4
             self.wfile.write(data[:cut])
             self.wfile.flush()
+            if self.upstream.on_trickle is not None:
+                self.upstream.on_trickle()
             time.sleep(fault.seconds)
             data = data[cut:]
         self.wfile.write(data)
@@ -412,9 +423,10 @@ class _Handler(BaseHTTPRequestHandler):
         fault = self.upstream._take_fault(path)
         if fault is None:
             return None
-        if fault.kind == "delay":
-            time.sleep(fault.seconds)
-            return None
+        if fault.kind == "hang":  # no answer until the server stops; then hang up
+            self.upstream.released.wait(60)
+            self.close_connection = True
+            return fault
         if fault.kind == "reset":
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             self.close_connection = True
@@ -434,12 +446,13 @@ class _Handler(BaseHTTPRequestHandler):
         if self.upstream.refuses(self):
             return
         fault = self._apply_fault("POST " + path)
-        if fault is not None and fault.kind in ("reset", "status"):
+        if fault is not None and fault.kind in ("reset", "status", "hang"):
             return
         if path.rstrip("/") != "/pypi" or not self.upstream.xmlrpc_enabled:
             self._send(405, b"XML-RPC is not available here\n", "text/plain")
             return
         params, method = xmlrpc.client.loads(body)
+        self.upstream.xmlrpc_calls.append(method)
         corpus = self.upstream.corpus
         with corpus._lock:
             if method == "changelog_last_serial":
@@ -465,7 +478,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.upstream.refuses(self):
             return
         fault = self._apply_fault(path)
-        if fault is not None and fault.kind in ("reset", "status"):
+        if fault is not None and fault.kind in ("reset", "status", "hang"):
             return
         corpus = self.upstream.corpus
         base = self.upstream.url
