@@ -8,6 +8,11 @@ made, and the upstream's own CPU seconds. Each mirror is then checked file by fi
 against the upstream, so that a fast wrong mirror cannot win.
 
 usage: python benchmarks/bench.py CORPUS [--scale F] [--workers N] [--tools ours,reference]
+                                  [--latency-ms N] [--display-names]
+
+With ``--latency-ms`` every answer of the upstream is delayed by that round trip, and each
+run is also given as a ratio to its latency bound, ``requests x round trip / workers``:
+the time the run would take if every worker always had a request in flight.
 
 The reference tool (bandersnatch 8.2.0, Python >= 3.12) is installed on first use into
 benchmarks/.ref-venv from the package registry. See docs/performance.md.
@@ -19,6 +24,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -174,10 +180,15 @@ def check_mirror(directory: Path, manifest: dict) -> str:
                     wrong += 1
         except FileNotFoundError:
             missing += 1
-    pages = sum(1 for name in manifest["projects"] if not (web / "simple" / name / "index.html").exists())
+    pages = sum(1 for name in manifest["projects"] if not (web / "simple" / canonical(name) / "index.html").exists())
     if missing or wrong or pages:
         return f"WRONG: {missing} files missing, {wrong} differ, {pages} pages missing"
     return "ok"
+
+
+def canonical(name: str) -> str:
+    """PEP 503's normalised name: the page directory of a project."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def main() -> None:
@@ -188,6 +199,9 @@ def main() -> None:
     parser.add_argument("--tools", default="ours,reference")
     parser.add_argument("--dir", default="", help="where the mirrors go (default: a temporary directory)")
     parser.add_argument("--json", default="", help="also write the results to this file")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="round trip added to every upstream answer")
+    parser.add_argument("--display-names", action="store_true",
+                        help="projects with non-canonical names, whose JSON API redirects other spellings")
     args = parser.parse_args()
 
     tools = {"ours": ours_command, "reference": reference_command}
@@ -196,11 +210,15 @@ def main() -> None:
     root = Path(args.dir or tempfile.mkdtemp(prefix="bench-"))
     root.mkdir(parents=True, exist_ok=True)
 
-    server = subprocess.Popen([sys.executable, str(HERE / "upstream.py"), args.corpus, "--scale", str(args.scale)],
-                              stdout=subprocess.PIPE, text=True)
+    server_cmd = [sys.executable, str(HERE / "upstream.py"), args.corpus, "--scale", str(args.scale),
+                  "--latency-ms", str(args.latency_ms)]
+    if args.display_names:
+        server_cmd.append("--display-names")
+    server = subprocess.Popen(server_cmd, stdout=subprocess.PIPE, text=True)
     banner = server.stdout.readline().split() if server.stdout else []
     master = f"http://127.0.0.1:{banner[1]}"
-    print(f"corpus {args.corpus}: {banner[3]} projects, {banner[5]} files; workers {args.workers}; mirrors in {root}")
+    print(f"corpus {args.corpus}: {banner[3]} projects, {banner[5]} files; workers {args.workers}; "
+          f"latency {args.latency_ms:g} ms; mirrors in {root}")
     machine = machine_limits(root, master) if args.corpus == "b" else {}
 
     results: dict[str, dict[str, dict[str, float]]] = {}
@@ -218,10 +236,14 @@ def main() -> None:
                 run = timed_run([*cmd, "-c", str(conf), "mirror"], root / f"{tool}.log")
                 stats = http_json(f"{master}/_stats")
                 run.update(requests=stats["requests"], upstream_cpu=stats["cpu"])
+                bound = ""
+                if args.latency_ms:
+                    run["bound"] = stats["requests"] * args.latency_ms / 1000 / args.workers
+                    bound = f"  bound {run['bound']:6.2f}s ({run['wall'] / max(run['bound'], 1e-9):.2f}x)"
                 results[tool][phase] = run
                 print(f"  {tool:9} {phase:10}  wall {run['wall']:8.2f}s  cpu {run['cpu']:8.2f}s  "
                       f"rss {run['rss_mb']:7.1f}MB  requests {run['requests']:7d}  upstream cpu {run['upstream_cpu']:6.2f}s"
-                      f"  exit {run['exit']}", flush=True)
+                      f"  exit {run['exit']}{bound}", flush=True)
             results[tool]["check"] = check_mirror(directory / "mirror", http_json(f"{master}/_manifest"))  # type: ignore[assignment]
             print(f"  {tool:9} mirror check: {results[tool]['check']}", flush=True)
     finally:

@@ -6,11 +6,17 @@ fed the tail, and a 50 MiB body goes out in two ``sendall`` calls from memory. T
 handling is a minimal HTTP/1.1 loop (keep-alive, one write per small answer) so that the
 upstream costs far less CPU than the clients it serves; it reports its own CPU seconds.
 
+Two switches make it behave like a real upstream on a real network: ``--latency-ms N``
+delays every answer by N ms (a round trip; connections are kept alive as a real client's
+are), and ``--display-names`` gives projects non-canonical names (``Bench_000001``) whose
+JSON API page, asked for by any other spelling, answers with a 301 to the display name.
+
 Control endpoints: ``/_stats`` (CPU seconds and requests since the last reset),
 ``/_reset``, ``/_change?n=10`` (a new release with one new file in each of n projects),
 ``/_manifest`` (every file path with its sha256, for checking mirrors).
 
-usage: python benchmarks/upstream.py CORPUS [--scale F]   (prints "port N" when ready)
+usage: python benchmarks/upstream.py CORPUS [--scale F] [--latency-ms N] [--display-names]
+       (prints "port N" when ready)
 """
 
 from __future__ import annotations
@@ -18,11 +24,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import resource
 import socket
 import socketserver
 import sys
 import threading
+import time
 import xmlrpc.client
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
@@ -53,7 +61,7 @@ class Project:
 
 
 class Corpus:
-    def __init__(self, kind: str, scale: float = 1.0) -> None:
+    def __init__(self, kind: str, scale: float = 1.0, display_names: bool = False) -> None:
         count, releases, files, (low, high), metadata = CORPORA[kind]
         self.count = max(1, int(count * scale))
         self.block = hashlib.shake_256(b"bandersnatch-benchmark").digest(high)
@@ -62,13 +70,14 @@ class Corpus:
         self.low, self.high = low, high
         self.serial = 0
         self.projects: dict[str, Project] = {}
+        self.by_canonical: dict[str, Project] = {}
         self.files: dict[str, File] = {}
         self._prefix_states: dict[int, "hashlib._Hash"] = {}
         self.lock = threading.Lock()
         for p in range(self.count):
-            name = f"bench-{p:06d}"
+            name = f"Bench_{p:06d}" if display_names else f"bench-{p:06d}"
             self.serial += 1
-            project = self.projects[name] = Project(name, self.serial)
+            project = self.projects[name] = self.by_canonical[canonical(name)] = Project(name, self.serial)
             for r in range(releases):
                 for f in range(files):
                     self._add_file(project, f"{r}.0", f)
@@ -134,9 +143,14 @@ class Corpus:
         return json.dumps(doc).encode()
 
 
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 class Handler(socketserver.StreamRequestHandler):
     corpus: Corpus
     stats: dict[str, int]
+    latency: float = 0.0
     rbufsize = 1 << 16
 
     def setup(self) -> None:
@@ -162,6 +176,8 @@ class Handler(socketserver.StreamRequestHandler):
                 headers[key.strip().lower()] = value.strip()
             body = self.rfile.read(int(headers.get("content-length", 0) or 0)) if method == "POST" else b""
             self.stats["requests"] += 1
+            if self.latency and not target.startswith("/_"):
+                time.sleep(self.latency)
             self.route(method, target, headers, body, base)
 
     def send(self, status: str, body: bytes | memoryview, ctype: str = "application/octet-stream",
@@ -202,9 +218,12 @@ class Handler(socketserver.StreamRequestHandler):
                 return self.send("200 OK", file.metadata, head_only=head_only)
             return self.send("200 OK", corpus.block_view[: file.size - len(file.tail)], tail=file.tail, head_only=head_only)
         if path.startswith("/pypi/") and path.endswith("/json"):
-            project = corpus.projects.get(path[6:-5].strip("/"))
+            asked = path[6:-5].strip("/")
+            project = corpus.by_canonical.get(canonical(asked))
             if project is None:
                 return self.send("404 Not Found", b"{}", "application/json")
+            if asked != project.name:
+                return self.send("301 Moved Permanently", b"", "text/plain", f"Location: {base}/pypi/{project.name}/json\r\n")
             return self.send("200 OK", corpus.json_doc(project, base), "application/json",
                              f"X-PyPI-Last-Serial: {project.serial}\r\n")
         if path in ("/simple", "/simple/"):
@@ -217,7 +236,7 @@ class Handler(socketserver.StreamRequestHandler):
             links = "".join(f'<a href="{p.name}/">{p.name}</a>\n' for p in corpus.projects.values())
             return self.send("200 OK", f"<html><body>\n{links}</body></html>".encode(), "text/html")
         if path.startswith("/simple/"):
-            project = corpus.projects.get(path[8:].strip("/"))
+            project = corpus.by_canonical.get(canonical(path[8:].strip("/")))
             if project is None:
                 return self.send("404 Not Found", b"")
             files = [f for fs in project.releases.values() for f in fs]
@@ -260,9 +279,12 @@ def main() -> None:
     parser.add_argument("corpus", choices=sorted(CORPORA))
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="delay every answer by this round trip")
+    parser.add_argument("--display-names", action="store_true", help="non-canonical names; JSON API redirects to them")
     args = parser.parse_args()
-    corpus = Corpus(args.corpus, args.scale)
-    handler = type("H", (Handler,), {"corpus": corpus, "stats": {"requests": 0, "cpu_base": 0.0}})
+    corpus = Corpus(args.corpus, args.scale, args.display_names)
+    handler = type("H", (Handler,), {"corpus": corpus, "stats": {"requests": 0, "cpu_base": 0.0},
+                                     "latency": args.latency_ms / 1000})
     server = Server(("127.0.0.1", args.port), handler)
     print(f"port {server.server_address[1]} projects {corpus.count} files {len(corpus.files)}", flush=True)
     sys.stdout.close()

@@ -69,7 +69,7 @@ class MirrorHarness:
     def _parts(self) -> tuple[configuration.Config, Upstream, FilesystemStorage, FilterSet, DependencyPolicy | None]:
         loaded = configuration.load(self.conf)
         m = loaded.mirror
-        up = Upstream(m.master, timeout=m.timeout, global_timeout=m.global_timeout, retry=FAST_RETRY, pool_size=m.workers,
+        up = Upstream(m.master, timeout=m.timeout, global_timeout=m.global_timeout, retry=FAST_RETRY, pool_size=m.workers, proxy=m.proxy,
                       download_mirror=m.download_mirror, download_mirror_no_fallback=m.download_mirror_no_fallback)
         storage = FilesystemStorage(m.directory, m.storage_filesystem_manage_permissions)
         return loaded, up, storage, FilterSet.from_config(loaded.parser), DependencyPolicy.from_config(loaded.parser)

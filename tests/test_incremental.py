@@ -246,15 +246,15 @@ def test_permanent_file_faults_fail_the_project_only(harness: MirrorHarness, kin
 
 def test_socket_timeout_is_retried(harness: MirrorHarness) -> None:
     harness.configure({"timeout": "0.3"})
-    harness.upstream.fault(r"^/pypi/small/json$", "delay", times=1, seconds=1.0)
-    harness.upstream.fault(r"/small-0\.2\.tar\.gz$", "delay", times=1, seconds=1.0)
+    harness.upstream.fault(r"^/pypi/small/json$", "hang", times=1)
+    harness.upstream.fault(r"/small-0\.2\.tar\.gz$", "hang", times=1)
     assert harness.run().exit_code == 0
     assert_mirror_equals_upstream(harness)
 
 
 def test_persistent_timeouts_fail_the_project(harness: MirrorHarness) -> None:
     harness.configure({"timeout": "0.2"})
-    harness.upstream.fault(r"^/pypi/small/json$", "delay", times=None, seconds=0.5)
+    harness.upstream.fault(r"^/pypi/small/json$", "hang", times=None)
     report = harness.run()
     assert list(report.failed) == ["small"] and report.exit_code == 1
 

@@ -58,7 +58,7 @@ def check_served_paths(h: MirrorHarness) -> None:
 def run_and_kill(h: MirrorHarness, kill_at: int | str, whole_group: bool = True) -> int | None:
     """Start the CLI; SIGKILL it when the upstream sees its ``kill_at``-th request.
 
-    ``kill_at = "big"``: kill it a moment after a big file's download has started.
+    ``kill_at = "big"``: kill it while a big file's body is half sent.
     """
     seen = 0
     lock = threading.Lock()
@@ -74,18 +74,17 @@ def run_and_kill(h: MirrorHarness, kill_at: int | str, whole_group: bool = True)
                     os.kill(proc.pid, signal.SIGKILL)
                 killed.set()
 
-    def on_request(_method: str, path: str) -> None:
+    def on_request(_method: str, _path: str) -> None:
         nonlocal seen
         with lock:
             seen += 1
-            hit = seen == kill_at or (kill_at == "big" and "/big_" in path and not path.endswith(".metadata"))
+            hit = seen == kill_at
         if hit:
-            if kill_at == "big":
-                threading.Timer(0.15, kill).start()
-            else:
-                kill()
+            kill()
 
     h.upstream.on_request = on_request
+    if kill_at == "big":  # while a big file's body is half sent
+        h.upstream.on_trickle = kill
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "bandersnatch_classic", "-c", str(h.conf), "mirror"],
@@ -94,7 +93,7 @@ def run_and_kill(h: MirrorHarness, kill_at: int | str, whole_group: bool = True)
         )
         code = proc.wait(timeout=120)
     finally:
-        h.upstream.on_request = None
+        h.upstream.on_request = h.upstream.on_trickle = None
     return None if killed.is_set() else code
 
 

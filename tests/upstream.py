@@ -10,9 +10,10 @@ It serves a :class:`Corpus` the tests define and change between runs:
 
 Switches make it behave like the upstreams met in the wild (``xmlrpc_enabled``,
 ``simple_json_enabled``, ``root_json_enabled``, ``serial_header``, ``relative_urls``,
-``unserved_sidecars``, ``bad_sidecars``, ``whole_second_times``), and :meth:`UpstreamServer.fault` injects
+``unserved_sidecars``, ``bad_sidecars``, ``whole_second_times``, ``redirect_to_display_name``,
+``redirect_files``, ``credentials``), and :meth:`UpstreamServer.fault` injects
 faults (error statuses with ``Retry-After``, connection resets, truncated and corrupted
-bodies, delays, stale JSON pages) on chosen paths. Every request is logged, so tests can
+bodies, hung and trickled answers, stale JSON pages) on chosen paths. Every request is logged, so tests can
 count what a run asked for.
 
 Each response goes out in a single ``send``: a response written in pieces meets Nagle's
@@ -243,7 +244,7 @@ class Fault:
     """One injected misbehaviour: ``kind`` on requests whose path matches ``pattern``."""
 
     pattern: str
-    kind: str  # status | reset | truncate | corrupt | delay | stale | trickle
+    kind: str  # status | reset | truncate | corrupt | hang | stale | trickle
     times: int | None = 1  # None: forever
     status: int = 503
     retry_after: str | None = None
@@ -275,12 +276,28 @@ class UpstreamServer:
         #: Upload times without fractions when they have none (``...:47Z``), in the JSON API and
         #: the simple pages, as the public index writes old uploads.
         self.whole_second_times = False
+        #: The JSON API answers any spelling but the display name with a 301 to it, as the
+        #: public index does.
+        self.redirect_to_display_name = False
+        #: Files answer ``/packages/...`` with a 302 to ``/cdn/packages/...``, as a CDN in front may.
+        self.redirect_files = False
+        #: (user, password) that every request must carry as HTTP Basic auth, or get a 401.
+        self.credentials: tuple[str, str] | None = None
+        #: Requests that came in absolute form (``GET http://host/path``), as a proxy gets them.
+        self.proxied_requests = 0
         self.changelog_cap = 50_000
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str]] = []
+        #: The XML-RPC method of every call, in order.
+        self.xmlrpc_calls: list[str] = []
         self._lock = threading.Lock()
         #: Called with (method, path) before each request is answered (for kill tests).
         self.on_request: Any = None
+        #: Called while a "trickle" answer is half sent: a kill there is always mid-body.
+        self.on_trickle: Any = None
+        #: Set when the server stops: "hang" faults wait for it, so a client's timeout
+        #: always fires first, however slow the machine.
+        self.released = threading.Event()
         handler = type("Handler", (_Handler,), {"upstream": self})
         self._server = _QuietServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
@@ -296,6 +313,7 @@ class UpstreamServer:
         return self
 
     def stop(self) -> None:
+        self.released.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -315,6 +333,7 @@ class UpstreamServer:
         """Forget the request log and every fault."""
         with self._lock:
             self.requests.clear()
+            self.xmlrpc_calls.clear()
             self.faults.clear()
 
     def count(self, prefix: str = "") -> int:
@@ -325,6 +344,24 @@ class UpstreamServer:
         """Requests by kind: xmlrpc, json, simple, file, metadata."""
         with self._lock:
             return Counter(_kind(m, p) for m, p in self.requests)
+
+    def refuses(self, handler: BaseHTTPRequestHandler) -> bool:
+        """Count proxy-form requests; answer 401 to one without the expected credentials."""
+        if "://" in handler.path:
+            with self._lock:
+                self.proxied_requests += 1
+        if self.credentials is None:
+            return False
+        expected = "Basic " + base64.b64encode(":".join(self.credentials).encode()).decode()
+        if handler.headers.get("Authorization") == expected:
+            return False
+        body = b"credentials required\n"
+        handler.send_response(401)
+        handler.send_header("WWW-Authenticate", 'Basic realm="test"')
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+        return True
 
     def _take_fault(self, path: str) -> Fault | None:
         with self._lock:
@@ -387,6 +424,8 @@ class _Handler(BaseHTTPRequestHandler):
             cut = len(data) * 3 // 4
             self.wfile.write(data[:cut])
             self.wfile.flush()
+            if self.upstream.on_trickle is not None:
+                self.upstream.on_trickle()
             time.sleep(fault.seconds)
             data = data[cut:]
         self.wfile.write(data)
@@ -399,9 +438,10 @@ class _Handler(BaseHTTPRequestHandler):
         fault = self.upstream._take_fault(path)
         if fault is None:
             return None
-        if fault.kind == "delay":
-            time.sleep(fault.seconds)
-            return None
+        if fault.kind == "hang":  # no answer until the server stops; then hang up
+            self.upstream.released.wait(60)
+            self.close_connection = True
+            return fault
         if fault.kind == "reset":
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             self.close_connection = True
@@ -416,14 +456,18 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routing ---------------------------------------------------------------------
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.upstream._log("POST", self.path)
-        fault = self._apply_fault("POST " + self.path)
-        if fault is not None and fault.kind in ("reset", "status"):
+        path = urlsplit(self.path).path
+        self.upstream._log("POST", path)
+        if self.upstream.refuses(self):
             return
-        if self.path.rstrip("/") != "/pypi" or not self.upstream.xmlrpc_enabled:
+        fault = self._apply_fault("POST " + path)
+        if fault is not None and fault.kind in ("reset", "status", "hang"):
+            return
+        if path.rstrip("/") != "/pypi" or not self.upstream.xmlrpc_enabled:
             self._send(405, b"XML-RPC is not available here\n", "text/plain")
             return
         params, method = xmlrpc.client.loads(body)
+        self.upstream.xmlrpc_calls.append(method)
         corpus = self.upstream.corpus
         with corpus._lock:
             if method == "changelog_last_serial":
@@ -446,8 +490,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
         self.upstream._log("GET", path)
+        if self.upstream.refuses(self):
+            return
         fault = self._apply_fault(path)
-        if fault is not None and fault.kind in ("reset", "status"):
+        if fault is not None and fault.kind in ("reset", "status", "hang"):
             return
         corpus = self.upstream.corpus
         base = self.upstream.url
@@ -458,7 +504,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._simple_root(fault)
             if path.startswith("/simple/"):
                 return self._simple_project(unquote(path[len("/simple/") :]).strip("/"), base, fault)
-            if path.startswith("/packages/"):
+            if path.startswith(("/packages/", "/cdn/packages/")):
                 return self._file(path, fault)
         self._send(404, b"not found\n", "text/plain")
 
@@ -469,6 +515,8 @@ class _Handler(BaseHTTPRequestHandler):
         spec = self.upstream.corpus.get(name)
         if spec is None:
             return self._send(404, b'{"message": "Not Found"}', "application/json")
+        if self.upstream.redirect_to_display_name and name != spec.name:
+            return self._send(301, b"", "text/plain", {"Location": f"{base}/pypi/{spec.name}/json"}, fault)
         doc = self.upstream.corpus.json_doc(spec, "../.." if self.upstream.relative_urls else base)
         if self.upstream.whole_second_times:
             for entry in (e for files in doc["releases"].values() for e in files):
@@ -512,6 +560,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, page.encode(), "text/html", self._serial_headers(spec.serial), fault)
 
     def _file(self, path: str, fault: Fault | None) -> None:
+        if self.upstream.redirect_files and path.startswith("/packages/"):
+            return self._send(302, b"", "text/plain", {"Location": f"{self.upstream.url}/cdn{path}"})
+        path = path.removeprefix("/cdn")
         files = self.upstream.corpus.files()
         if path.endswith(".metadata") and path[: -len(".metadata")] in files:
             file = files[path[: -len(".metadata")]]

@@ -73,7 +73,7 @@ def setup_logging(debug: bool, log_config: str = "") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
-    for noisy in ("urllib3", "filelock"):
+    for noisy in ("urllib3", "requests", "filelock"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
 
 

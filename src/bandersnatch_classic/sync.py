@@ -116,9 +116,12 @@ def mirror_lock(directory: Path) -> Iterator[None]:
 class _Job:
     """One project in flight: its metadata and how many of its downloads are still open."""
 
-    def __init__(self, name: str, serial: int) -> None:
+    def __init__(self, name: str, serial: int, asked: str) -> None:
         self.name = name
         self.serial = serial
+        #: The spelling the upstream is asked for: its display name where known, since the
+        #: JSON API answers any other spelling with a redirect (a round trip per project).
+        self.asked = asked
         self.project: Project | None = None
         self.pending = 0
         self.files = 0
@@ -147,15 +150,19 @@ class _Worker:
         self._slots = threading.Semaphore(self._capacity)
         self._pool: ThreadPoolExecutor | None = None
 
-    def run(self, items: Iterable[tuple[str, int]]) -> None:
+    def run(self, items: Iterable[tuple[str, int, str]]) -> None:
+        pending = iter(items)
         with ThreadPoolExecutor(self.threads, thread_name_prefix="sync") as pool:
             self._pool = pool
-            for name, serial in items:
+            while True:
+                # A slot first, then a project: with a shared cursor, a project taken
+                # before a thread is free for it would wait here while another process idles.
                 self._slots.acquire()
-                if self.stop.is_set():
+                item = None if self.stop.is_set() else next(pending, None)
+                if item is None:
                     self._slots.release()
                     break
-                pool.submit(self._project_task, _Job(name, serial))
+                pool.submit(self._project_task, _Job(*item))
             # Every project gives its slot back once reported: holding them all means the
             # last one is done, and no task will submit to the pool after it shuts down.
             for _ in range(self._capacity):
@@ -169,7 +176,7 @@ class _Worker:
         try:
             canonical = check_project_name(job.name)
             try:
-                project = self.upstream.project(job.name, job.serial)
+                project = self.upstream.project(job.asked, job.serial)
             except ProjectGone:
                 removed = []
                 if canonical in self.state.projects or self.storage.exists(self.state.simple_dir(canonical)):
@@ -269,6 +276,8 @@ class Mirror:
         self.report = Report()
         self._stopped = False
         self._highest_serial = 0
+        #: canonical -> the name the upstream's listing or changelog gave this run.
+        self._listed: dict[str, str] = {}
 
     # -- the two entry points ----------------------------------------------------------
     def run(self, force_check: bool = False, cleanup_todo: bool = False) -> Report:
@@ -304,8 +313,8 @@ class Mirror:
         for name, reason in plan.rejected.items():
             report.failed[name] = f"refused: {reason}"
         target = max(plan.target, since)
-        # sidecars the upstream did not serve before and serves now: their pages to rewrite
-        recovered = self.sidecars.retry(self.upstream, self.config.workers) if self.config.core_metadata else set()
+        recovered = self.sidecars.retry(self.upstream, self.config.workers)  # served now: pages to rewrite
+        self._listed = {canonicalize_name(name): name for name in plan.projects}
         work = _merge(todo.projects if todo else {}, plan.projects, dict.fromkeys(recovered, 0))
         report.serial = target
         if not work and not removed and target == status and self.storage.exists("status"):
@@ -396,8 +405,8 @@ class Mirror:
         Finished projects are removed from ``todo.projects``; what is left at the end
         failed, or was never started because the run stopped.
         """
-        items = list(todo.projects.items())
-        self.state.projects  # loaded before forking, so that every worker inherits it
+        records = self.state.projects  # loaded before forking, so that every worker inherits it
+        items = [(name, serial, self._display_name(name, records)) for name, serial in todo.projects.items()]
         processes = _process_count(self.config.workers, len(items))
         context = multiprocessing.get_context("fork") if processes > 1 else None
         stop = context.Event() if context else threading.Event()
@@ -436,7 +445,7 @@ class Mirror:
             if getattr(runner, "exitcode", 0):
                 logger.error("A worker process ended with status %s; its unfinished projects stay in todo", runner.exitcode)
 
-    def _start(self, items: list[tuple[str, int]], processes: int, context: Any, stop: Any, results: Any) -> list[Any]:
+    def _start(self, items: list[tuple[str, int, str]], processes: int, context: Any, stop: Any, results: Any) -> list[Any]:
         """Start the workers: one thread in this process, or ``processes`` forked ones."""
         if context is None:
             worker = _Worker(self, self.config.workers, results.put, stop)
@@ -444,15 +453,21 @@ class Mirror:
             thread.start()
             return [thread]
         share, extra = divmod(self.config.workers, processes)
+        cursor = _SharedCursor(items, context)
         gc.freeze()  # the workers inherit the parent's objects: keep the collector off their pages
         runners = []
         for index in range(processes):
             worker = _Worker(self, share + (index < extra), results.put, stop)
-            process = context.Process(target=_run_worker_process, args=(worker, items[index::processes], results))
+            process = context.Process(target=_run_worker_process, args=(worker, cursor, results))
             process.start()
             runners.append(process)
         logger.info("Syncing %d projects in %d worker processes", len(items), processes)
         return runners
+
+    def _display_name(self, canonical: str, records: Mapping[str, tuple[str, int]]) -> str:
+        """The name to ask the upstream for: the recorded or listed display name, else canonical."""
+        record = records.get(canonical)
+        return record[0] if record is not None else self._listed.get(canonical, canonical)
 
     def _apply(self, kind: str, name: str, detail: Any, stop: Any) -> bool:
         """Apply one worker result; return True when the project is done with (not failed)."""
@@ -545,14 +560,37 @@ class _Records(Mapping[str, tuple[str, int]]):
         return len(self._state.projects)
 
 
-def _run_worker(worker: _Worker, items: list[tuple[str, int]], results: Any) -> None:
+class _SharedCursor:
+    """The projects of a run, handed out one at a time to whichever worker process asks.
+
+    Dealing the projects out up front would end a run on its slowest process: with 3
+    threads over 2 processes, the one-thread process takes twice as long, and on a real
+    network the run ends on one connection. Every forked process inherits the list; only
+    the position is shared.
+    """
+
+    def __init__(self, items: list[tuple[str, int, str]], context: Any) -> None:
+        self._items = items
+        self._next = context.Value("q", 0)
+
+    def __iter__(self) -> Iterator[tuple[str, int, str]]:
+        while True:
+            with self._next.get_lock():
+                index = self._next.value
+                self._next.value = index + 1
+            if index >= len(self._items):
+                return
+            yield self._items[index]
+
+
+def _run_worker(worker: _Worker, items: Iterable[tuple[str, int, str]], results: Any) -> None:
     try:
         worker.run(items)
     finally:
         results.put((EXITED, "", None))
 
 
-def _run_worker_process(worker: _Worker, items: list[tuple[str, int]], results: Any) -> None:
+def _run_worker_process(worker: _Worker, items: Iterable[tuple[str, int, str]], results: Any) -> None:
     """Entry point of a forked worker: fresh connections, then the same thread engine."""
     worker.upstream.close()
     threading.Thread(target=_stop_when_orphaned, args=(os.getppid(), worker.stop), daemon=True).start()
