@@ -324,3 +324,29 @@ def test_keep_index_versions(harness: MirrorHarness) -> None:
     assert len(versions) == 2
     assert link.read_text() == expected_html(harness.corpus.projects["small"])
     assert json.loads(harness.web("simple/small/index.v1_json").read_text())["versions"][-1] == "0.6"
+
+
+@pytest.mark.parametrize("method", ["xmlrpc", "simple"])
+def test_a_change_made_during_a_run_is_not_skipped(harness: MirrorHarness, method: str) -> None:
+    """A project fetched at a serial above the run's target must not carry status past other changes."""
+    harness.configure({"api-method": method})
+    harness.run()
+    harness.corpus.add_file("small", "0.4", "small-0.4.tar.gz")
+    changed_meanwhile = False
+
+    def meanwhile(_method: str, path: str) -> None:
+        nonlocal changed_meanwhile
+        if path == "/pypi/small/json" and not changed_meanwhile:
+            changed_meanwhile = True  # while "small" is being fetched, two more changes land
+            harness.corpus.add_file("Tiny-Lib", "3.0", "tiny_lib-3.0.tar.gz")
+            harness.corpus.add_file("small", "0.5", "small-0.5.tar.gz")
+
+    harness.upstream.on_request = meanwhile
+    try:
+        assert harness.run().exit_code == 0
+    finally:
+        harness.upstream.on_request = None
+    assert changed_meanwhile
+    assert harness.run().exit_code == 0
+    assert "tiny_lib-3.0.tar.gz" in harness.web("simple/tiny-lib/index.html").read_text()
+    assert_mirror_equals_upstream(harness)

@@ -44,6 +44,11 @@ class Plan:
     removed: set[str]
     #: Names the upstream listed that are not valid project names, with the reason.
     rejected: dict[str, str] = field(default_factory=dict)
+    #: Whether ``target`` is the upstream's own serial (XML-RPC, the PEP 691 listing). When
+    #: it is not (serials asked project by project), the projects' serials may raise it.
+    #: When it is, they must not: a project that changed during the run would otherwise
+    #: carry the mirror past changes of other projects that it never saw.
+    exact_target: bool = False
 
 
 def discover(
@@ -91,17 +96,17 @@ def _xmlrpc(upstream: Upstream, status: int, known: Mapping[str, tuple[str, int]
     target = upstream.changelog_last_serial()
     if full or not status:
         listing = upstream.list_packages_with_serial()
-        return Plan("xmlrpc", target, listing, _missing(known, listing))
+        return Plan("xmlrpc", target, listing, _missing(known, listing), exact_target=True)
     if target <= status:
-        return Plan("xmlrpc", status, {}, set())
-    return Plan("xmlrpc", target, upstream.changelog_since(status, target), set())
+        return Plan("xmlrpc", status, {}, set(), exact_target=True)
+    return Plan("xmlrpc", target, upstream.changelog_since(status, target), set(), exact_target=True)
 
 
 def _simple(upstream: Upstream, status: int, known: Mapping[str, tuple[str, int]], full: bool) -> Plan:
     target, listing = upstream.simple_listing()
     floor = 0 if full else status
     changed = {n: s for n, s in listing.items() if s > floor or canonicalize_name(n) not in known}
-    return Plan("simple", max(target, status), changed, _missing(known, listing))
+    return Plan("simple", max(target, status), changed, _missing(known, listing), exact_target=True)
 
 
 def _html(upstream: Upstream, status: int, known: Mapping[str, tuple[str, int]], full: bool) -> Plan:
@@ -122,11 +127,11 @@ def _by_name(
     if method == "xmlrpc":
         target = upstream.changelog_last_serial()
         if full or not status:
-            return Plan("xmlrpc", target, dict.fromkeys(sorted(allowlist), 0), set())
+            return Plan("xmlrpc", target, dict.fromkeys(sorted(allowlist), 0), set(), exact_target=True)
         changed = upstream.changelog_since(status, target) if target > status else {}
         projects = {n: s for n, s in changed.items() if canonicalize_name(n) in allowlist}
         projects.update({n: 0 for n in allowlist if n not in known})
-        return Plan("xmlrpc", max(target, status), projects, set())
+        return Plan("xmlrpc", max(target, status), projects, set(), exact_target=True)
     projects, top = _serials_by_name(upstream, sorted(allowlist), known, full)
     return Plan(method, max(top, status), projects, set())
 

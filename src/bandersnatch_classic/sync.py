@@ -332,8 +332,9 @@ class Mirror:
         self._sync(todo)
         self._sync_dependencies(todo, set(work))
 
-        # The html method learns most serials from the projects themselves.
-        target = report.serial = max(target, self._highest_serial)
+        if not plan.exact_target:  # serials were learnt from the projects themselves
+            target = max(target, self._highest_serial)
+        report.serial = target
         self._write_root(target)
         if not todo.projects:
             self.state.write_status(target)
