@@ -75,11 +75,19 @@ def test_a_sidecar_the_upstream_cannot_serve_does_not_fail_its_project(harness: 
     assert not harness.web(f"{wheel_path}.metadata").exists()
     assert not offers_metadata(harness, "wheelie", wheel)
     assert offers_metadata(harness, "tiny-lib", "tiny_lib-2.0-py3-none-any.whl")  # others keep theirs
-    assert "wheelie" in json.loads((harness.dir / "missing-metadata").read_text())
+    assert "wheelie" in json.loads((harness.dir / "missing-metadata").read_text())["projects"]
 
-    # The upstream serves it now: the next run asks for it alone and rewrites that project only.
+    # A run soon after does not ask again: a cron run with nothing to do stays one request.
     harness.upstream.unserved_sidecars.clear()
     harness.upstream.bad_sidecars.clear()
+    harness.upstream.clear()
+    assert harness.cli("mirror").returncode == 0
+    assert harness.upstream.counts() == {"xmlrpc": 1}
+
+    # A day later it asks for it alone and rewrites that project only.
+    record = json.loads((harness.dir / "missing-metadata").read_text())
+    record["checked"] -= 24 * 3600
+    (harness.dir / "missing-metadata").write_text(json.dumps(record))
     harness.upstream.clear()
     again = harness.cli("mirror")
     assert again.returncode == 0 and not warnings(again.stderr), again.stderr
@@ -95,8 +103,8 @@ def test_a_missing_sidecar_is_picked_up_on_the_projects_next_change(harness: Mir
     harness.upstream.unserved_sidecars[wheel] = 404
     assert harness.run().exit_code == 0
     harness.upstream.clear()
-    harness.run()  # still missing: one small request for it, nothing else re-fetched
-    assert harness.upstream.counts() == {"xmlrpc": 1, "metadata": 1}
+    harness.run()  # soon after: not asked again, one request in all
+    assert harness.upstream.counts() == {"xmlrpc": 1}
     harness.upstream.unserved_sidecars.clear()
     (harness.dir / "missing-metadata").unlink()  # even without the record
     harness.corpus.add_file("wheelie", "1.1", "wheelie-1.1.tar.gz")

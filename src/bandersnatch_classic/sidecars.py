@@ -5,15 +5,18 @@ page offers none. So a sidecar that answers 404 or 410, or whose digest stays wr
 fails its project: the release file is mirrored, its page entries carry no metadata
 attribute, and the sidecar is recorded here, in ``<directory>/missing-metadata``.
 
-Each ``mirror`` run, and ``verify``, asks the upstream again for the recorded sidecars only
-(one small request each); a project whose sidecars come through is synced again so that its
-pages offer them. The project's next change upstream retries them as well.
+Once a day a ``mirror`` run, and every ``verify``, asks the upstream again for the recorded
+sidecars only (one small request each); a project whose sidecars come through is synced
+again so that its pages offer them. The project's next change upstream retries them as
+well. Not more often: a mirror run from cron every few minutes should cost one request when
+nothing changed, and a whole-index mirror behind such a proxy can record thousands.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -25,6 +28,9 @@ from .upstream import Upstream
 logger = logging.getLogger(__name__)
 
 MISSING_FILE = "missing-metadata"
+
+#: How long after the last try a mirror run asks for the recorded sidecars again.
+RETRY_SECONDS = 24 * 3600
 
 #: One recorded sidecar: (path below the mirror, upstream URL, sha256).
 Sidecar = tuple[str, str, str]
@@ -42,6 +48,8 @@ class MissingSidecars:
         self.storage = storage
         self._loaded: dict[str, list[Sidecar]] | None = None
         self._changed = False
+        #: When the recorded sidecars were last asked for (epoch seconds).
+        self._checked = 0.0
 
     @property
     def projects(self) -> dict[str, list[Sidecar]]:
@@ -55,8 +63,9 @@ class MissingSidecars:
             return {}
         try:
             data = json.loads(text)
-            return {str(k): [(str(p), str(u), str(h)) for p, u, h in v] for k, v in data.items()}
-        except (ValueError, TypeError, AttributeError):
+            self._checked = float(data["checked"])
+            return {str(k): [(str(p), str(u), str(h)) for p, u, h in v] for k, v in data["projects"].items()}
+        except (ValueError, TypeError, AttributeError, KeyError):
             logger.warning("Discarding corrupt %s", self.storage.path(MISSING_FILE))
             return {}
 
@@ -67,6 +76,7 @@ class MissingSidecars:
             if self.projects.get(canonical) != entries:
                 self.projects[canonical] = entries
                 self._changed = True
+                self._checked = self._checked or time.time()  # just tried: the next try in a day
         elif canonical in self.projects:
             del self.projects[canonical]
             self._changed = True
@@ -78,20 +88,23 @@ class MissingSidecars:
         if not self._changed:
             return
         if self.projects:
-            self.storage.write_bytes(MISSING_FILE, json.dumps(self.projects, indent=0, sort_keys=True).encode())
+            document = {"checked": int(self._checked), "projects": self.projects}
+            self.storage.write_bytes(MISSING_FILE, json.dumps(document, indent=0, sort_keys=True).encode())
         else:
             self.storage.delete(MISSING_FILE)
         self._changed = False
 
-    def retry(self, upstream: Upstream, workers: int) -> set[str]:
+    def retry(self, upstream: Upstream, workers: int, always: bool = False) -> set[str]:
         """Ask the upstream again for every recorded sidecar; return the projects now complete.
 
-        A sidecar that comes through is stored (verified against its digest); its project
-        must be synced again for its pages to offer it.
+        Only when the last try is :data:`RETRY_SECONDS` old, unless ``always``. A sidecar
+        that comes through is stored (verified against its digest); its project must be
+        synced again for its pages to offer it.
         """
         pending = [(c, s) for c, sidecars in self.projects.items() for s in sidecars]
-        if not pending:
+        if not pending or (not always and time.time() - self._checked < RETRY_SECONDS):
             return set()
+        self._checked, self._changed = time.time(), True
 
         def fetch(item: tuple[str, Sidecar]) -> bool:
             _, (path, url, sha256) = item

@@ -313,7 +313,7 @@ class Mirror:
         for name, reason in plan.rejected.items():
             report.failed[name] = f"refused: {reason}"
         target = max(plan.target, since)
-        recovered = self.sidecars.retry(self.upstream, self.config.workers)  # served now: pages to rewrite
+        recovered = self.sidecars.retry(self.upstream, self.config.workers, always=full)  # served now: pages to rewrite
         self._listed = {canonicalize_name(name): name for name in plan.projects}
         work = _merge(todo.projects if todo else {}, plan.projects, dict.fromkeys(recovered, 0))
         report.serial = target

@@ -215,7 +215,7 @@ def verify(
     if report.pages_fixed and not dry_run:
         state.save_projects()
     if not dry_run and mirror.config.core_metadata:
-        repair |= mirror.sidecars.retry(mirror.upstream, threads)  # served now: pages to rewrite
+        repair |= mirror.sidecars.retry(mirror.upstream, threads, always=True)  # served now: pages to rewrite
     if repair and not dry_run:
         logger.info("Re-syncing %d projects to repair them", len(repair))
         synced = mirror.sync_projects(sorted(repair))
