@@ -44,7 +44,7 @@ from . import pages
 from .config import MirrorConfig
 from .dependencies import DependencyPolicy, requirements_of
 from .discovery import discover
-from .errors import LockHeld, ProjectGone, UnsafePath
+from .errors import LocalIOError, LockHeld, ProjectGone, UnsafeListing, UnsafePath
 from .filters import FilterSet
 from .models import Project, check_project_name
 from .package import Download, plan_downloads, publish, unpublish
@@ -58,8 +58,9 @@ CHECKPOINT_SECONDS = 2.0
 #: Below this many projects, forking worker processes costs more than it saves.
 MIN_PROJECTS_PER_PROCESS = 50
 
-#: What a worker reports for one project: (kind, name, detail); kinds below.
-SYNCED, SKIPPED, REMOVED, FAILED, EXITED = "synced", "skipped", "removed", "failed", "exited"
+#: What a worker reports for one project: (kind, name, detail); kinds below. LOCAL: a local
+#: I/O error (disk full, permission...) stopped the project and, with it, the run.
+SYNCED, SKIPPED, REMOVED, FAILED, LOCAL, EXITED = "synced", "skipped", "removed", "failed", "local", "exited"
 
 
 @dataclass
@@ -76,6 +77,8 @@ class Report:
     serial: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     written: list[str] = field(default_factory=list)
+    #: Canonical names the upstream answered 404 for (deleted, or never there).
+    gone: set[str] = field(default_factory=set)
 
     @property
     def exit_code(self) -> int:
@@ -124,6 +127,7 @@ class _Job:
         self.bytes = 0
         self.written: list[str] = []
         self.error: str | None = None
+        self.local_error: str | None = None
 
 
 class _Worker:
@@ -182,6 +186,9 @@ class _Worker:
                 return
             job.project = project
             downloads = plan_downloads(project, self.config, self.storage)
+        except LocalIOError as exc:
+            self._stop_local(job, exc)
+            return
         except Exception as exc:  # every failure must be reported, or the run never ends
             self._report(FAILED, job, _reason(exc))
             return
@@ -202,6 +209,9 @@ class _Worker:
                     job.files += 1
                     job.bytes += size
                     job.written.append(download.path)
+            except LocalIOError as exc:
+                job.local_error = job.error = job.error or str(exc)
+                self.stop.set()
             except Exception as exc:
                 job.error = job.error or _reason(exc)
         elif job.error is None:
@@ -212,7 +222,15 @@ class _Worker:
         if last:
             self._finish(job)
 
+    def _stop_local(self, job: _Job, exc: LocalIOError) -> None:
+        """Nothing more can be written: start no new work, and say why."""
+        self.stop.set()
+        self._report(LOCAL, job, str(exc))
+
     def _finish(self, job: _Job) -> None:
+        if job.local_error is not None:
+            self._report(LOCAL, job, job.local_error)
+            return
         if job.error is not None:
             self._report(FAILED, job, job.error)
             return
@@ -220,6 +238,9 @@ class _Worker:
         assert project is not None
         try:
             job.written += publish(project, self.config, self.storage, self.state)
+        except LocalIOError as exc:
+            self._stop_local(job, exc)
+            return
         except Exception as exc:
             self._report(FAILED, job, _reason(exc))
             return
@@ -252,10 +273,16 @@ class Mirror:
         self.report = Report()
         self._stopped = False
         self._highest_serial = 0
+        #: The first local I/O error a worker met: the run stops and raises it at the end.
+        self.local_error: str | None = None
 
     # -- the two entry points ----------------------------------------------------------
-    def run(self, force_check: bool = False, cleanup_todo: bool = False) -> Report:
-        """The ``mirror`` command: sync everything that changed since the last run."""
+    def run(self, force_check: bool = False, cleanup_todo: bool = False, allow_mass_removal: bool = False) -> Report:
+        """The ``mirror`` command: sync everything that changed since the last run.
+
+        Raises :class:`UnsafeListing` (nothing touched) when the listing would remove more
+        projects than ``max-removals`` allows, unless ``allow_mass_removal``.
+        """
         report = self.report
         full = self.state.check_generation() or force_check
         known = _Records(self.state)  # read only if discovery needs it: a no-change run does not
@@ -274,6 +301,7 @@ class Mirror:
                 "Resuming an unfinished run: %d projects left towards serial %d", len(todo.projects), todo.target
             )
             since = todo.target
+        remembered, fresh = self.state.remembered_method(self.upstream.master) if self.config.api_method == "auto" else ("", True)
         plan = discover(
             self.upstream,
             self.config.api_method,
@@ -282,17 +310,26 @@ class Mirror:
             self.filters.allows_name,
             self.filters.allowlist(),
             full or not since,
+            remembered if fresh else "",
         )
         report.method, removed = plan.method, plan.removed
+        if removed and not allow_mass_removal:
+            self._check_removals(plan.method, removed, len(known))
         for name, reason in plan.rejected.items():
             report.failed[name] = f"refused: {reason}"
         target = max(plan.target, since)
         work = _merge(todo.projects if todo else {}, plan.projects)
         report.serial = target
+        if self.config.api_method == "auto" and (plan.method != remembered or not fresh):
+            self._remember_method(plan, changed=plan.method != remembered)
         if not work and not removed and target == status and self.storage.exists("status"):
-            logger.info("Nothing to do: the mirror is at serial %d", status)
+            logger.debug("Nothing to do: the mirror is at serial %d", status)
             return report
 
+        logger.info(
+            "%d projects to sync%s via %s, towards serial %d",
+            len(work), f", {len(removed)} to remove" if removed else "", plan.method, target,
+        )
         self.state.write_generation()
         todo = Todo(target, work)
         self.state.write_todo(todo)
@@ -302,6 +339,7 @@ class Mirror:
             report.removed += 1
         self._sync(todo)
         self._sync_dependencies(todo, set(work))
+        self._raise_local_error()
 
         # The html method learns most serials from the projects themselves.
         target = report.serial = max(target, self._highest_serial)
@@ -316,12 +354,37 @@ class Mirror:
         self._write_diff_file()
         return report
 
+    def _check_removals(self, method: str, removed: set[str], mirrored: int) -> None:
+        """Refuse a listing that would remove too much of the mirror: an outage page, a broken proxy."""
+        limit = self.config.removal_limit(mirrored)
+        if len(removed) <= limit and len(removed) < mirrored:
+            return
+        examples = ", ".join(sorted(removed)[:5]) + (", ..." if len(removed) > 5 else "")
+        if len(removed) == mirrored:
+            why = f"it lists none of the mirror's {mirrored} projects ({examples})"
+        else:
+            why = (
+                f"it lacks {len(removed)} of the mirror's {mirrored} projects ({examples}), more than "
+                f"max-removals = {self.config.max_removals} allows in one run ({limit})"
+            )
+        raise UnsafeListing(
+            f"refusing the upstream's listing (via {method}): {why}; nothing was removed or synced. "
+            "If the upstream really deleted them, run once with `bandersnatch mirror --allow-mass-removal`"
+        )
+
+    def _remember_method(self, plan: Any, changed: bool) -> None:
+        """Note which method worked, so that the next runs ask for it first (one request, not three)."""
+        tried = "; ".join(f"{m} unavailable: {why}" for m, why in plan.unavailable.items())
+        logger.log(logging.INFO if changed else logging.DEBUG, "Upstream method: %s%s", plan.method, f" ({tried})" if tried else "")
+        self.state.remember_method(plan.method, self.upstream.master)
+
     def sync_projects(self, names: Iterable[str], write_root: bool = True) -> Report:
         """The ``sync`` command: sync the named projects now; ``status`` and ``todo`` stay."""
         work = {canonicalize_name(n): 0 for n in names if self.filters.allows_name(n)}
         todo = Todo(self.state.status, work)
         self._sync(todo, checkpoint=False)
         self._sync_dependencies(todo, set(work), checkpoint=False)
+        self._raise_local_error()
         if write_root:
             self._write_root(self.state.status)
         else:
@@ -368,6 +431,8 @@ class Mirror:
         Finished projects are removed from ``todo.projects``; what is left at the end
         failed, or was never started because the run stopped.
         """
+        if self._stopped:
+            return  # stop-on-error or a local I/O error: no new work, not even dependencies
         items = list(todo.projects.items())
         self.state.projects  # loaded before forking, so that every worker inherits it
         processes = _process_count(self.config.workers, len(items))
@@ -441,10 +506,19 @@ class Mirror:
                 report.written += written
         elif kind == REMOVED:
             canonical, written = detail
+            report.gone.add(canonical)
+            allowlist = self.filters.allowlist()
+            if allowlist is not None and canonical in allowlist and canonical not in self.state.projects:
+                logger.warning("%s: allowlisted, but the upstream has no such project; check its spelling", name)
             if written or canonical in self.state.projects:
                 self.state.forget(canonical)
                 report.removed += 1
                 report.written += written
+        elif kind == LOCAL:
+            self.local_error = self.local_error or detail
+            self._stopped = True
+            stop.set()
+            return False
         elif kind == FAILED:
             report.failed[name] = detail
             logger.error("%s: failed: %s", name, detail)
@@ -454,6 +528,14 @@ class Mirror:
                 stop.set()
             return False
         return True
+
+    def _raise_local_error(self) -> None:
+        """After a local I/O error, keep what was done (records, todo) and stop the run."""
+        if self.local_error is None:
+            return
+        with contextlib.suppress(LocalIOError):  # the disk that failed may refuse this too
+            self.state.save_projects()
+        raise LocalIOError(self.local_error)
 
     def _checkpoint(self, todo: Todo, finished: list[str]) -> None:
         """Record finished projects: their records first, then the shorter todo."""
@@ -549,10 +631,11 @@ def sync(
     dependencies: DependencyPolicy | None = None,
     force_check: bool = False,
     cleanup_todo: bool = False,
+    allow_mass_removal: bool = False,
 ) -> Report:
     """Bring ``storage`` up to date with ``upstream`` under the mirror lock."""
     with mirror_lock(storage.root):
-        return Mirror(config, upstream, storage, filters, dependencies).run(force_check, cleanup_todo)
+        return Mirror(config, upstream, storage, filters, dependencies).run(force_check, cleanup_todo, allow_mass_removal)
 
 
 def _merge(*works: dict[str, int]) -> dict[str, int]:

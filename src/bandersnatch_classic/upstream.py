@@ -167,7 +167,7 @@ class Upstream:
         try:
             response = self._http.request(method, url, preload_content=False, **kwargs)
         except MaxRetryError as exc:
-            raise UpstreamError(f"{url}: {_describe(exc.reason or exc)}") from exc
+            raise UpstreamError(f"{url}: {_describe(exc.reason or exc)} (after {self.retry.attempts} attempts)") from exc
         except TransportError as exc:
             raise UpstreamError(f"{url}: {_describe(exc)}") from exc
         try:
@@ -515,4 +515,8 @@ def _describe(exc: BaseException | None) -> str:
     if exc is None:
         return "unknown error"
     text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
+    return _CONNECTION_REPR.sub("", text.splitlines()[0])[:300]
+
+
+#: The ``HTTPConnection(host='...', port=443): `` urllib3 puts before a connection error: the URL says it.
+_CONNECTION_REPR = re.compile(r"^\w*Connection(?:Pool)?\(host=[^)]*\): ")
