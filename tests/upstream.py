@@ -261,6 +261,10 @@ class UpstreamServer:
         self.serial_header = True
         #: JSON API file URLs relative to the document, as some proxies answer.
         self.relative_urls = False
+        #: Root listings (XML-RPC ``list_packages_with_serial``, ``/simple/`` in JSON and HTML)
+        #: hold only the first N projects, as an outage page or a half-synced upstream
+        #: mirror answers (0: an empty listing). None: every project.
+        self.listing_limit: int | None = None
         self.changelog_cap = 50_000
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str]] = []
@@ -415,7 +419,8 @@ class _Handler(BaseHTTPRequestHandler):
             if method == "changelog_last_serial":
                 result: Any = corpus.serial
             elif method == "list_packages_with_serial":
-                result = {s.name: s.serial for s in corpus.projects.values()}
+                listed = list(corpus.projects.values())[: self.upstream.listing_limit]
+                result = {s.name: s.serial for s in listed}
             elif method == "changelog_since_serial":
                 since = int(params[0])
                 entries = [list(e) for e in corpus.changelog if e[4] > since]
@@ -467,7 +472,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _simple_root(self, fault: Fault | None) -> None:
         corpus = self.upstream.corpus
-        specs = sorted(corpus.projects.values(), key=lambda s: canonicalize_name(s.name))
+        specs = sorted(corpus.projects.values(), key=lambda s: canonicalize_name(s.name))[: self.upstream.listing_limit]
         if self._wants_json():
             doc = {
                 "meta": {"api-version": "1.1", "_last-serial": corpus.serial},

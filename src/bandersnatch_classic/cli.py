@@ -22,6 +22,7 @@ from . import __version__, config as configuration, preflight
 from .errors import BandersnatchError, ConfigError, LocalIOError, LockHeld, StateError, UpstreamError
 from .dependencies import DependencyPolicy
 from .filters import FilterSet
+from .progress import StatusLineHandler
 from .storage import FilesystemStorage
 from .sync import Mirror, Report, mirror_lock
 from .upstream import Upstream
@@ -98,7 +99,8 @@ def setup_logging(debug: bool, log_config: str = "") -> None:
         except Exception as exc:  # fileConfig raises whatever the file's contents provoke
             raise ConfigError(f"[mirror] log-config {log_config} cannot be applied: {type(exc).__name__}: {exc}") from exc
         return
-    handler = logging.StreamHandler(sys.stderr)
+    # On a terminal, a live progress line stays at the bottom while the log scrolls above it.
+    handler = StatusLineHandler(sys.stderr) if sys.stderr.isatty() else logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]

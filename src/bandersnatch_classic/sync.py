@@ -28,6 +28,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -48,6 +49,7 @@ from .errors import LocalIOError, LockHeld, ProjectGone, UnsafeListing, UnsafePa
 from .filters import FilterSet
 from .models import Project, check_project_name
 from .package import Download, plan_downloads, publish, unpublish
+from .progress import Progress, human as _human
 from .state import MirrorState, Todo
 from .storage import Storage
 from .upstream import Upstream
@@ -443,24 +445,36 @@ class Mirror:
         last_checkpoint = time.monotonic()
         finished: list[str] = []
         running = len(runners)
-        while running:
-            try:
-                kind, name, detail = results.get(timeout=1.0)
-            except queue.Empty:
-                if any(r.is_alive() for r in runners):
-                    continue
-                try:  # every worker is gone, some without saying so: take what they left
-                    kind, name, detail = results.get(timeout=0.1)
+        report, done = self.report, 0
+        files, size = report.files, report.bytes
+        progress = Progress(len(items), self.config.progress_interval)
+        try:
+            while running:
+                try:
+                    kind, name, detail = results.get(timeout=1.0)
                 except queue.Empty:
-                    break
-            if kind == EXITED:
-                running -= 1
-                continue
-            if self._apply(kind, name, detail, stop):
-                finished.append(name)
-            if checkpoint and finished and time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
-                self._checkpoint(todo, finished)
-                finished, last_checkpoint = [], time.monotonic()
+                    progress.update(done, report.files - files, report.bytes - size)
+                    if any(r.is_alive() for r in runners):
+                        continue
+                    try:  # every worker is gone, some without saying so: take what they left
+                        kind, name, detail = results.get(timeout=0.1)
+                    except queue.Empty:
+                        break
+                if kind == EXITED:
+                    running -= 1
+                    continue
+                if self._apply(kind, name, detail, stop):
+                    finished.append(name)
+                done += 1
+                progress.update(done, report.files - files, report.bytes - size)
+                if checkpoint and finished and time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
+                    self._checkpoint(todo, finished)
+                    finished, last_checkpoint = [], time.monotonic()
+        except BaseException:  # interrupted: workers finish what they hold and start nothing new
+            stop.set()
+            raise
+        finally:
+            progress.close()
         for runner in runners:
             runner.join()
         if checkpoint:
@@ -487,7 +501,7 @@ class Mirror:
             process = context.Process(target=_run_worker_process, args=(worker, items[index::processes], results))
             process.start()
             runners.append(process)
-        logger.info("Syncing %d projects in %d worker processes", len(items), processes)
+        logger.debug("Syncing %d projects in %d worker processes", len(items), processes)
         return runners
 
     def _apply(self, kind: str, name: str, detail: Any, stop: Any) -> bool:
@@ -601,7 +615,13 @@ def _run_worker(worker: _Worker, items: list[tuple[str, int]], results: Any) -> 
 
 
 def _run_worker_process(worker: _Worker, items: list[tuple[str, int]], results: Any) -> None:
-    """Entry point of a forked worker: fresh connections, then the same thread engine."""
+    """Entry point of a forked worker: fresh connections, then the same thread engine.
+
+    Ctrl-C and SIGTERM are the main process's to handle: it sets ``stop``, and a worker
+    finishes what it holds. (A worker whose main process is killed outright stops too.)
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     worker.upstream.close()
     threading.Thread(target=_stop_when_orphaned, args=(os.getppid(), worker.stop), daemon=True).start()
     _run_worker(worker, items, results)
@@ -651,11 +671,3 @@ def _merge(*works: dict[str, int]) -> dict[str, int]:
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _human(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size} B"
