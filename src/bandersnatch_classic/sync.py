@@ -448,8 +448,9 @@ class Mirror:
         report, done = self.report, 0
         files, size = report.files, report.bytes
         progress = Progress(len(items), self.config.progress_interval)
-        try:
-            while running:
+        interrupted = False
+        while running:
+            try:
                 try:
                     kind, name, detail = results.get(timeout=1.0)
                 except queue.Empty:
@@ -470,11 +471,12 @@ class Mirror:
                 if checkpoint and finished and time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
                     self._checkpoint(todo, finished)
                     finished, last_checkpoint = [], time.monotonic()
-        except BaseException:  # interrupted: workers finish what they hold and start nothing new
-            stop.set()
-            raise
-        finally:
-            progress.close()
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the workers finish what they hold, nothing new
+                if interrupted:
+                    raise  # a second one: leave now
+                interrupted = self._stopped = True
+                stop.set()
+        progress.close()
         for runner in runners:
             runner.join()
         if checkpoint:
@@ -485,6 +487,8 @@ class Mirror:
         for runner in runners:
             if getattr(runner, "exitcode", 0):
                 logger.error("A worker process ended with status %s; its unfinished projects stay in todo", runner.exitcode)
+        if interrupted:
+            raise KeyboardInterrupt
 
     def _start(self, items: list[tuple[str, int]], processes: int, context: Any, stop: Any, results: Any) -> list[Any]:
         """Start the workers: one thread in this process, or ``processes`` forked ones."""
