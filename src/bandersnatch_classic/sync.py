@@ -61,8 +61,11 @@ CHECKPOINT_SECONDS = 2.0
 MIN_PROJECTS_PER_PROCESS = 50
 
 #: What a worker reports for one project: (kind, name, detail); kinds below. LOCAL: a local
-#: I/O error (disk full, permission...) stopped the project and, with it, the run.
-SYNCED, SKIPPED, REMOVED, FAILED, LOCAL, EXITED = "synced", "skipped", "removed", "failed", "local", "exited"
+#: I/O error (disk full, permission...) stopped the project and, with it, the run;
+#: UNFINISHED: the run stopped before the project's downloads were done (not a failure).
+SYNCED, SKIPPED, REMOVED, FAILED, LOCAL, UNFINISHED, EXITED = (
+    "synced", "skipped", "removed", "failed", "local", "unfinished", "exited"
+)
 
 
 @dataclass
@@ -130,6 +133,7 @@ class _Job:
         self.written: list[str] = []
         self.error: str | None = None
         self.local_error: str | None = None
+        self.unfinished = False
 
 
 class _Worker:
@@ -216,8 +220,8 @@ class _Worker:
                 self.stop.set()
             except Exception as exc:
                 job.error = job.error or _reason(exc)
-        elif job.error is None:
-            job.error = "not finished: the run stopped"
+        else:
+            job.unfinished = True
         with self._lock:
             job.pending -= 1
             last = job.pending == 0
@@ -235,6 +239,9 @@ class _Worker:
             return
         if job.error is not None:
             self._report(FAILED, job, job.error)
+            return
+        if job.unfinished:
+            self._report(UNFINISHED, job)
             return
         project = job.project
         assert project is not None
@@ -532,6 +539,8 @@ class Mirror:
                 self.state.forget(canonical)
                 report.removed += 1
                 report.written += written
+        elif kind == UNFINISHED:
+            return False  # stays in todo
         elif kind == LOCAL:
             self.local_error = self.local_error or detail
             self._stopped = True
