@@ -64,7 +64,8 @@ class Progress:
         self.total = total
         self.interval = interval
         self.clock = clock
-        self.started = self._last_line = self._last_live = clock()
+        self.started = self._last_line = clock()
+        self._last_live = float("-inf")  # the live line shows from the first project on
         self.done = 0
         self.files = 0
         self.bytes = 0
