@@ -101,12 +101,14 @@ class Report:
 @contextlib.contextmanager
 def mirror_lock(directory: Path) -> Iterator[None]:
     """Hold ``<directory>/.lock`` for the whole run; a second run gets :class:`LockHeld`."""
-    directory.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(str(directory / ".lock"), timeout=0)
     try:
+        directory.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except filelock.Timeout as exc:
         raise LockHeld(f"another run holds {directory / '.lock'}; not starting a second one") from exc
+    except OSError as exc:  # pre-flight checked; this is a race with whoever changed it since
+        raise LocalIOError.of(str(directory / ".lock"), exc) from exc
     # filelock closes its descriptor in forked children, so a worker process orphaned by a
     # killed run would go on writing unlocked. A duplicate of the descriptor shares the
     # lock and stays open in the children: the lock lasts as long as any of them.
@@ -336,8 +338,9 @@ class Mirror:
             return report
 
         logger.info(
-            "%d projects to sync%s via %s, towards serial %d",
-            len(work), f", {len(removed)} to remove" if removed else "", plan.method, target,
+            "%d projects to sync%s via %s%s",
+            len(work), f", {len(removed)} to remove" if removed else "", plan.method,
+            f", towards serial {target}" if target else "",
         )
         self.state.write_generation()
         todo = Todo(target, work)
@@ -600,8 +603,11 @@ class Mirror:
         if self.config.diff_append_epoch:
             path = f"{path}-{int(time.time())}"
         lines = "".join(f"{self.storage.path(p)}\n" for p in sorted(set(self.report.written)))
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(lines)
+        try:
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(lines)
+        except OSError as exc:
+            raise LocalIOError.of(path, exc) from exc
 
 
 class _Records(Mapping[str, tuple[str, int]]):
