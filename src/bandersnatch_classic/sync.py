@@ -44,7 +44,7 @@ from packaging.utils import canonicalize_name
 from . import pages
 from .config import MirrorConfig
 from .dependencies import DependencyPolicy, requirements_of
-from .discovery import discover
+from .discovery import Plan, discover
 from .errors import LocalIOError, LockHeld, ProjectGone, UnsafeListing, UnsafePath
 from .filters import FilterSet
 from .models import Project, check_project_name
@@ -218,7 +218,7 @@ class _Worker:
                     job.bytes += size
                     job.written.append(download.path)
             except LocalIOError as exc:
-                job.local_error = job.error = job.error or str(exc)
+                job.local_error = job.local_error or str(exc)
                 self.stop.set()
             except Exception as exc:
                 job.error = job.error or _reason(exc)
@@ -384,7 +384,7 @@ class Mirror:
             "If the upstream really deleted them, run once with `bandersnatch mirror --allow-mass-removal`"
         )
 
-    def _remember_method(self, plan: Any, changed: bool) -> None:
+    def _remember_method(self, plan: Plan, changed: bool) -> None:
         """Note which method worked, so that the next runs ask for it first (one request, not three)."""
         tried = "; ".join(f"{m} unavailable: {why}" for m, why in plan.unavailable.items())
         logger.log(logging.INFO if changed else logging.DEBUG, "Upstream method: %s%s", plan.method, f" ({tried})" if tried else "")
@@ -560,10 +560,12 @@ class Mirror:
         return True
 
     def _raise_local_error(self) -> None:
-        """After a local I/O error, keep what was done (records, todo) and stop the run."""
+        """After a local I/O error, keep what was done (root index, records; todo is kept) and stop."""
         if self.local_error is None:
             return
         with contextlib.suppress(LocalIOError):  # the disk that failed may refuse this too
+            self._write_root(self.state.status)
+        with contextlib.suppress(LocalIOError):
             self.state.save_projects()
         raise LocalIOError(self.local_error)
 
