@@ -102,3 +102,27 @@ def test_an_allowlist_mirror_never_reads_a_listing(harness: MirrorHarness, metho
     result = h.cli("mirror", "--force-check")
     assert result.returncode == 0, result.stderr
     assert set(json.loads((h.dir / "projects.json").read_text())) == {"small", "tiny-lib"}
+
+
+@pytest.mark.parametrize("method", ["xmlrpc", "simple"])
+def test_an_upstream_answering_404_for_everything_removes_at_most_max_removals(harness: MirrorHarness, method: str) -> None:
+    """A proxy that does not forward the JSON API must not empty the mirror project by project."""
+    h = _mirrored(harness, method)
+    h.configure({"workers": "1"})
+    h.upstream.fault(r"^/pypi/[^/]+/json$", "status", times=None, status=404)
+    for name in ("Foo.Bar_Baz", "small", "Tiny-Lib"):
+        h.corpus.touch(name)
+    result = h.cli("mirror")
+    assert result.returncode == 4, result.stderr
+    errors = [line for line in result.stderr.splitlines() if " ERROR: " in line]
+    assert len(errors) == 1 and "answers 404" in errors[0] and "--allow-mass-removal" in errors[0]
+    records = json.loads((h.dir / "projects.json").read_text())
+    assert len(records) == 2  # max-removals = 1%: at least one, and no more
+    todo = (h.dir / "todo").read_text().split()
+    assert set(records) <= set(todo)
+    assert all(h.web(f"simple/{name}/index.html").exists() for name in records)
+    # the upstream is fixed: the kept projects are synced; the listing brings the removed one back
+    h.upstream.clear()
+    assert h.cli("mirror").returncode == 0
+    assert len(json.loads((h.dir / "projects.json").read_text())) == (3 if method == "simple" else 2)
+    assert not (h.dir / "todo").exists()

@@ -179,12 +179,8 @@ class _Worker:
             canonical = check_project_name(job.name)
             try:
                 project = self.upstream.project(job.name, job.serial)
-            except ProjectGone:
-                removed = []
-                if canonical in self.state.projects or self.storage.exists(self.state.simple_dir(canonical)):
-                    logger.info("%s: deleted upstream; removing it from the index", job.name)
-                    removed = unpublish(canonical, self.config, self.storage, self.state)
-                self._report(REMOVED, job, (canonical, removed))
+            except ProjectGone:  # the main process removes it, within max-removals
+                self._report(REMOVED, job, canonical)
                 return
             if check_project_name(project.name) != canonical:
                 raise UnsafePath(f"the upstream answered for {job.name!r} with project {project.name!r}")
@@ -286,6 +282,11 @@ class Mirror:
         self._highest_serial = 0
         #: The first local I/O error a worker met: the run stops and raises it at the end.
         self.local_error: str | None = None
+        #: Accept more removals in this run than ``max-removals`` allows (``--allow-mass-removal``).
+        self.allow_mass_removal = False
+        self._removal_limit: int | None = None
+        #: Why the run stopped removing projects the upstream answers 404 for (raised at the end).
+        self._refused: str | None = None
 
     # -- the two entry points ----------------------------------------------------------
     def run(self, force_check: bool = False, cleanup_todo: bool = False, allow_mass_removal: bool = False) -> Report:
@@ -295,6 +296,7 @@ class Mirror:
         projects than ``max-removals`` allows, unless ``allow_mass_removal``.
         """
         report = self.report
+        self.allow_mass_removal = allow_mass_removal
         full = self.state.check_generation() or force_check
         known = _Records(self.state)  # read only if discovery needs it: a no-change run does not
         if self.dependencies is not None:
@@ -351,7 +353,7 @@ class Mirror:
             report.removed += 1
         self._sync(todo)
         self._sync_dependencies(todo, set(work))
-        self._raise_local_error()
+        self._raise_stop_reason()
 
         # The html method learns most serials from the projects themselves.
         target = report.serial = max(target, self._highest_serial)
@@ -396,7 +398,7 @@ class Mirror:
         todo = Todo(self.state.status, work)
         self._sync(todo, checkpoint=False)
         self._sync_dependencies(todo, set(work), checkpoint=False)
-        self._raise_local_error()
+        self._raise_stop_reason()
         if write_root:
             self._write_root(self.state.status)
         else:
@@ -533,15 +535,18 @@ class Mirror:
             if self.config.diff_file:
                 report.written += written
         elif kind == REMOVED:
-            canonical, written = detail
+            canonical = detail
             report.gone.add(canonical)
-            allowlist = self.filters.allowlist()
-            if allowlist is not None and canonical in allowlist and canonical not in self.state.projects:
-                logger.warning("%s: allowlisted, but the upstream has no such project; check its spelling", name)
-            if written or canonical in self.state.projects:
-                self.state.forget(canonical)
-                report.removed += 1
-                report.written += written
+            if canonical not in self.state.projects and not self.storage.exists(self.state.simple_dir(canonical)):
+                allowlist = self.filters.allowlist()
+                if allowlist is not None and canonical in allowlist:
+                    logger.warning("%s: allowlisted, but the upstream has no such project; check its spelling", name)
+                return True
+            if not self._may_remove(stop):
+                return False  # stays in todo
+            logger.info("%s: deleted upstream; removing it from the index", name)
+            report.written += unpublish(canonical, self.config, self.storage, self.state)
+            report.removed += 1
         elif kind == UNFINISHED:
             return False  # stays in todo
         elif kind == LOCAL:
@@ -559,15 +564,39 @@ class Mirror:
             return False
         return True
 
-    def _raise_local_error(self) -> None:
-        """After a local I/O error, keep what was done (root index, records; todo is kept) and stop."""
-        if self.local_error is None:
+    def _may_remove(self, stop: Any) -> bool:
+        """Whether one more project the upstream answers 404 for may be removed in this run.
+
+        An upstream that answers 404 for everything (a proxy that does not forward the JSON
+        API, say) must not empty the mirror project by project: past ``max-removals`` the run
+        stops, removes nothing more, and exits 4.
+        """
+        if self._removal_limit is None:
+            self._removal_limit = self.config.removal_limit(len(self.state.projects) + self.report.removed)
+        if self.allow_mass_removal or self.report.removed < self._removal_limit:
+            return True
+        if self._refused is None:
+            self._refused = (
+                f"the upstream answers 404 (no such project) for more of the mirror's projects than max-removals = "
+                f"{self.config.max_removals} allows in one run ({self._removal_limit}); the run stopped and removed no "
+                "more (they stay in todo). If the upstream really deleted them, run once with "
+                "`bandersnatch mirror --allow-mass-removal`"
+            )
+            self._stopped = True
+            stop.set()
+        return False
+
+    def _raise_stop_reason(self) -> None:
+        """After a local I/O error or too many 404s, keep what was done (root index, records; todo is kept) and stop."""
+        if self.local_error is None and self._refused is None:
             return
         with contextlib.suppress(LocalIOError):  # the disk that failed may refuse this too
             self._write_root(self.state.status)
         with contextlib.suppress(LocalIOError):
             self.state.save_projects()
-        raise LocalIOError(self.local_error)
+        if self.local_error is not None:
+            raise LocalIOError(self.local_error)
+        raise UnsafeListing(self._refused)
 
     def _checkpoint(self, todo: Todo, finished: list[str]) -> None:
         """Record finished projects: their records first, then the shorter todo."""
