@@ -262,3 +262,9 @@ def test_a_misspelt_filter_key_gets_did_you_mean(harness: MirrorHarness) -> None
     result = harness.cli("mirror")
     assert result.returncode == 0, result.stderr
     assert "Unknown key 'package' in [allowlist]" in result.stderr and "did you mean 'packages'?" in result.stderr
+
+
+@unprivileged
+def test_a_config_the_user_cannot_read(nobody_harness: MirrorHarness) -> None:
+    nobody_harness.conf.chmod(0o600)
+    _one_error(_cli_as_nobody(nobody_harness, "mirror"), "cannot read config", str(nobody_harness.conf), "user nobody")

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .errors import ConfigError
+from .errors import ConfigError, effective_user
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def load(path: Path) -> Config:
         with open(path, encoding="utf-8") as fh:
             parser.read_file(fh)
     except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+        raise ConfigError(f"cannot read config {path} as user {effective_user()}: {exc.strerror or exc}") from exc
     except (configparser.Error, UnicodeDecodeError) as exc:
         raise ConfigError(_ini_error(path, exc)) from exc
     if not parser.has_section("mirror"):
