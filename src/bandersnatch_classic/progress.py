@@ -31,14 +31,19 @@ class StatusLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
         self.status = ""
+        #: In a forked worker: the main process's status line may be on screen, clear it first.
+        self.clear_first = False
 
     def emit(self, record: logging.LogRecord) -> None:
-        if self.status:
-            self.stream.write("\r\x1b[K")
-        super().emit(record)
-        if self.status:
-            self.stream.write(self.status)
+        try:
+            prefix = "\r\x1b[K" if self.status or self.clear_first else ""
+            # one write: the record above, the status line below it again
+            self.stream.write(f"{prefix}{self.format(record)}{self.terminator}{self.status}")
             self.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
 
     def set_status(self, text: str) -> None:
         """Show ``text`` as the status line ("" removes it)."""
@@ -47,6 +52,14 @@ class StatusLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.status = text[:width]
             self.stream.write("\r\x1b[K" + self.status)
             self.flush()
+
+
+def in_worker_process() -> None:
+    """Called in a forked worker: its log records clear the main process's status line first."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, StatusLineHandler):
+            handler.status = ""
+            handler.clear_first = True
 
 
 def live_handler() -> StatusLineHandler | None:

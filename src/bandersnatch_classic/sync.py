@@ -49,7 +49,7 @@ from .errors import LocalIOError, LockHeld, ProjectGone, UnsafeListing, UnsafePa
 from .filters import FilterSet
 from .models import Project, check_project_name
 from .package import Download, plan_downloads, publish, unpublish
-from .progress import Progress, human as _human
+from .progress import Progress, human as _human, in_worker_process
 from .state import MirrorState, Todo
 from .storage import Storage
 from .upstream import Upstream
@@ -672,6 +672,7 @@ def _run_worker_process(worker: _Worker, items: list[tuple[str, int]], results: 
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    in_worker_process()
     worker.upstream.close()
     threading.Thread(target=_stop_when_orphaned, args=(os.getppid(), worker.stop), daemon=True).start()
     _run_worker(worker, items, results)
