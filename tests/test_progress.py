@@ -74,9 +74,25 @@ def test_a_first_run_says_it_reads_the_listing_and_how_long_it_took(harness: Mir
     assert "listing" not in again.stderr
 
 
+def _screen(text: str) -> list[str]:
+    """The lines a terminal shows for ``text``: ``\r`` returns to column 0, ``ESC [K`` clears the rest."""
+    lines = [""]
+    for char in text.replace("\r\n", "\n").replace("\x1b[K", ""):
+        if char == "\r":
+            lines[-1] = ""
+        elif char == "\n":
+            lines.append("")
+        else:
+            lines[-1] += char
+    return lines
+
+
 def test_a_terminal_gets_a_live_progress_line(harness: MirrorHarness) -> None:
-    """stderr on a pseudo-terminal: the status line is redrawn in place, log lines print above it."""
-    bulk_corpus(12, releases=1, files=1, corpus=harness.corpus)
+    """stderr on a pseudo-terminal: the status line is redrawn in place, log lines print above it.
+
+    100 projects: two forked worker processes log too, and must not write over the status line.
+    """
+    bulk_corpus(97, releases=1, files=1, size=256, corpus=harness.corpus)
     harness.configure({"progress-interval": "3600"})  # no log lines: only the live display
     master, slave = pty.openpty()
     env = {**os.environ, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1", "COLUMNS": "200"}
@@ -100,8 +116,10 @@ def test_a_terminal_gets_a_live_progress_line(harness: MirrorHarness) -> None:
     os.close(master)
     assert proc.wait(60) == 0
     text = output.decode()
-    assert "\r\x1b[K" in text and re.search(r"\d+/15 projects \(\d+%\)", text)
+    assert "\r\x1b[K" in text and re.search(r"\d+/100 projects \(\d+%\)", text)
     assert "Progress:" not in text
-    final = text.replace("\r\n", "\n").split("\n")
-    summary = [line for line in final if "Summary:" in line]
-    assert len(summary) == 1 and "Summary: 15 projects synced" in summary[0]
+    screen = [line for line in _screen(text) if line]
+    log_line = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+: ")
+    assert all(log_line.match(line) for line in screen), [line for line in screen if not log_line.match(line)][:3]
+    assert "Summary: 100 projects synced" in screen[-1]
+    assert sum("synced at serial" in line for line in screen) == 100
