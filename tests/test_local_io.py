@@ -75,3 +75,26 @@ def test_a_directory_the_user_cannot_write_mid_run_exits_5_naming_path_and_user(
     assert [path for _, path in h.upstream.requests].count(target.path) == 1
     assert (h.dir / "todo").exists()
     assert not (h.dir / "status").exists()
+
+
+
+def test_a_read_only_file_system_below_the_mirror_exits_5(harness: MirrorHarness, tmp_path: Path) -> None:
+    """One directory deep in the tree is a read-only mount: pre-flight cannot see it, the run meets EROFS."""
+    target = next(iter(harness.corpus.files().values()))
+    blocked = harness.dir / "web" / "packages" / target.path.split("/")[2]
+    blocked.mkdir(parents=True)
+    source = tmp_path / "elsewhere"
+    source.mkdir()
+    mounted = subprocess.run(["mount", "--bind", str(source), str(blocked)], capture_output=True).returncode == 0
+    if not mounted:
+        pytest.skip("cannot bind-mount here (needs root and mount permission)")
+    try:
+        if subprocess.run(["mount", "-o", "remount,bind,ro", str(blocked)], capture_output=True).returncode:
+            pytest.skip("cannot remount a bind mount read-only here")
+        result = harness.cli("mirror")
+    finally:
+        subprocess.run(["umount", str(blocked)], check=True)
+    line = _local_error(result)
+    assert "Read-only file system" in line and str(blocked) in line
+    assert [path for _, path in harness.upstream.requests].count(target.path) == 1
+    assert (harness.dir / "todo").exists()
