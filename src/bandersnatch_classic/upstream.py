@@ -16,7 +16,9 @@ Retries come in two layers. urllib3's ``Retry`` retries what happens before a bo
 arrives: connection errors and 429/500/502/503/504, honouring ``Retry-After``. What it
 cannot retry -- a body cut short, a connection reset mid-body, a file whose digest is
 wrong, a page older than the serial we were promised -- is retried here, with the same
-exponential backoff.
+exponential backoff. A local write error while a download is stored (disk full, permission)
+comes from the storage layer as ``LocalIOError``: it is not a network error, so it is
+neither retried nor turned into an ``UpstreamError``.
 """
 
 from __future__ import annotations
