@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from bandersnatch_classic import cli, errors
+
 from .conftest import MirrorHarness
 
 
@@ -157,3 +159,23 @@ def test_an_interrupted_run_exits_130_with_the_summary_and_keeps_todo(harness: M
 def test_first_run_exits_6(harness: MirrorHarness, tmp_path: Path) -> None:
     result = harness.cli("mirror", config=tmp_path / "new.conf")
     assert result.returncode == 6 and "review" in result.stderr.lower()
+
+
+@pytest.mark.parametrize(
+    "exc, status",
+    [
+        (errors.ConfigError("x"), 2),
+        (errors.StateError("x"), 2),
+        (errors.LockHeld("x"), 3),
+        (errors.UpstreamError("x"), 4),
+        (errors.UnsafeListing("x"), 4),
+        (errors.LocalIOError("x"), 5),
+        (KeyboardInterrupt(), 130),
+        (RuntimeError("a bug"), 70),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else str(v),
+)
+def test_every_stop_has_its_own_exit_status(exc: BaseException, status: int, caplog: pytest.LogCaptureFixture) -> None:
+    assert cli.exit_status(exc) == status
+    assert len(caplog.records) == 1 and caplog.records[0].levelname == "ERROR"
+    assert (caplog.records[0].exc_info is not None) == (status == 70)  # only a bug gets a traceback
