@@ -301,7 +301,7 @@ class Mirror:
         known = _Records(self.state)  # read only if discovery needs it: a no-change run does not
         if self.dependencies is not None:
             self.filters.allow_more(known)  # dependencies found by earlier runs stay mirrored
-        status = self.state.status
+        status = report.serial = self.state.status  # what the summary says if the run stops early
         if cleanup_todo:
             self.state.remove_todo()
         todo = self.state.read_todo()
@@ -396,6 +396,7 @@ class Mirror:
         """The ``sync`` command: sync the named projects now; ``status`` and ``todo`` stay."""
         work = {canonicalize_name(n): 0 for n in names if self.filters.allows_name(n)}
         todo = Todo(self.state.status, work)
+        self.report.serial = todo.target
         self._sync(todo, checkpoint=False)
         self._sync_dependencies(todo, set(work), checkpoint=False)
         self._raise_stop_reason()
