@@ -6,6 +6,7 @@ here); they are skipped with the reason where that is not possible.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -31,6 +32,7 @@ def _one_error(result: subprocess.CompletedProcess[str], *words: str) -> str:
     return lines[0]
 
 
+@functools.lru_cache(maxsize=1)
 def _nobody_python() -> tuple[list[str], dict[str, str]] | str:
     """A Python that ``nobody`` may run, with this checkout importable; or why there is none.
 
