@@ -285,10 +285,10 @@ def test_a_missing_serial_header_is_not_stale(harness: MirrorHarness) -> None:
     assert_mirror_equals_upstream(harness)
 
 
-def test_an_unreachable_upstream_exits_1_with_one_clear_error(harness: MirrorHarness, tmp_path: Path) -> None:
+def test_an_unreachable_upstream_exits_4_with_one_clear_error(harness: MirrorHarness, tmp_path: Path) -> None:
     harness.configure({"master": "http://127.0.0.1:9", "timeout": "1"})
     result = harness.cli("mirror", timeout=60)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.returncode == 4 and "Traceback" not in result.stderr
     assert "127.0.0.1:9" in result.stderr
 
 

@@ -54,7 +54,7 @@ def test_an_explicit_method_the_upstream_lacks_fails_clearly(harness: MirrorHarn
     harness.upstream.xmlrpc_enabled = False
     harness.configure({"api-method": "xmlrpc"})
     result = harness.cli("mirror")
-    assert result.returncode == 1 and "405" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 4 and "405" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("serial_header", [True, False], ids=["header", "no-header"])

@@ -94,7 +94,7 @@ def test_first_run_writes_the_commented_default_config(tmp_path: Path, harness: 
     conf = tmp_path / "etc" / "bandersnatch.conf"
     conf.parent.mkdir()
     result = harness.cli("mirror", config=conf)
-    assert result.returncode == 1
+    assert result.returncode == 6
     assert conf.read_text() == (ROOT / "examples" / "bandersnatch.conf").read_text()
     assert str(conf) in result.stderr and "review" in result.stderr.lower()
     assert all(LOG_LINE.match(line) for line in result.stderr.splitlines())

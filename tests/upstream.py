@@ -285,6 +285,10 @@ class UpstreamServer:
         self.credentials: tuple[str, str] | None = None
         #: Requests that came in absolute form (``GET http://host/path``), as a proxy gets them.
         self.proxied_requests = 0
+        #: Root listings (XML-RPC ``list_packages_with_serial``, ``/simple/`` in JSON and HTML)
+        #: hold only the first N projects, as an outage page or a half-synced upstream
+        #: mirror answers (0: an empty listing). None: every project.
+        self.listing_limit: int | None = None
         self.changelog_cap = 50_000
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str]] = []
@@ -473,7 +477,8 @@ class _Handler(BaseHTTPRequestHandler):
             if method == "changelog_last_serial":
                 result: Any = corpus.serial
             elif method == "list_packages_with_serial":
-                result = {s.name: s.serial for s in corpus.projects.values()}
+                listed = list(corpus.projects.values())[: self.upstream.listing_limit]
+                result = {s.name: s.serial for s in listed}
             elif method == "changelog_since_serial":
                 since = int(params[0])
                 entries = [list(e) for e in corpus.changelog if e[4] > since]
@@ -532,7 +537,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _simple_root(self, fault: Fault | None) -> None:
         corpus = self.upstream.corpus
-        specs = sorted(corpus.projects.values(), key=lambda s: canonicalize_name(s.name))
+        specs = sorted(corpus.projects.values(), key=lambda s: canonicalize_name(s.name))[: self.upstream.listing_limit]
         if self._wants_json() and self.upstream.root_json_enabled:
             doc = {
                 "meta": {"api-version": "1.1", "_last-serial": corpus.serial},

@@ -1,29 +1,37 @@
 """The ``bandersnatch`` command line.
 
-Exit status (DESIGN.md section 6): 0 everything mirrored; 1 some projects failed, or a
-first run wrote the default config; 2 usage or configuration error; 3 another run holds
-the lock.
+Exit status, one meaning per code (docs/operations.md, "Exit status"): 0 everything
+mirrored; 1 some projects failed; 2 configuration, environment or usage error (nothing
+touched); 3 another run holds the lock; 4 upstream unusable; 5 local I/O error during the
+run; 6 a first run wrote the default config; 130 interrupted; 70 an internal error (a bug).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from . import __version__, config as configuration
-from .errors import BandersnatchError, ConfigError, LockHeld, StateError
+from packaging.utils import canonicalize_name
+
+from . import __version__, config as configuration, preflight
+from .errors import BandersnatchError, ConfigError, LocalIOError, LockHeld, StateError, UpstreamError
 from .dependencies import DependencyPolicy
 from .filters import FilterSet
+from .progress import StatusLineHandler
 from .storage import FilesystemStorage
-from .sync import Mirror, mirror_lock, sync
+from .sync import Mirror, Report, mirror_lock
 from .upstream import Upstream
 
 logger = logging.getLogger("bandersnatch_classic")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_UPSTREAM, EXIT_LOCAL_IO, EXIT_NEW_CONFIG = 0, 1, 2, 3, 4, 5, 6
+EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug, logged with its traceback
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports an interrupted command
 LOG_FORMAT = "%(asctime)s %(levelname)s: %(message)s"
 
 
@@ -40,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     mirror = commands.add_parser("mirror", help="sync the mirror with the upstream")
     mirror.add_argument("--force-check", action="store_true", help="compare every project, not only the changed ones")
     mirror.add_argument("--cleanup-todo", action="store_true", help="discard an unfinished run's todo file first")
+    mirror.add_argument(
+        "--allow-mass-removal", action="store_true",
+        help="accept, for this run, a listing that removes more projects than [mirror] max-removals",
+    )
 
     sync_cmd = commands.add_parser("sync", help="sync the named projects now (status and todo stay)")
     sync_cmd.add_argument("--skip-simple-root", action="store_true", help="do not rewrite the root index")
@@ -49,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--delete", action="store_true", help="delete files no mirrored project references")
     verify.add_argument("--dry-run", action="store_true", help="change nothing; report what would be fetched and deleted")
     verify.add_argument("--json-update", action="store_true", help="refresh every project's metadata from the upstream first")
-    verify.add_argument("--workers", type=int, default=0, help="hashing threads (default: two per core)")
+    verify.add_argument("--workers", type=_whole(1, None), default=0, help="hashing threads, 1 or more (default: two per core)")
 
     delete = commands.add_parser("delete", help="remove projects from the mirror")
     delete.add_argument("--dry-run", action="store_true", help="only list what would be removed")
@@ -57,24 +69,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve the mirror over HTTP (PEP 691 negotiation)")
     serve.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    serve.add_argument("--port", type=_whole(1, 65535), default=8080, help="port to listen on, 1-65535 (default 8080)")
 
     return parser
+
+
+def _whole(low: int, high: int | None) -> Any:
+    """An argparse type: a whole number from ``low`` to ``high`` (or more), else a one-line usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            allowed = f"from {low} to {high}" if high is not None else f"{low} or more"
+            raise argparse.ArgumentTypeError(f"{text!r} is not allowed; use a whole number {allowed}")
+        return value
+
+    return parse
 
 
 def setup_logging(debug: bool, log_config: str = "") -> None:
     if log_config:
         from logging.config import fileConfig  # here: only runs with a log-config need it
 
-        fileConfig(log_config, disable_existing_loggers=False)
+        try:
+            fileConfig(log_config, disable_existing_loggers=False)
+        except Exception as exc:  # fileConfig raises whatever the file's contents provoke
+            raise ConfigError(f"[mirror] log-config {log_config} cannot be applied: {type(exc).__name__}: {exc}") from exc
         return
-    handler = logging.StreamHandler(sys.stderr)
+    # On a terminal, a live progress line stays at the bottom while the log scrolls above it.
+    handler = StatusLineHandler(sys.stderr) if sys.stderr.isatty() else logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
+    # urllib3 logs each retry at WARNING; the one line that matters is ours, after the last.
     for noisy in ("urllib3", "requests", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
 
 
 def make_upstream(mirror: configuration.MirrorConfig) -> Upstream:
@@ -92,23 +125,45 @@ def make_upstream(mirror: configuration.MirrorConfig) -> Upstream:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.debug)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return _run(args)
-    except ConfigError as exc:
+    except (Exception, KeyboardInterrupt) as exc:
+        return exit_status(exc)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM (systemd stopping the unit, kill) ends a run the way Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+def exit_status(exc: BaseException) -> int:
+    """Log the one line that says why a command stopped; return its exit status."""
+    if isinstance(exc, KeyboardInterrupt):
+        logger.error("Interrupted; the next run resumes where this one stopped")
+        return EXIT_INTERRUPTED
+    if isinstance(exc, ConfigError):
         logger.error("Configuration error: %s", exc)
         return EXIT_USAGE
-    except LockHeld as exc:
-        logger.error("%s", exc)
-        return EXIT_LOCKED
-    except StateError as exc:
+    if isinstance(exc, StateError):
         logger.error("Mirror state error: %s", exc)
         return EXIT_USAGE
-    except BandersnatchError as exc:
+    if isinstance(exc, LockHeld):
+        logger.error("%s", exc)
+        return EXIT_LOCKED
+    if isinstance(exc, LocalIOError):
+        logger.error("Local I/O error, run stopped (unfinished projects stay in todo): %s", exc)
+        return EXIT_LOCAL_IO
+    if isinstance(exc, UpstreamError):
+        logger.error("Upstream unusable: %s", exc)
+        return EXIT_UPSTREAM
+    if isinstance(exc, BandersnatchError):
         logger.error("%s", exc)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        logger.error("Interrupted; the next run resumes where this one stopped")
-        return EXIT_FAILED
+    logger.error("Internal error (a bug: please report it with this traceback)", exc_info=exc)
+    return EXIT_INTERNAL
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -119,9 +174,10 @@ def _run(args: argparse.Namespace) -> int:
             "No config found: wrote a default one to %s. Review it (at least [mirror] directory), "
             "then run again.", path,
         )
-        return EXIT_FAILED
+        return EXIT_NEW_CONFIG
     loaded = configuration.load(path)
     mirror = loaded.mirror
+    preflight.check(mirror, writes=args.command != "serve")
     if mirror.log_config:
         setup_logging(args.debug, mirror.log_config)
     storage = FilesystemStorage(mirror.directory, mirror.storage_filesystem_manage_permissions)
@@ -133,7 +189,7 @@ def _run(args: argparse.Namespace) -> int:
     filters = FilterSet.from_config(loaded.parser)
     dependencies = DependencyPolicy.from_config(loaded.parser)
     if filters.active:
-        logger.info("Filters enabled: %s", ", ".join(filters.active))
+        logger.debug("Filters enabled: %s", ", ".join(filters.active))
     if dependencies is not None and filters.allowlist() is None:
         raise ConfigError(
             f"[allowlist] {'resolve-build-dependencies' if dependencies.build else 'resolve-dependencies'} = true "
@@ -142,17 +198,10 @@ def _run(args: argparse.Namespace) -> int:
         )
     upstream = make_upstream(mirror)
     try:
-        if args.command == "mirror":
-            logger.info("Syncing %s from %s", mirror.directory, mirror.master)
-            report = sync(
-                upstream, storage, mirror, filters, dependencies=dependencies,
-                force_check=args.force_check, cleanup_todo=args.cleanup_todo or mirror.cleanup_todo,
-            )
-        elif args.command == "sync":
+        if args.command in ("mirror", "sync"):
+            logger.debug("Syncing %s from %s", mirror.directory, mirror.master)
             with mirror_lock(mirror.directory):
-                report = Mirror(mirror, upstream, storage, filters, dependencies).sync_projects(
-                    args.names, write_root=not args.skip_simple_root
-                )
+                return _sync_command(args, Mirror(mirror, upstream, storage, filters, dependencies))
         elif args.command == "verify":
             from .verify import verify
 
@@ -177,7 +226,29 @@ def _run(args: argparse.Namespace) -> int:
             return EXIT_OK
     finally:
         upstream.close()
+
+
+def _sync_command(args: argparse.Namespace, engine: Mirror) -> int:
+    """``mirror`` or ``sync``: the run, then its failures and the summary line, whatever happened."""
+    report: Report = engine.report
+    try:
+        if args.command == "mirror":
+            engine.run(
+                force_check=args.force_check,
+                cleanup_todo=args.cleanup_todo or engine.config.cleanup_todo,
+                allow_mass_removal=args.allow_mass_removal,
+            )
+        else:
+            engine.sync_projects(args.names, write_root=not args.skip_simple_root)
+            for name in args.names:
+                if not engine.filters.allows_name(name):
+                    report.failed[name] = "not synced: the filters of this mirror exclude it"
+                elif canonicalize_name(name) in report.gone:
+                    report.failed[name] = "the upstream has no such project (HTTP 404): check the name"
+        status = report.exit_code
+    except (Exception, KeyboardInterrupt) as exc:
+        status = exit_status(exc)
     for name, reason in sorted(report.failed.items()):
         logger.error("Failed: %s: %s", name, reason)
     logger.info("%s", report.summary())
-    return report.exit_code
+    return status

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import difflib
 import logging
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .errors import ConfigError
+from .errors import ConfigError, effective_user
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +28,8 @@ DIGEST_NAMES = ("sha256", "md5")
 API_METHODS = ("auto", "xmlrpc", "simple", "html")
 STORAGE_BACKENDS = ("filesystem",)
 MAX_WORKERS = 64
+#: ``max-removals``: a number of projects, or a percentage of the mirror's projects.
+_REMOVALS = re.compile(r"(\d+)|(\d+(?:\.\d+)?)%")
 
 #: Sections whose keys the filters read; unknown keys there are the filters' business.
 FILTER_SECTIONS = frozenset(
@@ -79,6 +83,20 @@ class MirrorConfig:
     log_config: str = ""
     storage_filesystem_manage_permissions: bool = True
     api_method: str = "auto"
+    max_removals: str = "1%"
+    progress_interval: float = 60.0
+
+    def removal_limit(self, projects: int) -> int:
+        """How many of a mirror's ``projects`` one upstream listing may remove in one run.
+
+        A percentage always allows at least one, so that a small mirror can follow a
+        deletion; an empty listing is refused whatever the limit (see sync.Mirror.run).
+        """
+        match = _REMOVALS.fullmatch(self.max_removals)
+        assert match is not None  # validated when read
+        if match.group(1) is not None:
+            return int(match.group(1))
+        return max(1, int(projects * float(match.group(2)) / 100))
 
     @property
     def write_html(self) -> bool:
@@ -148,16 +166,39 @@ def load(path: Path) -> Config:
         with open(path, encoding="utf-8") as fh:
             parser.read_file(fh)
     except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+        raise ConfigError(f"cannot read config {path} as user {effective_user()}: {exc.strerror or exc}") from exc
     except (configparser.Error, UnicodeDecodeError) as exc:
-        first_line = str(exc).strip().splitlines()[0]
-        raise ConfigError(f"config {path} is not valid INI: {first_line}") from exc
+        raise ConfigError(_ini_error(path, exc)) from exc
     if not parser.has_section("mirror"):
         raise ConfigError(f"config {path} has no [mirror] section")
     for section in parser.sections():
         if section != "mirror" and section not in FILTER_SECTIONS | IGNORED_SECTIONS:
             logger.warning("Unknown section [%s] in %s is ignored", section, path)
     return Config(path=path, mirror=_read_mirror(parser["mirror"], path), parser=parser)
+
+
+def _ini_error(path: Path, exc: Exception) -> str:
+    """One line for an INI syntax error: the file, the line, what is wrong and the fix."""
+    where = f"config {path} is not valid INI"
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        return f"{where}, line {exc.lineno}: {exc.line.strip()!r} comes before any [section]; start the file with [mirror]"
+    if isinstance(exc, configparser.ParsingError) and exc.errors:
+        lineno, line = exc.errors[0]
+        return f"{where}, line {lineno}: {line} is not 'key = value' (a key and its value are separated by '=')"
+    if isinstance(exc, configparser.DuplicateOptionError):
+        return f"{where}, line {exc.lineno}: [{exc.section}] {exc.option} is set a second time; keep one"
+    if isinstance(exc, configparser.DuplicateSectionError):
+        return f"{where}, line {exc.lineno}: [{exc.section}] appears a second time; merge the two"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"{where}: not UTF-8 text (byte {exc.start}); save it as UTF-8"
+    first_line = str(exc).strip().splitlines()[0]
+    return f"{where}: {first_line}"
+
+
+def did_you_mean(key: str, known: set[str] | frozenset[str]) -> str:
+    """``; did you mean 'workers'?`` for a misspelt key, or nothing when no known key is close."""
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def parse_bool(value: str | None, where: str, default: bool) -> bool:
@@ -221,7 +262,9 @@ def _read_mirror(section: configparser.SectionProxy, path: Path) -> MirrorConfig
     r = _Reader(section)
     raw_directory = r.raw("directory")
     if not raw_directory:
-        raise ConfigError(f"[mirror] directory is required in {path}; set it to an absolute path")
+        close = difflib.get_close_matches("directory", [k for k in section if k != "directory"], n=1, cutoff=0.75)
+        hint = f" ({close[0]!r} is set: a misspelling?)" if close else ""
+        raise ConfigError(f"[mirror] directory is required in {path}; set it to an absolute path{hint}")
     directory = Path(os.path.expandvars(os.path.expanduser(raw_directory)))
     if not directory.is_absolute():
         raise ConfigError(f"[mirror] directory = {raw_directory!r} is not allowed; use an absolute path")
@@ -229,6 +272,7 @@ def _read_mirror(section: configparser.SectionProxy, path: Path) -> MirrorConfig
     allow_non_https = r.boolean("allow-non-https", False)
     master = r.string("master") or default_master()
     _check_url("master", master, allow_non_https)
+    master = _upstream_root(master)
     download_mirror = r.string("download-mirror")
     if download_mirror:
         _check_url("download-mirror", download_mirror, allow_non_https)
@@ -271,13 +315,44 @@ def _read_mirror(section: configparser.SectionProxy, path: Path) -> MirrorConfig
         log_config=r.string("log-config"),
         storage_filesystem_manage_permissions=r.boolean("storage-filesystem-manage-permissions", True),
         api_method=r.choice("api-method", "auto", API_METHODS),
+        max_removals=_max_removals(r.string("max-removals", "1%")),
+        progress_interval=r.number("progress-interval", 60.0, float, 0, None),
     )
     for key in section:
         if key not in r.seen:
-            logger.warning("Unknown key %r in [mirror] of %s is ignored", key, path)
+            logger.warning("Unknown key %r in [mirror] of %s is ignored%s", key, path, did_you_mean(key, r.seen))
     if config.cleanup:
         logger.warning("[mirror] cleanup is not implemented by this version and is ignored")
     return config
+
+
+def _max_removals(value: str) -> str:
+    value = value.replace(" ", "")
+    if not _REMOVALS.fullmatch(value) or (value.endswith("%") and float(value[:-1]) > 100):
+        raise ConfigError(
+            f"[mirror] max-removals = {value!r} is not allowed; use a number of projects (e.g. 100) "
+            "or a percentage of the mirror's projects from 0% to 100% (e.g. 1%)"
+        )
+    return value
+
+
+def _upstream_root(master: str) -> str:
+    """``master`` without a ``/simple`` or ``/pypi`` suffix, which this tool adds itself (with a warning)."""
+    parts = urlsplit(master.rstrip("/"))
+    path = parts.path
+    if path.endswith("/simple"):
+        path = path[: -len("/simple")]
+    if path == "/pypi":
+        path = ""
+    if path == parts.path:
+        return master
+    root = parts._replace(path=path).geturl()
+    logger.warning(
+        "[mirror] master = %r names an API, not the upstream's root; using %r "
+        "(this tool adds /simple/ and /pypi itself): set master = %s",
+        master, root, root,
+    )
+    return root
 
 
 def _check_url(key: str, value: str, allow_non_https: bool) -> None:

@@ -11,14 +11,21 @@ Three ways to ask the upstream (``api-method``):
   listed project (conditional on nothing: the listing has no serials to compare).
 
 ``auto`` tries them in that order and moves on when the upstream answers 405, 404 or not
-JSON. Allowlist mirrors never fetch a listing: they ask for their projects by name.
+JSON; the method that worked is remembered by the mirror (``upstream-method``) and tried
+first next time, so a run against an upstream without XML-RPC does not ask for it every
+time. Allowlist mirrors never fetch a listing: they ask for their projects by name.
+
+Reading the listing of a large index takes seconds (900,000 names): a full run says so
+before and after, and any run says how long it took when it was slow.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from packaging.utils import canonicalize_name
 
@@ -29,6 +36,8 @@ from .upstream import MethodUnavailable, Upstream
 logger = logging.getLogger(__name__)
 
 METHOD_ORDER = ("xmlrpc", "simple", "html")
+#: A listing that took longer than this is worth a line at INFO even on a quiet run.
+SLOW_LISTING_SECONDS = 5.0
 
 
 @dataclass
@@ -49,6 +58,8 @@ class Plan:
     #: When it is, they must not: a project that changed during the run would otherwise
     #: carry the mirror past changes of other projects that it never saw.
     exact_target: bool = False
+    #: Methods ``auto`` tried first that the upstream does not offer, with the reason.
+    unavailable: dict[str, str] = field(default_factory=dict)
 
 
 def discover(
@@ -59,13 +70,21 @@ def discover(
     allows: Callable[[str], bool],
     allowlist: set[str] | None,
     full: bool,
+    remembered: str = "",
 ) -> Plan:
     """Ask the upstream what changed since ``status`` (everything when ``full``).
 
-    ``known`` is the mirror's canonical name -> (display name, serial) records.
+    ``known`` is the mirror's canonical name -> (display name, serial) records;
+    ``remembered`` the method that worked last time, which ``auto`` tries first.
     """
-    methods = METHOD_ORDER if method == "auto" else (method,)
+    if method != "auto":
+        methods: tuple[str, ...] = (method,)
+    elif remembered in METHOD_ORDER:
+        methods = (remembered, *(m for m in METHOD_ORDER if m != remembered))
+    else:
+        methods = METHOD_ORDER
     last_error: Exception | None = None
+    unavailable: dict[str, str] = {}
     for name in methods:
         try:
             if allowlist is not None:
@@ -75,9 +94,11 @@ def discover(
         except MethodUnavailable as exc:
             if method != "auto":
                 raise
-            logger.info("Upstream method %s unavailable (%s); trying the next", name, exc)
+            logger.debug("Upstream method %s unavailable (%s); trying the next", name, exc)
+            unavailable[name] = str(exc)
             last_error = exc
             continue
+        plan.unavailable = unavailable
         for project in list(plan.projects):
             try:
                 check_project_name(project)
@@ -85,7 +106,7 @@ def discover(
                 plan.rejected[project] = str(exc)
                 del plan.projects[project]
         plan.projects = {n: s for n, s in plan.projects.items() if allows(n)}
-        logger.info(
+        logger.debug(
             "Using %s: %d projects to sync, target serial %d", plan.method, len(plan.projects), plan.target
         )
         return plan
@@ -95,7 +116,7 @@ def discover(
 def _xmlrpc(upstream: Upstream, status: int, known: Mapping[str, tuple[str, int]], full: bool) -> Plan:
     target = upstream.changelog_last_serial()
     if full or not status:
-        listing = upstream.list_packages_with_serial()
+        listing = _read_listing("xmlrpc", upstream.list_packages_with_serial, announce=True)
         return Plan("xmlrpc", target, listing, _missing(known, listing), exact_target=True)
     if target <= status:
         return Plan("xmlrpc", status, {}, set(), exact_target=True)
@@ -103,14 +124,14 @@ def _xmlrpc(upstream: Upstream, status: int, known: Mapping[str, tuple[str, int]
 
 
 def _simple(upstream: Upstream, status: int, known: Mapping[str, tuple[str, int]], full: bool) -> Plan:
-    target, listing = upstream.simple_listing()
+    target, listing = _read_listing("simple", upstream.simple_listing, announce=full or not status)
     floor = 0 if full else status
     changed = {n: s for n, s in listing.items() if s > floor or canonicalize_name(n) not in known}
     return Plan("simple", max(target, status), changed, _missing(known, listing), exact_target=True)
 
 
 def _html(upstream: Upstream, status: int, known: Mapping[str, tuple[str, int]], full: bool) -> Plan:
-    names = upstream.html_listing()
+    names = _read_listing("html", upstream.html_listing, announce=full or not status)
     projects, top = _serials_by_name(upstream, names, known, full)
     return Plan("html", max(top, status), projects, _missing(known, names))
 
@@ -155,6 +176,19 @@ def _serials_by_name(
             projects[name] = serial or 0
         top = max(top, serial or 0, record[1])
     return projects, top
+
+
+def _read_listing(method: str, read: Callable[[], Any], announce: bool) -> Any:
+    """``read()`` the upstream's listing, saying so first on full runs and how long it took when it matters."""
+    if announce:
+        logger.info("Reading the upstream's project listing (%s); a large index takes a while", method)
+    started = time.monotonic()
+    listing = read()
+    seconds = time.monotonic() - started
+    count = len(listing[1] if isinstance(listing, tuple) else listing)
+    level = logging.INFO if announce or seconds >= SLOW_LISTING_SECONDS else logging.DEBUG
+    logger.log(level, "Read the project listing (%s): %s projects in %.1fs", method, f"{count:,}", seconds)
+    return listing
 
 
 def _missing(known: Mapping[str, tuple[str, int]], listed: Iterable[str]) -> set[str]:

@@ -1,8 +1,14 @@
 """Exception classes, one per way a run can go wrong.
 
-The CLI maps them to exit codes (DESIGN.md section 6): configuration problems exit 2,
-lock contention exits 3, and per-project failures are collected and make the run exit 1.
+The CLI maps them to exit codes (see docs/operations.md, "Exit status"): configuration
+and environment problems exit 2, lock contention 3, an unusable upstream 4, a local I/O
+error during a run 5; per-project failures are collected and make the run exit 1.
 """
+
+from __future__ import annotations
+
+import errno
+import os
 
 
 class BandersnatchError(Exception):
@@ -10,7 +16,11 @@ class BandersnatchError(Exception):
 
 
 class ConfigError(BandersnatchError):
-    """The configuration file is missing, unreadable or holds a bad value (exit 2)."""
+    """The configuration, the command line or the machine around the mirror is unusable (exit 2).
+
+    Raised before anything is written: a bad value, a missing or unwritable directory,
+    an unreadable state file, a log-config that does not parse.
+    """
 
 
 class LockHeld(BandersnatchError):
@@ -22,7 +32,11 @@ class UnsafePath(BandersnatchError):
 
 
 class UpstreamError(BandersnatchError):
-    """The upstream answered with an error, or not at all, after every retry."""
+    """The upstream answered with an error, or not at all, after every retry.
+
+    Raised for one project, it fails that project; raised while asking what changed, the
+    upstream is unusable for this run (exit 4).
+    """
 
 
 class ProjectGone(UpstreamError):
@@ -41,5 +55,37 @@ class HashMismatch(UpstreamError):
     """A downloaded file's digest differs from the one the upstream published."""
 
 
+class UnsafeListing(UpstreamError):
+    """The upstream's listing would remove too much of the mirror at once (exit 4)."""
+
+
 class StateError(BandersnatchError):
     """The mirror's state files are unusable (e.g. an unknown generation)."""
+
+
+class LocalIOError(BandersnatchError):
+    """A local file could not be read or written (disk full, permission, read-only file system).
+
+    Raised by the storage layer for its own system calls, never for the network's, so a
+    disk error is neither retried nor blamed on the upstream. A run stops starting new
+    work when it meets one, keeps its ``todo``, and exits 5.
+    """
+
+    @classmethod
+    def of(cls, path: str, error: OSError) -> LocalIOError:
+        """The error for ``error`` met on ``path``: one line, naming the user for permission errors."""
+        reason = error.strerror or str(error)
+        if error.errno in (errno.EACCES, errno.EPERM):
+            reason += f" (running as user {effective_user()})"
+        return cls(f"{path}: {reason}")
+
+
+def effective_user() -> str:
+    """The name of the user this process acts as (for error messages), else its uid."""
+    uid = os.geteuid()
+    try:
+        import pwd
+
+        return pwd.getpwuid(uid).pw_name
+    except (ImportError, KeyError):
+        return f"uid {uid}"

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from .config import parse_bool
+from .config import did_you_mean, parse_bool
 from .errors import ConfigError
 from .models import Project, ReleaseFile
 
@@ -879,7 +879,7 @@ def _check_sections(parser: configparser.ConfigParser, enabled: list[str]) -> No
         if parser.has_section(section):
             for key in parser[section]:
                 if key not in known and key not in defaults:
-                    logger.warning("Unknown key %r in [%s] is ignored", key, section)
+                    logger.warning("Unknown key %r in [%s] is ignored%s", key, section, did_you_mean(key, known))
     for section, users in _SECTION_USERS.items():
         if parser.has_section(section) and not set(users) & set(enabled):
             logger.warning(

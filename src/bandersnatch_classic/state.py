@@ -1,4 +1,4 @@
-"""The mirror's own records: ``generation``, ``status``, ``todo`` and ``projects.json``.
+"""The mirror's own records: ``generation``, ``status``, ``todo``, ``projects.json`` and ``upstream-method``.
 
 ``projects.json`` maps each mirrored project's canonical name to the serial its pages were
 written at, or to ``[display name, serial]`` when the display name differs from the canonical
@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from html import unescape
@@ -32,6 +33,10 @@ GENERATION = 5
 #: Older generations of the reference tool's layout: readable, but need a full sync.
 OLD_GENERATIONS = (3, 4)
 PROJECTS_FILE = "projects.json"
+#: ``<method> <unix time of the probe> <master>``: what ``api-method = auto`` found works.
+METHOD_FILE = "upstream-method"
+#: How long a remembered method is trusted before ``auto`` probes the others again.
+REPROBE_SECONDS = 86400
 
 _SERIAL_RE = re.compile(rb"<!--SERIAL (\d+)-->\s*$")
 _TITLE_RE = re.compile(rb"<title>Links for (.*?)</title>")
@@ -173,6 +178,19 @@ class MirrorState:
 
     def write_status(self, serial: int) -> None:
         self.storage.write_if_changed("status", str(serial).encode())
+
+    # -- the discovery method that worked ------------------------------------------
+    def remembered_method(self, master: str) -> tuple[str, bool]:
+        """The method ``auto`` last found working against ``master`` ("" if none), and whether
+        that was less than a day ago (else the others are probed again)."""
+        text = self.storage.read_text(METHOD_FILE) or ""
+        parts = text.split()
+        if len(parts) != 3 or parts[2] != master or not parts[1].isdigit():
+            return "", False
+        return parts[0], time.time() - int(parts[1]) < REPROBE_SECONDS
+
+    def remember_method(self, method: str, master: str) -> None:
+        self.storage.write_bytes(METHOD_FILE, f"{method} {int(time.time())} {master}\n".encode())
 
     # -- todo ------------------------------------------------------------------------
     def read_todo(self) -> Todo | None:

@@ -8,6 +8,12 @@ path reuses and replaces it, so leftovers never pile up. Only one process writes
 mirror at a time (the run lock), and one task writes a given path at a time.
 Paths are relative to the mirror directory and are checked to stay in it.
 
+Every error of a local system call (disk full, permission denied, read-only file system)
+leaves this module as :class:`~bandersnatch_classic.errors.LocalIOError` naming the path,
+so that the callers can tell it from a network error without looking at strings: the
+file handed out by :meth:`FilesystemStorage.writer` converts its own write errors, and
+leaves whatever else fails inside the caller's block (a socket, say) as it is.
+
 This is the hot path of a full sync (one call per file), so paths are handled as
 strings, not :class:`~pathlib.Path` objects, and each write makes as few system calls
 as it can.
@@ -24,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from .errors import UnsafePath
+from .errors import LocalIOError, UnsafePath
 
 TEMP_SUFFIX = ".tmp"
 HASH_CHUNK = 1 << 20
@@ -47,6 +53,22 @@ class Storage(Protocol):
     def delete(self, rel: str) -> bool: ...
     def delete_tree(self, rel: str) -> bool: ...
     def symlink(self, rel: str, target_name: str) -> None: ...
+
+
+class _LocalFile:
+    """The file :meth:`FilesystemStorage.writer` yields: its write errors are local I/O errors."""
+
+    __slots__ = ("_fh", "_path")
+
+    def __init__(self, fh: BinaryIO, path: str) -> None:
+        self._fh = fh
+        self._path = path
+
+    def write(self, data: bytes | memoryview) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            raise LocalIOError.of(self._path, exc) from exc
 
 
 def _current_umask() -> int:
@@ -83,11 +105,14 @@ class FilesystemStorage:
         if directory in self._made_dirs:
             return
         try:
-            os.mkdir(directory)
-        except FileExistsError:
-            pass
-        except FileNotFoundError:
-            os.makedirs(directory, exist_ok=True)
+            try:
+                os.mkdir(directory)
+            except FileExistsError:
+                pass
+            except FileNotFoundError:
+                os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise LocalIOError.of(directory, exc) from exc
         self._made_dirs.add(directory)
 
     @contextlib.contextmanager
@@ -98,16 +123,25 @@ class FilesystemStorage:
         self._ensure_dir(directory)
         temp = f"{directory}/.{name}{TEMP_SUFFIX}"
         try:
-            with open(temp, "wb") as fh:
-                yield fh
+            fh = open(temp, "wb")
+        except OSError as exc:
+            raise LocalIOError.of(target, exc) from exc
+        try:
+            yield _LocalFile(fh, target)  # type: ignore[misc]  # write() is all a writer needs
+            try:
                 if self.file_mode is not None:
                     os.fchmod(fh.fileno(), self.file_mode)
-            if mtime is not None:
-                stamp = mtime.timestamp()
-                os.utime(temp, (stamp, stamp))
-            os.replace(temp, target)
+                fh.close()  # flushes: a full disk can show here
+                if mtime is not None:
+                    stamp = mtime.timestamp()
+                    os.utime(temp, (stamp, stamp))
+                os.replace(temp, target)
+            except OSError as exc:
+                raise LocalIOError.of(target, exc) from exc
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
+                fh.close()
+            with contextlib.suppress(OSError):
                 os.unlink(temp)
             raise
 
@@ -117,53 +151,74 @@ class FilesystemStorage:
 
     def write_if_changed(self, rel: str, data: bytes) -> bool:
         """Write ``data`` unless ``rel`` already holds exactly it; say whether it wrote."""
+        target = self.fspath(rel)
         try:
-            with open(self.fspath(rel), "rb") as fh:
+            with open(target, "rb") as fh:
                 if fh.read() == data:
                     return False
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            raise LocalIOError.of(target, exc) from exc
         self.write_bytes(rel, data)
         return True
 
     def read_bytes(self, rel: str) -> bytes:
-        with open(self.fspath(rel), "rb") as fh:
-            return fh.read()
+        target = self.fspath(rel)
+        try:
+            with open(target, "rb") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise LocalIOError.of(target, exc) from exc
 
     def read_text(self, rel: str) -> str | None:
         """The file's text, or None when it does not exist."""
+        target = self.fspath(rel)
         try:
-            with open(self.fspath(rel), encoding="utf-8") as fh:
+            with open(target, encoding="utf-8") as fh:
                 return fh.read()
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise LocalIOError.of(target, exc) from exc
 
     def sha256(self, rel: str) -> str | None:
         """The hex sha256 of a file, or None when it does not exist."""
+        target = self.fspath(rel)
         digest = hashlib.sha256()
         try:
-            with open(self.fspath(rel), "rb") as fh:
+            with open(target, "rb") as fh:
                 while chunk := fh.read(HASH_CHUNK):
                     digest.update(chunk)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise LocalIOError.of(target, exc) from exc
         return digest.hexdigest()
 
     def exists(self, rel: str) -> bool:
         return os.path.exists(self.fspath(rel))
 
     def stat(self, rel: str) -> os.stat_result | None:
+        target = self.fspath(rel)
         try:
-            return os.stat(self.fspath(rel))
+            return os.stat(target)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise LocalIOError.of(target, exc) from exc
 
     def delete(self, rel: str) -> bool:
         """Remove a file; say whether there was one."""
+        target = self.fspath(rel)
         try:
-            os.unlink(self.fspath(rel))
+            os.unlink(target)
         except FileNotFoundError:
             return False
+        except OSError as exc:
+            raise LocalIOError.of(target, exc) from exc
         return True
 
     def delete_tree(self, rel: str) -> bool:
@@ -171,7 +226,10 @@ class FilesystemStorage:
         target = self.fspath(rel)
         if not os.path.isdir(target):
             return False
-        shutil.rmtree(target)
+        try:
+            shutil.rmtree(target)
+        except OSError as exc:
+            raise LocalIOError.of(exc.filename or target, exc) from exc
         self._made_dirs = {d for d in self._made_dirs if d != target and not d.startswith(f"{target}/")}
         return True
 
@@ -181,7 +239,10 @@ class FilesystemStorage:
         directory, name = link.rsplit("/", 1)
         self._ensure_dir(directory)
         temp = f"{directory}/.{name}{TEMP_SUFFIX}"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        os.symlink(target_name, temp)
-        os.replace(temp, link)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+            os.symlink(target_name, temp)
+            os.replace(temp, link)
+        except OSError as exc:
+            raise LocalIOError.of(link, exc) from exc

@@ -28,6 +28,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -43,11 +44,12 @@ from packaging.utils import canonicalize_name
 from . import pages
 from .config import MirrorConfig
 from .dependencies import DependencyPolicy, requirements_of
-from .discovery import discover
-from .errors import HashMismatch, LockHeld, NotServed, ProjectGone, UnsafePath
+from .discovery import Plan, discover
+from .errors import HashMismatch, LocalIOError, LockHeld, NotServed, ProjectGone, UnsafeListing, UnsafePath
 from .filters import FilterSet
 from .models import Project, check_project_name
 from .package import Download, plan_downloads, publish, unpublish, unserved_metadata
+from .progress import Progress, human as _human, in_worker_process
 from .sidecars import MissingSidecars, sidecars_of
 from .state import MirrorState, Todo
 from .storage import Storage
@@ -59,8 +61,12 @@ CHECKPOINT_SECONDS = 2.0
 #: Below this many projects, forking worker processes costs more than it saves.
 MIN_PROJECTS_PER_PROCESS = 50
 
-#: What a worker reports for one project: (kind, name, detail); kinds below.
-SYNCED, SKIPPED, REMOVED, FAILED, EXITED = "synced", "skipped", "removed", "failed", "exited"
+#: What a worker reports for one project: (kind, name, detail); kinds below. LOCAL: a local
+#: I/O error (disk full, permission...) stopped the project and, with it, the run;
+#: UNFINISHED: the run stopped before the project's downloads were done (not a failure).
+SYNCED, SKIPPED, REMOVED, FAILED, LOCAL, UNFINISHED, EXITED = (
+    "synced", "skipped", "removed", "failed", "local", "unfinished", "exited"
+)
 
 
 @dataclass
@@ -77,6 +83,8 @@ class Report:
     serial: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     written: list[str] = field(default_factory=list)
+    #: Canonical names the upstream answered 404 for (deleted, or never there).
+    gone: set[str] = field(default_factory=set)
 
     @property
     def exit_code(self) -> int:
@@ -94,12 +102,14 @@ class Report:
 @contextlib.contextmanager
 def mirror_lock(directory: Path) -> Iterator[None]:
     """Hold ``<directory>/.lock`` for the whole run; a second run gets :class:`LockHeld`."""
-    directory.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(str(directory / ".lock"), timeout=0)
     try:
+        directory.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except filelock.Timeout as exc:
         raise LockHeld(f"another run holds {directory / '.lock'}; not starting a second one") from exc
+    except OSError as exc:  # pre-flight checked; this is a race with whoever changed it since
+        raise LocalIOError.of(str(directory / ".lock"), exc) from exc
     # filelock closes its descriptor in forked children, so a worker process orphaned by a
     # killed run would go on writing unlocked. A duplicate of the descriptor shares the
     # lock and stays open in the children: the lock lasts as long as any of them.
@@ -130,6 +140,8 @@ class _Job:
         #: ``.metadata`` sidecars the upstream did not serve (paths below the mirror).
         self.missing: list[str] = []
         self.error: str | None = None
+        self.local_error: str | None = None
+        self.unfinished = False
 
 
 class _Worker:
@@ -177,12 +189,8 @@ class _Worker:
             canonical = check_project_name(job.name)
             try:
                 project = self.upstream.project(job.asked, job.serial)
-            except ProjectGone:
-                removed = []
-                if canonical in self.state.projects or self.storage.exists(self.state.simple_dir(canonical)):
-                    logger.info("%s: deleted upstream; removing it from the index", job.name)
-                    removed = unpublish(canonical, self.config, self.storage, self.state)
-                self._report(REMOVED, job, (canonical, removed))
+            except ProjectGone:  # the main process removes it, within max-removals
+                self._report(REMOVED, job, canonical)
                 return
             if check_project_name(project.name) != canonical:
                 raise UnsafePath(f"the upstream answered for {job.name!r} with project {project.name!r}")
@@ -192,6 +200,9 @@ class _Worker:
                 return
             job.project = project
             downloads = plan_downloads(project, self.config, self.storage)
+        except LocalIOError as exc:
+            self._stop_local(job, exc)
+            return
         except Exception as exc:  # every failure must be reported, or the run never ends
             self._report(FAILED, job, _reason(exc))
             return
@@ -219,19 +230,33 @@ class _Worker:
                     logger.warning("%s: %s; mirrored without it, its pages offer no core metadata for that file", job.name, exc)
                     with self._lock:
                         job.missing.append(download.path)
+            except LocalIOError as exc:
+                job.local_error = job.local_error or str(exc)
+                self.stop.set()
             except Exception as exc:
                 job.error = job.error or _reason(exc)
-        elif job.error is None:
-            job.error = "not finished: the run stopped"
+        else:
+            job.unfinished = True
         with self._lock:
             job.pending -= 1
             last = job.pending == 0
         if last:
             self._finish(job)
 
+    def _stop_local(self, job: _Job, exc: LocalIOError) -> None:
+        """Nothing more can be written: start no new work, and say why."""
+        self.stop.set()
+        self._report(LOCAL, job, str(exc))
+
     def _finish(self, job: _Job) -> None:
+        if job.local_error is not None:
+            self._report(LOCAL, job, job.local_error)
+            return
         if job.error is not None:
             self._report(FAILED, job, job.error)
+            return
+        if job.unfinished:
+            self._report(UNFINISHED, job)
             return
         project = job.project
         assert project is not None
@@ -240,6 +265,9 @@ class _Worker:
             project.drop_metadata(f.filename for f in unserved)
             missing = sidecars_of(unserved) if self.config.core_metadata else []
             job.written += publish(project, self.config, self.storage, self.state)
+        except LocalIOError as exc:
+            self._stop_local(job, exc)
+            return
         except Exception as exc:
             self._report(FAILED, job, _reason(exc))
             return
@@ -278,16 +306,28 @@ class Mirror:
         self._highest_serial = 0
         #: canonical -> the name the upstream's listing or changelog gave this run.
         self._listed: dict[str, str] = {}
+        #: The first local I/O error a worker met: the run stops and raises it at the end.
+        self.local_error: str | None = None
+        #: Accept more removals in this run than ``max-removals`` allows (``--allow-mass-removal``).
+        self.allow_mass_removal = False
+        self._removal_limit: int | None = None
+        #: Why the run stopped removing projects the upstream answers 404 for (raised at the end).
+        self._refused: str | None = None
 
     # -- the two entry points ----------------------------------------------------------
-    def run(self, force_check: bool = False, cleanup_todo: bool = False) -> Report:
-        """The ``mirror`` command: sync everything that changed since the last run."""
+    def run(self, force_check: bool = False, cleanup_todo: bool = False, allow_mass_removal: bool = False) -> Report:
+        """The ``mirror`` command: sync everything that changed since the last run.
+
+        Raises :class:`UnsafeListing` (nothing touched) when the listing would remove more
+        projects than ``max-removals`` allows, unless ``allow_mass_removal``.
+        """
         report = self.report
+        self.allow_mass_removal = allow_mass_removal
         full = self.state.check_generation() or force_check
         known = _Records(self.state)  # read only if discovery needs it: a no-change run does not
         if self.dependencies is not None:
             self.filters.allow_more(known)  # dependencies found by earlier runs stay mirrored
-        status = self.state.status
+        status = report.serial = self.state.status  # what the summary says if the run stops early
         if cleanup_todo:
             self.state.remove_todo()
         todo = self.state.read_todo()
@@ -300,6 +340,7 @@ class Mirror:
                 "Resuming an unfinished run: %d projects left towards serial %d", len(todo.projects), todo.target
             )
             since = todo.target
+        remembered, fresh = self.state.remembered_method(self.upstream.master) if self.config.api_method == "auto" else ("", True)
         plan = discover(
             self.upstream,
             self.config.api_method,
@@ -308,8 +349,11 @@ class Mirror:
             self.filters.allows_name,
             self.filters.allowlist(),
             full or not since,
+            remembered if fresh else "",
         )
         report.method, removed = plan.method, plan.removed
+        if removed and not allow_mass_removal:
+            self._check_removals(plan.method, removed, len(known))
         for name, reason in plan.rejected.items():
             report.failed[name] = f"refused: {reason}"
         target = max(plan.target, since)
@@ -317,10 +361,17 @@ class Mirror:
         self._listed = {canonicalize_name(name): name for name in plan.projects}
         work = _merge(todo.projects if todo else {}, plan.projects, dict.fromkeys(recovered, 0))
         report.serial = target
+        if self.config.api_method == "auto" and (plan.method != remembered or not fresh):
+            self._remember_method(plan, changed=plan.method != remembered)
         if not work and not removed and target == status and self.storage.exists("status"):
-            logger.info("Nothing to do: the mirror is at serial %d", status)
+            logger.debug("Nothing to do: the mirror is at serial %d", status)
             return report
 
+        logger.info(
+            "%d projects to sync%s via %s%s",
+            len(work), f", {len(removed)} to remove" if removed else "", plan.method,
+            f", towards serial {target}" if target else "",
+        )
         self.state.write_generation()
         todo = Todo(target, work)
         self.state.write_todo(todo)
@@ -331,6 +382,7 @@ class Mirror:
             report.removed += 1
         self._sync(todo)
         self._sync_dependencies(todo, set(work))
+        self._raise_stop_reason()
 
         if not plan.exact_target:  # serials were learnt from the projects themselves
             target = max(target, self._highest_serial)
@@ -352,14 +404,40 @@ class Mirror:
         self._write_diff_file()
         return report
 
+    def _check_removals(self, method: str, removed: set[str], mirrored: int) -> None:
+        """Refuse a listing that would remove too much of the mirror: an outage page, a broken proxy."""
+        limit = self.config.removal_limit(mirrored)
+        if len(removed) <= limit and len(removed) < mirrored:
+            return
+        examples = ", ".join(sorted(removed)[:5]) + (", ..." if len(removed) > 5 else "")
+        if len(removed) == mirrored:
+            why = f"it lists none of the mirror's {mirrored} projects ({examples})"
+        else:
+            why = (
+                f"it lacks {len(removed)} of the mirror's {mirrored} projects ({examples}), more than "
+                f"max-removals = {self.config.max_removals} allows in one run ({limit})"
+            )
+        raise UnsafeListing(
+            f"refusing the upstream's listing (via {method}): {why}; nothing was removed or synced. "
+            "If the upstream really deleted them, run once with `bandersnatch mirror --allow-mass-removal`"
+        )
+
+    def _remember_method(self, plan: Plan, changed: bool) -> None:
+        """Note which method worked, so that the next runs ask for it first (one request, not three)."""
+        tried = "; ".join(f"{m} unavailable: {why}" for m, why in plan.unavailable.items())
+        logger.log(logging.INFO if changed else logging.DEBUG, "Upstream method: %s%s", plan.method, f" ({tried})" if tried else "")
+        self.state.remember_method(plan.method, self.upstream.master)
+
     def sync_projects(self, names: Iterable[str], write_root: bool = True) -> Report:
         """The ``sync`` command: sync the named projects now; ``status`` and ``todo`` stay."""
         if self.dependencies is not None:
             self.filters.allow_more(_Records(self.state))  # dependencies found by earlier runs
         work = {canonicalize_name(n): 0 for n in names if self.filters.allows_name(n)}
         todo = Todo(self.state.status, work)
+        self.report.serial = todo.target
         self._sync(todo, checkpoint=False)
         self._sync_dependencies(todo, set(work), checkpoint=False)
+        self._raise_stop_reason()
         if write_root:
             self._write_root(self.state.status)
         else:
@@ -406,6 +484,8 @@ class Mirror:
         Finished projects are removed from ``todo.projects``; what is left at the end
         failed, or was never started because the run stopped.
         """
+        if self._stopped:
+            return  # stop-on-error or a local I/O error: no new work, not even dependencies
         records = self.state.projects  # loaded before forking, so that every worker inherits it
         items = [(name, serial, self._display_name(name, records)) for name, serial in todo.projects.items()]
         processes = _process_count(self.config.workers, len(items))
@@ -416,24 +496,38 @@ class Mirror:
         last_checkpoint = time.monotonic()
         finished: list[str] = []
         running = len(runners)
+        report, done = self.report, 0
+        files, size = report.files, report.bytes
+        progress = Progress(len(items), self.config.progress_interval)
+        interrupted = False
         while running:
             try:
-                kind, name, detail = results.get(timeout=1.0)
-            except queue.Empty:
-                if any(r.is_alive() for r in runners):
-                    continue
-                try:  # every worker is gone, some without saying so: take what they left
-                    kind, name, detail = results.get(timeout=0.1)
+                try:
+                    kind, name, detail = results.get(timeout=1.0)
                 except queue.Empty:
-                    break
-            if kind == EXITED:
-                running -= 1
-                continue
-            if self._apply(kind, name, detail, stop):
-                finished.append(name)
-            if checkpoint and finished and time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
-                self._checkpoint(todo, finished)
-                finished, last_checkpoint = [], time.monotonic()
+                    progress.update(done, report.files - files, report.bytes - size)
+                    if any(r.is_alive() for r in runners):
+                        continue
+                    try:  # every worker is gone, some without saying so: take what they left
+                        kind, name, detail = results.get(timeout=0.1)
+                    except queue.Empty:
+                        break
+                if kind == EXITED:
+                    running -= 1
+                    continue
+                if self._apply(kind, name, detail, stop):
+                    finished.append(name)
+                done += 1
+                progress.update(done, report.files - files, report.bytes - size)
+                if checkpoint and finished and time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
+                    self._checkpoint(todo, finished)
+                    finished, last_checkpoint = [], time.monotonic()
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the workers finish what they hold, nothing new
+                if interrupted:
+                    raise  # a second one: leave now
+                interrupted = self._stopped = True
+                stop.set()
+        progress.close()
         for runner in runners:
             runner.join()
         if checkpoint:
@@ -445,6 +539,8 @@ class Mirror:
         for runner in runners:
             if getattr(runner, "exitcode", 0):
                 logger.error("A worker process ended with status %s; its unfinished projects stay in todo", runner.exitcode)
+        if interrupted:
+            raise KeyboardInterrupt
 
     def _start(self, items: list[tuple[str, int, str]], processes: int, context: Any, stop: Any, results: Any) -> list[Any]:
         """Start the workers: one thread in this process, or ``processes`` forked ones."""
@@ -462,7 +558,7 @@ class Mirror:
             process = context.Process(target=_run_worker_process, args=(worker, cursor, results))
             process.start()
             runners.append(process)
-        logger.info("Syncing %d projects in %d worker processes", len(items), processes)
+        logger.debug("Syncing %d projects in %d worker processes", len(items), processes)
         return runners
 
     def _display_name(self, canonical: str, records: Mapping[str, tuple[str, int]]) -> str:
@@ -488,12 +584,26 @@ class Mirror:
         elif kind == SKIPPED:
             self.sidecars.forget(canonicalize_name(name))
         elif kind == REMOVED:
-            canonical, written = detail
+            canonical = detail
+            report.gone.add(canonical)
+            if canonical not in self.state.projects and not self.storage.exists(self.state.simple_dir(canonical)):
+                allowlist = self.filters.allowlist()
+                if allowlist is not None and canonical in allowlist:
+                    logger.warning("%s: allowlisted, but the upstream has no such project; check its spelling", name)
+                return True
+            if not self._may_remove(stop):
+                return False  # stays in todo
+            logger.info("%s: deleted upstream; removing it from the index", name)
             self.sidecars.forget(canonical)
-            if written or canonical in self.state.projects:
-                self.state.forget(canonical)
-                report.removed += 1
-                report.written += written
+            report.written += unpublish(canonical, self.config, self.storage, self.state)
+            report.removed += 1
+        elif kind == UNFINISHED:
+            return False  # stays in todo
+        elif kind == LOCAL:
+            self.local_error = self.local_error or detail
+            self._stopped = True
+            stop.set()
+            return False
         elif kind == FAILED:
             report.failed[name] = detail
             logger.error("%s: failed: %s", name, detail)
@@ -503,6 +613,40 @@ class Mirror:
                 stop.set()
             return False
         return True
+
+    def _may_remove(self, stop: Any) -> bool:
+        """Whether one more project the upstream answers 404 for may be removed in this run.
+
+        An upstream that answers 404 for everything (a proxy that does not forward the JSON
+        API, say) must not empty the mirror project by project: past ``max-removals`` the run
+        stops, removes nothing more, and exits 4.
+        """
+        if self._removal_limit is None:
+            self._removal_limit = self.config.removal_limit(len(self.state.projects) + self.report.removed)
+        if self.allow_mass_removal or self.report.removed < self._removal_limit:
+            return True
+        if self._refused is None:
+            self._refused = (
+                f"the upstream answers 404 (no such project) for more of the mirror's projects than max-removals = "
+                f"{self.config.max_removals} allows in one run ({self._removal_limit}); the run stopped and removed no "
+                "more (they stay in todo). If the upstream really deleted them, run once with "
+                "`bandersnatch mirror --allow-mass-removal`"
+            )
+            self._stopped = True
+            stop.set()
+        return False
+
+    def _raise_stop_reason(self) -> None:
+        """After a local I/O error or too many 404s, keep what was done (root index, records; todo is kept) and stop."""
+        if self.local_error is None and self._refused is None:
+            return
+        with contextlib.suppress(LocalIOError):  # the disk that failed may refuse this too
+            self._write_root(self.state.status)
+        with contextlib.suppress(LocalIOError):
+            self.state.save_projects()
+        if self.local_error is not None:
+            raise LocalIOError(self.local_error)
+        raise UnsafeListing(self._refused)
 
     def _checkpoint(self, todo: Todo, finished: list[str]) -> None:
         """Record finished projects: their records first, then the shorter todo."""
@@ -541,8 +685,11 @@ class Mirror:
         if self.config.diff_append_epoch:
             path = f"{path}-{int(time.time())}"
         lines = "".join(f"{self.storage.path(p)}\n" for p in sorted(set(self.report.written)))
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(lines)
+        try:
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(lines)
+        except OSError as exc:
+            raise LocalIOError.of(path, exc) from exc
 
 
 class _Records(Mapping[str, tuple[str, int]]):
@@ -592,7 +739,14 @@ def _run_worker(worker: _Worker, items: Iterable[tuple[str, int, str]], results:
 
 
 def _run_worker_process(worker: _Worker, items: Iterable[tuple[str, int, str]], results: Any) -> None:
-    """Entry point of a forked worker: fresh connections, then the same thread engine."""
+    """Entry point of a forked worker: fresh connections, then the same thread engine.
+
+    Ctrl-C and SIGTERM are the main process's to handle: it sets ``stop``, and a worker
+    finishes what it holds. (A worker whose main process is killed outright stops too.)
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    in_worker_process()
     worker.upstream.close()
     threading.Thread(target=_stop_when_orphaned, args=(os.getppid(), worker.stop), daemon=True).start()
     _run_worker(worker, items, results)
@@ -622,10 +776,11 @@ def sync(
     dependencies: DependencyPolicy | None = None,
     force_check: bool = False,
     cleanup_todo: bool = False,
+    allow_mass_removal: bool = False,
 ) -> Report:
     """Bring ``storage`` up to date with ``upstream`` under the mirror lock."""
     with mirror_lock(storage.root):
-        return Mirror(config, upstream, storage, filters, dependencies).run(force_check, cleanup_todo)
+        return Mirror(config, upstream, storage, filters, dependencies).run(force_check, cleanup_todo, allow_mass_removal)
 
 
 def _merge(*works: dict[str, int]) -> dict[str, int]:
@@ -641,11 +796,3 @@ def _merge(*works: dict[str, int]) -> dict[str, int]:
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _human(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size} B"

@@ -11,8 +11,8 @@ happens before a body arrives: connection errors and 429/500/502/503/504, honour
 ``Retry-After`` (capped). What it cannot retry -- a body cut short, a connection reset or a
 stall mid-body, a file whose digest is wrong, a page older than the serial we were
 promised -- is retried here, with the same exponential backoff. A local error (the disk
-is full, a write is refused) is none of these, and is never retried as if the network
-had failed.
+is full, a write is refused) is none of these: it comes from the storage layer as
+``LocalIOError``, and is neither retried nor turned into an ``UpstreamError``.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ class Upstream:
         try:
             response = self._session.request(method, url, stream=True, timeout=self.timeout, **kwargs)
         except requests.RequestException as exc:
-            raise UpstreamError(f"{url}: {_describe(_cause(exc))}") from exc
+            raise UpstreamError(f"{url}: {_describe(_cause(exc))} (after {self.retry.attempts} attempts)") from exc
         # A body read to its end gives the connection back to the pool when closed; one
         # abandoned midway (an error, a wrong digest) is closed, never reused.
         with contextlib.closing(response):
@@ -461,4 +461,8 @@ def _describe(exc: BaseException | None) -> str:
     if exc is None:
         return "unknown error"
     text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
+    return _CONNECTION_REPR.sub("", text.splitlines()[0])[:300]
+
+
+#: The ``HTTPConnection(host='...', port=443): `` urllib3 puts before a connection error: the URL says it.
+_CONNECTION_REPR = re.compile(r"^\w*Connection(?:Pool)?\(host=[^)]*\): ")
