@@ -1,0 +1,335 @@
+"""Metadata filters."""
+
+from __future__ import annotations
+
+import configparser
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+from ..errors import ConfigError
+from ..models import Project, ReleaseFile
+
+if TYPE_CHECKING:
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+
+logger = logging.getLogger(__name__)
+import functools
+from ..config import parse_bool
+from ._config import _split_lines, _regexes, parse_size, _int, _version
+from .names import AllowlistProject
+
+
+def _walk(document: Any, path: str) -> Any:
+    """The value at a dotted path (``info.classifiers``), or None when any step is missing."""
+    node = document
+    for part in path.split("."):
+        if isinstance(node, Mapping) and node.get(part) is not None:
+            node = node[part]
+        else:
+            return None
+    return node
+
+
+def _strings(value: Any) -> list[str]:
+    """A metadata value as the list of strings regexes see; [] when it is null or empty."""
+    if value is None:
+        return []
+    if isinstance(value, Mapping):
+        value = list(value.values())
+    items = value if isinstance(value, (list, tuple)) else [value]
+    out = []
+    for item in items:
+        if item is None:
+            continue
+        text = ("true" if item else "false") if isinstance(item, bool) else str(item)
+        if text != "":
+            out.append(text)
+    return out
+
+
+
+# -- metadata filters (whole project) ----------------------------------------------------------
+class _Condition:
+    """One ``[tag:...]dotted.path = regexes`` line of a regex metadata section.
+
+    Tags: ``any`` (default), ``all``, ``none`` choose how values and regexes combine;
+    ``match-null`` (default) / ``not-null`` say whether a missing or empty field passes;
+    ``search`` finds a regex anywhere in a value instead of at its start.
+    """
+
+    def __init__(self, key: str, values: list[str], section: str) -> None:
+        *tags, self.path = (part.strip() for part in key.split(":"))
+        self.mode, self.nulls_match, search = "any", True, False
+        for tag in tags:
+            lowered = tag.lower()
+            if lowered in ("any", "all", "none"):
+                self.mode = lowered
+            elif lowered in ("match-null", "not-null"):
+                self.nulls_match = lowered == "match-null"
+            elif lowered == "search":
+                search = True
+            else:
+                raise ConfigError(
+                    f"[{section}] {key}: unknown tag {tag!r}; use any, all, none, match-null, not-null or search"
+                )
+        if not self.path:
+            raise ConfigError(f"[{section}] {key}: no field path after the tags; use e.g. info.classifiers")
+        if not values:
+            raise ConfigError(f"[{section}] {key} has no regular expression; give one or more, one per line")
+        self.key = key
+        self.patterns = _regexes(values, f"[{section}] {key}")
+        self._test = (lambda p, s: p.search(s) is not None) if search else (lambda p, s: p.match(s) is not None)
+
+    def holds(self, document: Mapping[str, Any]) -> bool:
+        values = _strings(_walk(document, self.path))
+        if not values:
+            return self.nulls_match
+        if self.mode == "all":  # as the reference tool: every value matches every regex
+            return all(self._test(p, v) for p in self.patterns for v in values)
+        found = any(self._test(p, v) for p in self.patterns for v in values)
+        return not found if self.mode == "none" else found
+
+
+_TAG_WORDS = frozenset({"any", "all", "none", "match-null", "not-null", "search"})
+
+
+def _tagged_items(parser: configparser.ConfigParser, section: str) -> list[tuple[str, list[str]]]:
+    """The ``[tag:...]dotted.path = values`` keys of a section, with their value lines.
+
+    The config parser takes only ``=`` as a delimiter (as the reference tool's does), so
+    ``not-null:info.license = x`` is one key; a key that is only a tag has no field path.
+    """
+    if not parser.has_section(section):
+        return []
+    defaults = parser.defaults()
+    items = []
+    for key in parser[section]:
+        if key in defaults:
+            continue
+        value = parser.get(section, key, fallback="") or ""
+        if key.strip().lower() in _TAG_WORDS:
+            raise ConfigError(f"[{section}] {key} is a tag without a field path; use tag:dotted.path = values")
+        items.append((key, _split_lines(value)))
+    return items
+
+
+def _conditions(parser: configparser.ConfigParser, section: str) -> list[_Condition]:
+    return [_Condition(key, values, section) for key, values in _tagged_items(parser, section)]
+
+
+class RegexProjectMetadata:
+    """``[regex_project_metadata]``: keep projects whose JSON document satisfies every line."""
+
+    name = "regex_project_metadata"
+
+    def __init__(self, parser: configparser.ConfigParser) -> None:
+        self.conditions = _conditions(parser, "regex_project_metadata")
+
+    def keeps(self, project: Project) -> bool:
+        document = project.raw or {"info": project.info}
+        for condition in self.conditions:
+            if not condition.holds(document):
+                logger.debug("%s: dropped by regex_project_metadata (%s)", project.name, condition.key)
+                return False
+        return True
+
+
+class SizeProjectMetadata:
+    """``[size_project_metadata] max_package_size``: drop projects whose files together are
+    larger than this. Projects named in ``[allowlist] packages`` are kept whatever their size."""
+
+    name = "size_project_metadata"
+
+    def __init__(self, parser: configparser.ConfigParser) -> None:
+        raw = (parser.get("size_project_metadata", "max_package_size", fallback="") or "").strip()
+        self.limit = parse_size(raw, "[size_project_metadata] max_package_size") if raw else 0
+        self.allowed = AllowlistProject(parser).names
+
+    def keeps(self, project: Project) -> bool:
+        if self.limit <= 0 or project.canonical in self.allowed:
+            return True
+        total = sum(f.size for f in project.files())
+        if total > self.limit:
+            logger.debug("%s: %d bytes in all, more than max_package_size %d", project.name, total, self.limit)
+            return False
+        return True
+
+
+class VersionsCountProjectMetadata:
+    """``[versions_count_project_metadata] min_versions / max_versions``: drop projects with
+    fewer or more versions than that, as the upstream lists them (0 or unset: no bound).
+    Projects named in ``[allowlist] packages`` are kept whatever their count."""
+
+    name = "versions_count_project_metadata"
+
+    def __init__(self, parser: configparser.ConfigParser) -> None:
+        section = "versions_count_project_metadata"
+        self.minimum = _int(parser, section, "min_versions", 0)
+        self.maximum = _int(parser, section, "max_versions", 0)
+        if self.maximum and self.minimum > self.maximum:
+            raise ConfigError(
+                f"[{section}] min_versions = {self.minimum} is more than max_versions = {self.maximum}; "
+                "use a min_versions no larger than max_versions"
+            )
+        self.allowed = AllowlistProject(parser).names
+
+    def keeps(self, project: Project) -> bool:
+        if project.canonical in self.allowed:
+            return True
+        count = len(project.releases)
+        return count >= self.minimum and (not self.maximum or count <= self.maximum)
+
+
+
+def _file_document(project: Project, file: ReleaseFile) -> dict[str, Any]:
+    """What release-file metadata filters see, as the reference tool: ``info`` of the project,
+    ``release`` (the version string) and ``release_file`` (the file's JSON entry)."""
+    return {"info": project.info, "release": file.version, "release_file": file.raw}
+
+
+class RegexReleaseFileMetadata:
+    """``[regex_release_file_metadata]``: keep files whose metadata satisfies every line.
+
+    Keys are dotted paths into ``release_file.*``, ``info.*`` or ``release``, with the
+    tags of ``regex_project_metadata``.
+    """
+
+    name = "regex_release_file_metadata"
+
+    def __init__(self, parser: configparser.ConfigParser) -> None:
+        self.conditions = _conditions(parser, "regex_release_file_metadata")
+
+    def keeps(self, project: Project, file: ReleaseFile) -> bool:
+        document = _file_document(project, file)
+        return all(c.holds(document) for c in self.conditions)
+
+
+#: Pythons tried when two ranges are compared (plus the bounds of the ranges themselves).
+_PYTHON_GRID = tuple(Version(f"{major}.{minor}") for major, top in ((2, 7), (3, 30)) for minor in range(top + 1))
+
+
+def _near(specifiers: Iterable[Any]) -> set[Version]:
+    """Versions on and just past every bound of some specifiers: where two ranges can meet."""
+    out: set[Version] = set()
+    for spec in specifiers:
+        version = _version(spec.version.removesuffix(".*"))
+        if version is None:
+            continue
+        release = version.release
+        out.add(version)
+        for bumped in (
+            release + (1,),
+            release[:-1] + (release[-1] + 1,),
+            (release[0], (release[1] if len(release) > 1 else 0) + 1),
+            (release[0] + 1, 0),
+        ):
+            out.add(Version(".".join(map(str, bumped))))
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _overlap(field: str, wanted: str) -> bool:
+    """Whether two specifier sets admit a common version (tested on likely candidates)."""
+    from packaging.specifiers import SpecifierSet
+
+    a, b = SpecifierSet(field), SpecifierSet(wanted)
+    candidates = set(_PYTHON_GRID) | _near(a) | _near(b)
+    return any(a.contains(v, prereleases=True) and b.contains(v, prereleases=True) for v in candidates)
+
+
+class _Range:
+    """One key of ``[version_range_release_file_metadata]``: a field and the versions or
+    ranges it must meet."""
+
+    def __init__(self, key: str, values: list[str], nulls_match: bool, section: str) -> None:
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+        *tags, self.path = (part.strip() for part in key.split(":"))
+        self.nulls_match = nulls_match
+        for tag in tags:
+            if tag.lower() in ("match-null", "not-null"):
+                self.nulls_match = tag.lower() == "match-null"
+            else:
+                raise ConfigError(f"[{section}] {key}: unknown tag {tag!r}; use match-null or not-null")
+        if not self.path:
+            raise ConfigError(f"[{section}] {key}: no field path after the tags; use e.g. release_file.requires_python")
+        if not values:
+            raise ConfigError(f"[{section}] {key} is empty; give versions (3.8) or PEP 440 specifiers (>=3.8), one per line")
+        self.key = key
+        self.versions: list[Version] = []
+        self.ranges: list[SpecifierSet] = []
+        for value in values:
+            value = value.strip().strip("\"'")
+            version = _version(value)
+            if version is not None:
+                self.versions.append(version)
+                continue
+            try:
+                self.ranges.append(SpecifierSet(value))
+            except InvalidSpecifier:
+                raise ConfigError(
+                    f"[{section}] {key} = {value!r} is not allowed; use versions (3.8) or PEP 440 specifiers "
+                    "(>=3.8), one per line"
+                ) from None
+        self._cache: dict[str, bool] = {}
+
+    def holds(self, document: Mapping[str, Any]) -> bool:
+        value = _walk(document, self.path)
+        if value is None or value == "" or value == []:
+            return self.nulls_match
+        text = str(value).strip()
+        known = self._cache.get(text)
+        if known is None:
+            known = self._cache[text] = self._meets(text)
+        return known
+
+    def _meets(self, text: str) -> bool:
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+        try:
+            admitted = SpecifierSet(text)  # a range such as requires_python
+        except InvalidSpecifier:
+            version = _version(text)  # a version such as release or info.version
+            if version is None:
+                logger.debug("%s = %r is neither a version nor a specifier: kept", self.path, text)
+                return True
+            return version in self.versions or any(r.contains(version, prereleases=True) for r in self.ranges)
+        if not admitted:
+            return True  # an empty specifier admits every version
+        return any(admitted.contains(v, prereleases=True) for v in self.versions) or any(
+            _overlap(str(admitted), str(r)) for r in self.ranges
+        )
+
+
+class VersionRangeReleaseFileMetadata:
+    """``[version_range_release_file_metadata]``: keep files whose field meets a version range.
+
+    ``release_file.requires_python = 3.9`` (versions, one per line, as the reference tool)
+    keeps files whose ``requires_python`` admits one of those versions; a specifier such as
+    ``>=3.9`` keeps files whose range overlaps it. A field holding a version (``release``)
+    must equal one of the versions or lie in one of the ranges. Files without the field are
+    kept unless ``nulls_match = false`` or the key has the ``not-null:`` tag.
+    """
+
+    name = "version_range_release_file_metadata"
+
+    def __init__(self, parser: configparser.ConfigParser) -> None:
+        section = "version_range_release_file_metadata"
+        self.ranges: list[_Range] = []
+        if not parser.has_section(section):
+            return
+        nulls_match = parse_bool(parser.get(section, "nulls_match", fallback=None), f"[{section}] nulls_match", True)
+        for key, values in _tagged_items(parser, section):
+            if key != "nulls_match":
+                self.ranges.append(_Range(key, values, nulls_match, section))
+
+    def keeps(self, project: Project, file: ReleaseFile) -> bool:
+        document = _file_document(project, file)
+        return all(r.holds(document) for r in self.ranges)
+
