@@ -1,40 +1,41 @@
-"""Config helpers of the filters."""
+"""Reading filter settings from the INI config: the helpers every filter's ``from_config`` uses.
+
+The filters themselves take typed values (names, compiled regexes, specifier sets, byte
+counts); turning config text into those values, and every message that names a section, a key
+and a bad value, happens here and in the ``from_config`` methods, so that a config mistake is
+one line naming what to fix, and a filter can be built without any config at all.
+"""
 
 from __future__ import annotations
 
 import configparser
+import glob
 import logging
 import re
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Collection, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from packaging.utils import canonicalize_name
-from packaging.version import Version
+from packaging.version import InvalidVersion, Version
 
 from ..errors import ConfigError
-from ..models import Project, ReleaseFile
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where used: most configs need neither, and every run starts faster
     from packaging.requirements import Requirement
-    from packaging.specifiers import SpecifierSet
 
 logger = logging.getLogger(__name__)
-import glob
-from pathlib import Path
-from packaging.version import InvalidVersion
 
-
-# -- reading the config ----------------------------------------------------------------------
 #: A ``#`` comment: at the start of a line or after whitespace (so ``a#b`` in a regex survives).
 _COMMENT = re.compile(r"(?:^|\s)#.*$")
 
 
-def _lines(parser: configparser.ConfigParser, section: str, key: str) -> list[str]:
+def lines(parser: configparser.ConfigParser, section: str, key: str) -> list[str]:
     """A multi-line value: one item per line, comments and blank lines dropped."""
-    return _split_lines(parser.get(section, key, fallback="") or "")
+    return split_lines(parser.get(section, key, fallback="") or "")
 
 
-def _split_lines(raw: str) -> list[str]:
+def split_lines(raw: str) -> list[str]:
     items = []
     for line in raw.splitlines():
         line = _COMMENT.sub("", line).strip()
@@ -43,12 +44,12 @@ def _split_lines(raw: str) -> list[str]:
     return items
 
 
-def _words(parser: configparser.ConfigParser, section: str, key: str) -> list[str]:
+def words(parser: configparser.ConfigParser, section: str, key: str) -> list[str]:
     """A list value whose items may also share a line, separated by whitespace."""
-    return [word for line in _lines(parser, section, key) for word in line.split()]
+    return [word for line in lines(parser, section, key) for word in line.split()]
 
 
-def _requirement(line: str, where: str) -> Requirement:
+def requirement(line: str, where: str) -> Requirement:
     from packaging.requirements import InvalidRequirement, Requirement
 
     try:
@@ -61,7 +62,12 @@ def _requirement(line: str, where: str) -> Requirement:
         ) from exc
 
 
-def _regexes(values: Iterable[str], where: str) -> list[re.Pattern[str]]:
+def requirements(parser: configparser.ConfigParser, section: str) -> list[Requirement]:
+    """The ``packages`` lines of ``[allowlist]`` or ``[blocklist]`` as requirements."""
+    return [requirement(line, f"[{section}] packages") for line in lines(parser, section, "packages")]
+
+
+def regexes(values: Iterable[str], where: str) -> list[re.Pattern[str]]:
     patterns = []
     for value in values:
         try:
@@ -85,7 +91,7 @@ def parse_size(text: str, where: str) -> int:
     return int(number * 1024 ** ("KMGTPE".index(unit) + 1)) if unit else int(number)
 
 
-def _int(parser: configparser.ConfigParser, section: str, key: str, default: int) -> int:
+def whole_number(parser: configparser.ConfigParser, section: str, key: str, default: int) -> int:
     raw = parser.get(section, key, fallback=None)
     if raw is None or not raw.strip():
         return default
@@ -98,22 +104,15 @@ def _int(parser: configparser.ConfigParser, section: str, key: str, default: int
     return value
 
 
-def _version(text: str) -> Version | None:
+def parse_version(text: str) -> Version | None:
+    """``text`` as a PEP 440 version, or None when it is not one."""
     try:
         return Version(text)
     except InvalidVersion:
         return None
 
 
-def _in_range(specifier: SpecifierSet, version: str) -> bool:
-    """Whether ``version`` lies in ``specifier``, pre-releases included; False if it does not parse."""
-    try:
-        return specifier.contains(version, prereleases=True)
-    except InvalidVersion:  # older packaging raises where newer returns False
-        return False
-
-
-
+# -- requirements files ------------------------------------------------------------------------
 #: A pip option after a requirement on the same line (``foo==1.0 --hash=sha256:...``).
 _PIP_OPTION = re.compile(r"\s+--[A-Za-z].*$")
 
@@ -153,8 +152,8 @@ def read_requirements(parser: configparser.ConfigParser) -> list[Requirement]:
     ``requirements_path`` (unset: relative names are relative to the working directory, as
     the reference tool does it)."""
     base = (parser.get("allowlist", "requirements_path", fallback="") or "").strip()
-    requirements = []
-    for pattern in _lines(parser, "allowlist", "requirements"):
+    found = []
+    for pattern in lines(parser, "allowlist", "requirements"):
         full = str(Path(base) / pattern) if base else pattern
         paths = sorted(glob.glob(full)) if glob.has_magic(pattern) else [full]
         if not paths:
@@ -165,6 +164,33 @@ def read_requirements(parser: configparser.ConfigParser) -> list[Requirement]:
             except (OSError, UnicodeDecodeError) as exc:
                 reason = getattr(exc, "strerror", None) or exc
                 raise ConfigError(f"[allowlist] requirements: cannot read {path} ({reason})") from exc
-            requirements += _parse_requirements(text, path)
-    return requirements
+            found += _parse_requirements(text, path)
+    return found
 
+
+# -- sections and keys ---------------------------------------------------------------------------
+def check_sections(
+    parser: configparser.ConfigParser,
+    enabled: Collection[str],
+    known_keys: Mapping[str, Collection[str]],
+    section_users: Mapping[str, Collection[str]],
+) -> None:
+    """Warn about keys no filter reads and about sections no enabled filter reads."""
+    defaults = parser.defaults()
+    for section, known in known_keys.items():
+        if parser.has_section(section):
+            for key in parser[section]:
+                if key not in known and key not in defaults:
+                    logger.warning("Unknown key %r in [%s] is ignored", key, section)
+    for section, users in section_users.items():
+        if parser.has_section(section) and not set(users) & set(enabled):
+            logger.warning(
+                "[%s] has no effect: enable %s in [plugins] enabled", section, " or ".join(users)
+            )
+    if parser.has_section("blocklist") and parser.has_option("blocklist", "platforms") and "exclude_platform" not in enabled:
+        logger.warning("[blocklist] platforms has no effect: enable exclude_platform in [plugins] enabled")
+
+
+def canonical_names(names: Iterable[str]) -> frozenset[str]:
+    """Names in canonical form, so that a filter answers alike for every spelling."""
+    return frozenset(canonicalize_name(n) for n in names)

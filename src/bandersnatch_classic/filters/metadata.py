@@ -1,30 +1,36 @@
-"""Metadata filters."""
+"""Metadata filters: decide on a project's JSON document, or on one file's entry in it.
+
+The project metadata filters run once the document is fetched and before any version is
+looked at; the release-file metadata filters run per file, after the release filters. Both
+regex filters share one condition language: each key of their section is a dotted path into
+the document, optionally prefixed with tags (``all:``, ``not-null:``, ``search:`` ...), and its
+lines are regexes. A missing path is a null, never an error: upstreams leave fields out.
+"""
 
 from __future__ import annotations
 
 import configparser
+import functools
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from ..config import parse_bool
 from ..errors import ConfigError
 from ..models import Project, ReleaseFile
+from ._config import canonical_names, parse_size, parse_version, regexes, split_lines, whole_number
+from .names import AllowlistProject
 
 if TYPE_CHECKING:
-    from packaging.requirements import Requirement
     from packaging.specifiers import SpecifierSet
 
 logger = logging.getLogger(__name__)
-import functools
-from ..config import parse_bool
-from ._config import _split_lines, _regexes, parse_size, _int, _version
-from .names import AllowlistProject
 
 
+# -- the condition language ------------------------------------------------------------------
 def _walk(document: Any, path: str) -> Any:
     """The value at a dotted path (``info.classifiers``), or None when any step is missing."""
     node = document
@@ -53,9 +59,7 @@ def _strings(value: Any) -> list[str]:
     return out
 
 
-
-# -- metadata filters (whole project) ----------------------------------------------------------
-class _Condition:
+class Condition:
     """One ``[tag:...]dotted.path = regexes`` line of a regex metadata section.
 
     Tags: ``any`` (default), ``all``, ``none`` choose how values and regexes combine;
@@ -63,28 +67,43 @@ class _Condition:
     ``search`` finds a regex anywhere in a value instead of at its start.
     """
 
-    def __init__(self, key: str, values: list[str], section: str) -> None:
-        *tags, self.path = (part.strip() for part in key.split(":"))
-        self.mode, self.nulls_match, search = "any", True, False
+    def __init__(
+        self,
+        path: str,
+        patterns: Sequence[re.Pattern[str]],
+        mode: str = "any",
+        nulls_match: bool = True,
+        search: bool = False,
+        key: str | None = None,
+    ) -> None:
+        self.path = path
+        self.patterns = list(patterns)
+        self.mode = mode
+        self.nulls_match = nulls_match
+        self.key = key or path  # as the config wrote it, for the log
+        self._test = (lambda p, s: p.search(s) is not None) if search else (lambda p, s: p.match(s) is not None)
+
+    @classmethod
+    def parse(cls, key: str, values: list[str], section: str) -> Condition:
+        *tags, path = (part.strip() for part in key.split(":"))
+        mode, nulls_match, search = "any", True, False
         for tag in tags:
             lowered = tag.lower()
             if lowered in ("any", "all", "none"):
-                self.mode = lowered
+                mode = lowered
             elif lowered in ("match-null", "not-null"):
-                self.nulls_match = lowered == "match-null"
+                nulls_match = lowered == "match-null"
             elif lowered == "search":
                 search = True
             else:
                 raise ConfigError(
                     f"[{section}] {key}: unknown tag {tag!r}; use any, all, none, match-null, not-null or search"
                 )
-        if not self.path:
+        if not path:
             raise ConfigError(f"[{section}] {key}: no field path after the tags; use e.g. info.classifiers")
         if not values:
             raise ConfigError(f"[{section}] {key} has no regular expression; give one or more, one per line")
-        self.key = key
-        self.patterns = _regexes(values, f"[{section}] {key}")
-        self._test = (lambda p, s: p.search(s) is not None) if search else (lambda p, s: p.match(s) is not None)
+        return cls(path, regexes(values, f"[{section}] {key}"), mode, nulls_match, search, key)
 
     def holds(self, document: Mapping[str, Any]) -> bool:
         values = _strings(_walk(document, self.path))
@@ -115,21 +134,29 @@ def _tagged_items(parser: configparser.ConfigParser, section: str) -> list[tuple
         value = parser.get(section, key, fallback="") or ""
         if key.strip().lower() in _TAG_WORDS:
             raise ConfigError(f"[{section}] {key} is a tag without a field path; use tag:dotted.path = values")
-        items.append((key, _split_lines(value)))
+        items.append((key, split_lines(value)))
     return items
 
 
-def _conditions(parser: configparser.ConfigParser, section: str) -> list[_Condition]:
-    return [_Condition(key, values, section) for key, values in _tagged_items(parser, section)]
+def _conditions(parser: configparser.ConfigParser, section: str) -> list[Condition]:
+    return [Condition.parse(key, values, section) for key, values in _tagged_items(parser, section)]
 
 
+# -- project metadata filters ------------------------------------------------------------------
 class RegexProjectMetadata:
     """``[regex_project_metadata]``: keep projects whose JSON document satisfies every line."""
 
     name = "regex_project_metadata"
 
-    def __init__(self, parser: configparser.ConfigParser) -> None:
-        self.conditions = _conditions(parser, "regex_project_metadata")
+    def __init__(self, conditions: Iterable[Condition]) -> None:
+        self.conditions = list(conditions)
+
+    @classmethod
+    def from_config(cls, parser: configparser.ConfigParser) -> RegexProjectMetadata:
+        return cls(_conditions(parser, cls.name))
+
+    def idle(self) -> str | None:
+        return None if self.conditions else f"[{self.name}] has no keys"
 
     def keeps(self, project: Project) -> bool:
         document = project.raw or {"info": project.info}
@@ -146,10 +173,18 @@ class SizeProjectMetadata:
 
     name = "size_project_metadata"
 
-    def __init__(self, parser: configparser.ConfigParser) -> None:
-        raw = (parser.get("size_project_metadata", "max_package_size", fallback="") or "").strip()
-        self.limit = parse_size(raw, "[size_project_metadata] max_package_size") if raw else 0
-        self.allowed = AllowlistProject(parser).names
+    def __init__(self, limit: int, allowed: Iterable[str] = ()) -> None:
+        self.limit = limit
+        self.allowed = canonical_names(allowed)
+
+    @classmethod
+    def from_config(cls, parser: configparser.ConfigParser) -> SizeProjectMetadata:
+        raw = (parser.get(cls.name, "max_package_size", fallback="") or "").strip()
+        limit = parse_size(raw, f"[{cls.name}] max_package_size") if raw else 0
+        return cls(limit, AllowlistProject.from_config(parser).names)
+
+    def idle(self) -> str | None:
+        return None if self.limit > 0 else "[size_project_metadata] max_package_size is not set"
 
     def keeps(self, project: Project) -> bool:
         if self.limit <= 0 or project.canonical in self.allowed:
@@ -168,16 +203,26 @@ class VersionsCountProjectMetadata:
 
     name = "versions_count_project_metadata"
 
-    def __init__(self, parser: configparser.ConfigParser) -> None:
-        section = "versions_count_project_metadata"
-        self.minimum = _int(parser, section, "min_versions", 0)
-        self.maximum = _int(parser, section, "max_versions", 0)
-        if self.maximum and self.minimum > self.maximum:
+    def __init__(self, minimum: int = 0, maximum: int = 0, allowed: Iterable[str] = ()) -> None:
+        self.minimum = minimum
+        self.maximum = maximum
+        self.allowed = canonical_names(allowed)
+
+    @classmethod
+    def from_config(cls, parser: configparser.ConfigParser) -> VersionsCountProjectMetadata:
+        minimum = whole_number(parser, cls.name, "min_versions", 0)
+        maximum = whole_number(parser, cls.name, "max_versions", 0)
+        if maximum and minimum > maximum:
             raise ConfigError(
-                f"[{section}] min_versions = {self.minimum} is more than max_versions = {self.maximum}; "
+                f"[{cls.name}] min_versions = {minimum} is more than max_versions = {maximum}; "
                 "use a min_versions no larger than max_versions"
             )
-        self.allowed = AllowlistProject(parser).names
+        return cls(minimum, maximum, AllowlistProject.from_config(parser).names)
+
+    def idle(self) -> str | None:
+        if self.minimum or self.maximum:
+            return None
+        return "[versions_count_project_metadata] sets neither min_versions nor max_versions"
 
     def keeps(self, project: Project) -> bool:
         if project.canonical in self.allowed:
@@ -186,7 +231,7 @@ class VersionsCountProjectMetadata:
         return count >= self.minimum and (not self.maximum or count <= self.maximum)
 
 
-
+# -- release-file metadata filters -------------------------------------------------------------
 def _file_document(project: Project, file: ReleaseFile) -> dict[str, Any]:
     """What release-file metadata filters see, as the reference tool: ``info`` of the project,
     ``release`` (the version string) and ``release_file`` (the file's JSON entry)."""
@@ -202,8 +247,15 @@ class RegexReleaseFileMetadata:
 
     name = "regex_release_file_metadata"
 
-    def __init__(self, parser: configparser.ConfigParser) -> None:
-        self.conditions = _conditions(parser, "regex_release_file_metadata")
+    def __init__(self, conditions: Iterable[Condition]) -> None:
+        self.conditions = list(conditions)
+
+    @classmethod
+    def from_config(cls, parser: configparser.ConfigParser) -> RegexReleaseFileMetadata:
+        return cls(_conditions(parser, cls.name))
+
+    def idle(self) -> str | None:
+        return None if self.conditions else f"[{self.name}] has no keys"
 
     def keeps(self, project: Project, file: ReleaseFile) -> bool:
         document = _file_document(project, file)
@@ -218,7 +270,7 @@ def _near(specifiers: Iterable[Any]) -> set[Version]:
     """Versions on and just past every bound of some specifiers: where two ranges can meet."""
     out: set[Version] = set()
     for spec in specifiers:
-        version = _version(spec.version.removesuffix(".*"))
+        version = parse_version(spec.version.removesuffix(".*"))
         if version is None:
             continue
         release = version.release
@@ -243,41 +295,55 @@ def _overlap(field: str, wanted: str) -> bool:
     return any(a.contains(v, prereleases=True) and b.contains(v, prereleases=True) for v in candidates)
 
 
-class _Range:
+class VersionRange:
     """One key of ``[version_range_release_file_metadata]``: a field and the versions or
     ranges it must meet."""
 
-    def __init__(self, key: str, values: list[str], nulls_match: bool, section: str) -> None:
+    def __init__(
+        self,
+        path: str,
+        versions: Iterable[Version] = (),
+        ranges: Iterable[SpecifierSet] = (),
+        nulls_match: bool = True,
+        key: str | None = None,
+    ) -> None:
+        self.path = path
+        self.versions = list(versions)
+        self.ranges = list(ranges)
+        self.nulls_match = nulls_match
+        self.key = key or path
+        self._cache: dict[str, bool] = {}  # field value -> the answer: many files share one
+
+    @classmethod
+    def parse(cls, key: str, values: list[str], nulls_match: bool, section: str) -> VersionRange:
         from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
-        *tags, self.path = (part.strip() for part in key.split(":"))
-        self.nulls_match = nulls_match
+        *tags, path = (part.strip() for part in key.split(":"))
         for tag in tags:
             if tag.lower() in ("match-null", "not-null"):
-                self.nulls_match = tag.lower() == "match-null"
+                nulls_match = tag.lower() == "match-null"
             else:
                 raise ConfigError(f"[{section}] {key}: unknown tag {tag!r}; use match-null or not-null")
-        if not self.path:
+        if not path:
             raise ConfigError(f"[{section}] {key}: no field path after the tags; use e.g. release_file.requires_python")
         if not values:
             raise ConfigError(f"[{section}] {key} is empty; give versions (3.8) or PEP 440 specifiers (>=3.8), one per line")
-        self.key = key
-        self.versions: list[Version] = []
-        self.ranges: list[SpecifierSet] = []
+        versions: list[Version] = []
+        ranges: list[SpecifierSet] = []
         for value in values:
             value = value.strip().strip("\"'")
-            version = _version(value)
+            version = parse_version(value)
             if version is not None:
-                self.versions.append(version)
+                versions.append(version)
                 continue
             try:
-                self.ranges.append(SpecifierSet(value))
+                ranges.append(SpecifierSet(value))
             except InvalidSpecifier:
                 raise ConfigError(
                     f"[{section}] {key} = {value!r} is not allowed; use versions (3.8) or PEP 440 specifiers "
                     "(>=3.8), one per line"
                 ) from None
-        self._cache: dict[str, bool] = {}
+        return cls(path, versions, ranges, nulls_match, key)
 
     def holds(self, document: Mapping[str, Any]) -> bool:
         value = _walk(document, self.path)
@@ -295,7 +361,7 @@ class _Range:
         try:
             admitted = SpecifierSet(text)  # a range such as requires_python
         except InvalidSpecifier:
-            version = _version(text)  # a version such as release or info.version
+            version = parse_version(text)  # a version such as release or info.version
             if version is None:
                 logger.debug("%s = %r is neither a version nor a specifier: kept", self.path, text)
                 return True
@@ -319,17 +385,24 @@ class VersionRangeReleaseFileMetadata:
 
     name = "version_range_release_file_metadata"
 
-    def __init__(self, parser: configparser.ConfigParser) -> None:
-        section = "version_range_release_file_metadata"
-        self.ranges: list[_Range] = []
+    def __init__(self, ranges: Iterable[VersionRange]) -> None:
+        self.ranges = list(ranges)
+
+    @classmethod
+    def from_config(cls, parser: configparser.ConfigParser) -> VersionRangeReleaseFileMetadata:
+        section = cls.name
         if not parser.has_section(section):
-            return
+            return cls(())
         nulls_match = parse_bool(parser.get(section, "nulls_match", fallback=None), f"[{section}] nulls_match", True)
-        for key, values in _tagged_items(parser, section):
-            if key != "nulls_match":
-                self.ranges.append(_Range(key, values, nulls_match, section))
+        return cls(
+            VersionRange.parse(key, values, nulls_match, section)
+            for key, values in _tagged_items(parser, section)
+            if key != "nulls_match"
+        )
+
+    def idle(self) -> str | None:
+        return None if self.ranges else f"[{self.name}] has no keys"
 
     def keeps(self, project: Project, file: ReleaseFile) -> bool:
         document = _file_document(project, file)
         return all(r.holds(document) for r in self.ranges)
-

@@ -1,29 +1,27 @@
-"""Platform filter."""
+"""``exclude_platform``: drop files built only for platforms or Pythons the mirror does not serve.
+
+A file's platform and Python come from its wheel tags where it has them, and otherwise from
+its JSON ``packagetype``/``python_version`` and its file name, the way installers of old
+(``.exe``, ``.msi``, ``.dmg``, ``.rpm``, ``-py2.7`` eggs) named them. What cannot be told apart
+is kept: a source distribution or a ``none-any`` wheel serves every platform, and dropping a
+file some user needs is worse than keeping one nobody does.
+"""
 
 from __future__ import annotations
 
 import configparser
 import logging
 import re
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
 
-from packaging.utils import canonicalize_name
-from packaging.version import Version
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
 from ..errors import ConfigError
 from ..models import Project, ReleaseFile
-
-if TYPE_CHECKING:
-    from packaging.requirements import Requirement
-    from packaging.specifiers import SpecifierSet
+from ._config import words
 
 logger = logging.getLogger(__name__)
-from packaging.utils import InvalidWheelFilename, parse_wheel_filename
-from ._config import _words
 
-
-# -- release-file filters ------------------------------------------------------------------------
 #: platform name -> (platform tag fragments, packagetypes, file name endings)
 _PLATFORMS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     "windows": (("win32", "win_amd64", "win_arm64", "win_ia64", "win-amd64", "win-arm64"), ("bdist_wininst", "bdist_msi"), (".exe", ".msi")),
@@ -53,22 +51,34 @@ class ExcludePlatform:
 
     name = "exclude_platform"
 
-    def __init__(self, parser: configparser.ConfigParser) -> None:
-        self.fragments: list[str] = []
-        self.types: set[str] = set()
-        self.endings: tuple[str, ...] = ()
-        self.pythons: list[Python] = []
-        entries = [e.lower() for e in _words(parser, "blocklist", "platforms")]
-        for entry in entries:
+    def __init__(
+        self,
+        fragments: Iterable[str] = (),
+        types: Iterable[str] = (),
+        endings: Iterable[str] = (),
+        pythons: Iterable[Python] = (),
+    ) -> None:
+        self.fragments = list(fragments)
+        self.types = set(types)
+        self.endings = tuple(endings)
+        self.pythons = list(pythons)
+
+    @classmethod
+    def from_config(cls, parser: configparser.ConfigParser) -> ExcludePlatform:
+        fragments: list[str] = []
+        types: set[str] = set()
+        endings: tuple[str, ...] = ()
+        pythons: list[Python] = []
+        for entry in (e.lower() for e in words(parser, "blocklist", "platforms")):
             entry = _PLATFORM_ALIASES.get(entry, entry)
             match = _PY_ENTRY.match(entry)
             if match:
-                self.pythons.append((match.group(1), match.group(2)))
+                pythons.append((match.group(1), match.group(2)))
             elif entry in _PLATFORMS:
-                fragments, types, endings = _PLATFORMS[entry]
-                self.fragments += fragments
-                self.types |= set(types)
-                self.endings += endings
+                more_fragments, more_types, more_endings = _PLATFORMS[entry]
+                fragments += more_fragments
+                types |= set(more_types)
+                endings += more_endings
             elif entry in ("any", "none", "source", "sdist"):
                 raise ConfigError(
                     f"[blocklist] platforms: {entry!r} is not allowed; use windows, macos, freebsd, linux, "
@@ -79,7 +89,11 @@ class ExcludePlatform:
                     logger.warning(
                         "[blocklist] platforms: %r is not a known platform; it is matched as a platform tag fragment", entry
                     )
-                self.fragments.append(entry)
+                fragments.append(entry)
+        return cls(fragments, types, endings, pythons)
+
+    def idle(self) -> str | None:
+        return None if self.fragments or self.types or self.pythons else "[blocklist] platforms is empty"
 
     def _excluded(self, python: Python) -> bool:
         major, minor = python

@@ -1,32 +1,53 @@
-"""Release filters."""
+"""Release filters: which versions of a project stay, decided on the version string.
+
+They run after the metadata filters and before the file filters, on every version the
+upstream lists; ``latest_release`` is the exception and runs last (see :class:`LatestRelease`).
+Specifier tests include pre-releases: a line ``foo>=1.0`` in a config means every version from
+1.0, and ``2.0rc1`` is one of them.
+"""
 
 from __future__ import annotations
 
 import configparser
-import logging
-import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from packaging.utils import canonicalize_name
-from packaging.version import Version
+from packaging.version import InvalidVersion
 
 from ..errors import ConfigError
-from ..models import Project, ReleaseFile
+from ..models import Project
+from ._config import canonical_names, lines, read_requirements, regexes, requirements, parse_version, whole_number, words
 
 if TYPE_CHECKING:
-    from packaging.requirements import Requirement
+    import re
+
     from packaging.specifiers import SpecifierSet
 
-logger = logging.getLogger(__name__)
-from ._config import _lines, _words, _requirement, _regexes, _int, _version, _in_range, read_requirements
+#: Project (canonical) -> the specifier sets its lines give; a version is wanted when any admits it.
+Specifiers = Mapping[str, Iterable["SpecifierSet"]]
 
 
-# -- release filters -----------------------------------------------------------------------------
+def admits(specifiers: Iterable[SpecifierSet], version: str) -> bool:
+    """Whether any of ``specifiers`` admits ``version``, pre-releases included; False for a
+    version that does not parse."""
+    for specifier in specifiers:
+        try:
+            if specifier.contains(version, prereleases=True):
+                return True
+        except InvalidVersion:  # older packaging raises where newer returns False
+            continue
+    return False
+
+
+def _canonical(specifiers: Specifiers) -> dict[str, tuple[SpecifierSet, ...]]:
+    return {canonicalize_name(name): tuple(specs) for name, specs in specifiers.items()}
+
+
 def _specifiers(parser: configparser.ConfigParser, section: str) -> dict[str, list[SpecifierSet]]:
+    """The ``[section] packages`` lines with a specifier (the others are project filters')."""
     out: dict[str, list[SpecifierSet]] = {}
-    for line in _lines(parser, section, "packages"):
-        req = _requirement(line, f"[{section}] packages")
+    for req in requirements(parser, section):
         if req.specifier:
             out.setdefault(canonicalize_name(req.name), []).append(req.specifier)
     return out
@@ -38,12 +59,19 @@ class AllowlistRelease:
 
     name = "allowlist_release"
 
-    def __init__(self, parser: configparser.ConfigParser) -> None:
-        self.specifiers = _specifiers(parser, "allowlist")
+    def __init__(self, specifiers: Specifiers) -> None:
+        self.specifiers = _canonical(specifiers)
+
+    @classmethod
+    def from_config(cls, parser: configparser.ConfigParser) -> AllowlistRelease:
+        return cls(_specifiers(parser, "allowlist"))
+
+    def idle(self) -> str | None:
+        return None if self.specifiers else "[allowlist] packages has no line with a version specifier"
 
     def keeps(self, project: Project, version: str) -> bool:
         specs = self.specifiers.get(project.canonical)
-        return not specs or any(_in_range(s, version) for s in specs)
+        return not specs or admits(specs, version)
 
 
 class BlocklistRelease:
@@ -51,12 +79,18 @@ class BlocklistRelease:
 
     name = "blocklist_release"
 
-    def __init__(self, parser: configparser.ConfigParser) -> None:
-        self.specifiers = _specifiers(parser, "blocklist")
+    def __init__(self, specifiers: Specifiers) -> None:
+        self.specifiers = _canonical(specifiers)
+
+    @classmethod
+    def from_config(cls, parser: configparser.ConfigParser) -> BlocklistRelease:
+        return cls(_specifiers(parser, "blocklist"))
+
+    def idle(self) -> str | None:
+        return None if self.specifiers else "[blocklist] packages has no line with a version specifier"
 
     def keeps(self, project: Project, version: str) -> bool:
-        specs = self.specifiers.get(project.canonical)
-        return not specs or not any(_in_range(s, version) for s in specs)
+        return not admits(self.specifiers.get(project.canonical, ()), version)
 
 
 class PrereleaseRelease:
@@ -64,13 +98,20 @@ class PrereleaseRelease:
 
     name = "prerelease_release"
 
-    def __init__(self, parser: configparser.ConfigParser) -> None:
-        self.only = {canonicalize_name(n) for n in _words(parser, "filter_prerelease", "packages")}
+    def __init__(self, only: Iterable[str] = ()) -> None:
+        self.only = canonical_names(only)
+
+    @classmethod
+    def from_config(cls, parser: configparser.ConfigParser) -> PrereleaseRelease:
+        return cls(words(parser, "filter_prerelease", "packages"))
+
+    def idle(self) -> str | None:
+        return None  # without a list it applies to every project
 
     def keeps(self, project: Project, version: str) -> bool:
         if self.only and project.canonical not in self.only:
             return True
-        parsed = _version(version)
+        parsed = parse_version(version)
         return parsed is None or not parsed.is_prerelease
 
 
@@ -79,8 +120,15 @@ class RegexRelease:
 
     name = "regex_release"
 
-    def __init__(self, parser: configparser.ConfigParser) -> None:
-        self.patterns = _regexes(_lines(parser, "filter_regex", "releases"), "[filter_regex] releases")
+    def __init__(self, patterns: Iterable[re.Pattern[str]] = ()) -> None:
+        self.patterns = list(patterns)
+
+    @classmethod
+    def from_config(cls, parser: configparser.ConfigParser) -> RegexRelease:
+        return cls(regexes(lines(parser, "filter_regex", "releases"), "[filter_regex] releases"))
+
+    def idle(self) -> str | None:
+        return None if self.patterns else "[filter_regex] releases is empty"
 
     def keeps(self, project: Project, version: str) -> bool:
         return not any(p.match(version) for p in self.patterns)
@@ -88,22 +136,33 @@ class RegexRelease:
 
 class ProjectRequirementsPinned:
     """Keep only the versions the requirements files ask for: ``foo==1.2`` keeps 1.2 of foo,
-    ``foo>=2`` keeps 2 and later; a project listed once without a specifier keeps everything."""
+    ``foo>=2`` keeps 2 and later; a project listed once without a specifier keeps everything.
+
+    ``wanted`` maps every project the files name to its specifiers, none for every version.
+    """
 
     name = "project_requirements_pinned"
 
-    def __init__(self, parser: configparser.ConfigParser) -> None:
-        self.wanted: dict[str, list[SpecifierSet] | None] = {}
+    def __init__(self, wanted: Specifiers) -> None:
+        self.wanted = _canonical(wanted)
+
+    @classmethod
+    def from_config(cls, parser: configparser.ConfigParser) -> ProjectRequirementsPinned:
+        wanted: dict[str, list[SpecifierSet] | None] = {}
         for req in read_requirements(parser):
             name = canonicalize_name(req.name)
             if not req.specifier:
-                self.wanted[name] = None  # some file wants every version
-            elif self.wanted.get(name, []) is not None:
-                self.wanted.setdefault(name, []).append(req.specifier)  # type: ignore[union-attr]
+                wanted[name] = None  # some file wants every version
+            elif wanted.get(name, []) is not None:
+                wanted.setdefault(name, []).append(req.specifier)  # type: ignore[union-attr]
+        return cls({name: specs or () for name, specs in wanted.items()})
+
+    def idle(self) -> str | None:
+        return None if self.wanted else "[allowlist] requirements name no project"
 
     def keeps(self, project: Project, version: str) -> bool:
         specs = self.wanted.get(project.canonical)
-        return not specs or any(_in_range(s, version) for s in specs)
+        return not specs or admits(specs, version)
 
 
 class LatestRelease:
@@ -115,19 +174,27 @@ class LatestRelease:
 
     name = "latest_release"
 
-    def __init__(self, parser: configparser.ConfigParser) -> None:
-        self.keep = _int(parser, "latest_release", "keep", 0)
+    def __init__(self, keep: int, sort_by: str = "version") -> None:
+        self.keep = keep
+        self.sort_by = sort_by
+
+    @classmethod
+    def from_config(cls, parser: configparser.ConfigParser) -> LatestRelease:
+        keep = whole_number(parser, "latest_release", "keep", 0)
         sort_by = (parser.get("latest_release", "sort_by", fallback="") or "version").strip().lower()
         if sort_by not in ("version", "time"):
             raise ConfigError(f"[latest_release] sort_by = {sort_by!r} is not allowed; use version or time")
-        self.sort_by = sort_by
+        return cls(keep, sort_by)
+
+    def idle(self) -> str | None:
+        return None if self.keep else "[latest_release] keep is 0 or not set"
 
     def select(self, project: Project) -> None:
         if not self.keep or len(project.releases) <= self.keep:
             return
 
         def version_key(v: str) -> tuple[int, Any]:
-            parsed = _version(v)
+            parsed = parse_version(v)
             return (1, parsed) if parsed is not None else (0, v)
 
         def time_key(v: str) -> tuple[str, tuple[int, Any]]:
@@ -140,7 +207,6 @@ class LatestRelease:
         if current in project.releases and current not in kept:
             kept[0] = current
         keep = set(kept)
-        for version in list(project.releases):
-            if version not in keep:
-                del project.releases[version]
-
+        for v in list(project.releases):
+            if v not in keep:
+                del project.releases[v]
