@@ -4,6 +4,9 @@ The filters themselves take typed values (names, compiled regexes, specifier set
 counts); turning config text into those values, and every message that names a section, a key
 and a bad value, happens here and in the ``from_config`` methods, so that a config mistake is
 one line naming what to fix, and a filter can be built without any config at all.
+
+:class:`FilterRegexes` is here rather than with a kind of filter because ``[filter_regex]``
+configures two kinds at once: a name filter and a release filter.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import logging
 import re
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
@@ -110,6 +113,26 @@ def parse_version(text: str) -> Version | None:
         return Version(text)
     except InvalidVersion:
         return None
+
+
+class FilterRegexes:
+    """What ``regex_project`` and ``regex_release`` share: the regexes of one ``[filter_regex]``
+    key (``packages`` or ``releases``), each matched from the start of a name or version."""
+
+    key = ""
+
+    def __init__(self, patterns: Iterable[re.Pattern[str]] = ()) -> None:
+        self.patterns = list(patterns)
+
+    @classmethod
+    def from_config(cls: type[_R], parser: configparser.ConfigParser) -> _R:
+        return cls(regexes(lines(parser, "filter_regex", cls.key), f"[filter_regex] {cls.key}"))
+
+    def idle(self) -> str | None:
+        return None if self.patterns else f"[filter_regex] {self.key} is empty"
+
+
+_R = TypeVar("_R", bound=FilterRegexes)
 
 
 # -- requirements files ------------------------------------------------------------------------

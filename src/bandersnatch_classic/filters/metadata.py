@@ -14,7 +14,7 @@ import functools
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from packaging.version import Version
 
@@ -142,21 +142,30 @@ def _conditions(parser: configparser.ConfigParser, section: str) -> list[Conditi
     return [Condition.parse(key, values, section) for key, values in _tagged_items(parser, section)]
 
 
-# -- project metadata filters ------------------------------------------------------------------
-class RegexProjectMetadata:
-    """``[regex_project_metadata]``: keep projects whose JSON document satisfies every line."""
+class _RegexConditions:
+    """A regex metadata filter: the conditions its section (named as the filter) lists."""
 
-    name = "regex_project_metadata"
+    name = ""
 
     def __init__(self, conditions: Iterable[Condition]) -> None:
         self.conditions = list(conditions)
 
     @classmethod
-    def from_config(cls, parser: configparser.ConfigParser) -> RegexProjectMetadata:
+    def from_config(cls: type[_C], parser: configparser.ConfigParser) -> _C:
         return cls(_conditions(parser, cls.name))
 
     def idle(self) -> str | None:
         return None if self.conditions else f"[{self.name}] has no keys"
+
+
+_C = TypeVar("_C", bound=_RegexConditions)
+
+
+# -- project metadata filters ------------------------------------------------------------------
+class RegexProjectMetadata(_RegexConditions):
+    """``[regex_project_metadata]``: keep projects whose JSON document satisfies every line."""
+
+    name = "regex_project_metadata"
 
     def keeps(self, project: Project) -> bool:
         document = project.raw or {"info": project.info}
@@ -238,7 +247,7 @@ def _file_document(project: Project, file: ReleaseFile) -> dict[str, Any]:
     return {"info": project.info, "release": file.version, "release_file": file.raw}
 
 
-class RegexReleaseFileMetadata:
+class RegexReleaseFileMetadata(_RegexConditions):
     """``[regex_release_file_metadata]``: keep files whose metadata satisfies every line.
 
     Keys are dotted paths into ``release_file.*``, ``info.*`` or ``release``, with the
@@ -246,16 +255,6 @@ class RegexReleaseFileMetadata:
     """
 
     name = "regex_release_file_metadata"
-
-    def __init__(self, conditions: Iterable[Condition]) -> None:
-        self.conditions = list(conditions)
-
-    @classmethod
-    def from_config(cls, parser: configparser.ConfigParser) -> RegexReleaseFileMetadata:
-        return cls(_conditions(parser, cls.name))
-
-    def idle(self) -> str | None:
-        return None if self.conditions else f"[{self.name}] has no keys"
 
     def keeps(self, project: Project, file: ReleaseFile) -> bool:
         document = _file_document(project, file)

@@ -9,25 +9,24 @@ differently, and the answer must not depend on which one a name came from.
 from __future__ import annotations
 
 import configparser
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from packaging.utils import canonicalize_name
 
-from ._config import canonical_names, lines, read_requirements, regexes, requirements
+from ._config import FilterRegexes, canonical_names, read_requirements, requirements
 
 if TYPE_CHECKING:
     from packaging.requirements import Requirement
 
 
-def _extras_of(reqs: Iterable[Requirement]) -> dict[str, frozenset[str]]:
+def _extras_of(reqs: Iterable[Requirement]) -> dict[str, set[str]]:
     """Project -> the extras its lines ask for (``requests[socks]``), for resolve-dependencies."""
     extras: dict[str, set[str]] = {}
     for req in reqs:
         if req.extras:
             extras.setdefault(canonicalize_name(req.name), set()).update(req.extras)
-    return {name: frozenset(wanted) for name, wanted in extras.items()}
+    return extras
 
 
 class NameAllowlist:
@@ -93,7 +92,7 @@ class BlocklistProject:
         return canonicalize_name(name) not in self.names
 
 
-class RegexProject:
+class RegexProject(FilterRegexes):
     """``[filter_regex] packages``: never mirror projects whose name matches a regex.
 
     A name is tested as given and in its canonical form, so the answer does not depend on
@@ -101,16 +100,7 @@ class RegexProject:
     """
 
     name = "regex_project"
-
-    def __init__(self, patterns: Sequence[re.Pattern[str]] = ()) -> None:
-        self.patterns = list(patterns)
-
-    @classmethod
-    def from_config(cls, parser: configparser.ConfigParser) -> RegexProject:
-        return cls(regexes(lines(parser, "filter_regex", "packages"), "[filter_regex] packages"))
-
-    def idle(self) -> str | None:
-        return None if self.patterns else "[filter_regex] packages is empty"
+    key = "packages"
 
     def allows(self, name: str) -> bool:
         forms = {name, canonicalize_name(name)}

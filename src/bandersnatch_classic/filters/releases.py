@@ -10,22 +10,24 @@ from __future__ import annotations
 
 import configparser
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion
 
 from ..errors import ConfigError
 from ..models import Project
-from ._config import canonical_names, lines, read_requirements, regexes, requirements, parse_version, whole_number, words
+from ._config import FilterRegexes, canonical_names, parse_version, read_requirements, requirements, whole_number, words
 
 if TYPE_CHECKING:
-    import re
-
     from packaging.specifiers import SpecifierSet
 
-#: Project (canonical) -> the specifier sets its lines give; a version is wanted when any admits it.
+#: Project (any spelling) -> the specifier sets its lines give; a version is wanted when any admits it.
 Specifiers = Mapping[str, Iterable["SpecifierSet"]]
+
+
+def _by_project(specifiers: Specifiers) -> dict[str, tuple[SpecifierSet, ...]]:
+    return {canonicalize_name(name): tuple(specs) for name, specs in specifiers.items()}
 
 
 def admits(specifiers: Iterable[SpecifierSet], version: str) -> bool:
@@ -40,54 +42,47 @@ def admits(specifiers: Iterable[SpecifierSet], version: str) -> bool:
     return False
 
 
-def _canonical(specifiers: Specifiers) -> dict[str, tuple[SpecifierSet, ...]]:
-    return {canonicalize_name(name): tuple(specs) for name, specs in specifiers.items()}
+class _PackagesSpecifiers:
+    """The ``[section] packages`` lines with a specifier, by project: what the allowlist and
+    blocklist release filters read (the lines without one are the project filters')."""
+
+    section = ""
+
+    def __init__(self, specifiers: Specifiers) -> None:
+        self.specifiers = _by_project(specifiers)
+
+    @classmethod
+    def from_config(cls: type[_S], parser: configparser.ConfigParser) -> _S:
+        found: dict[str, list[SpecifierSet]] = {}
+        for req in requirements(parser, cls.section):
+            if req.specifier:
+                found.setdefault(canonicalize_name(req.name), []).append(req.specifier)
+        return cls(found)
+
+    def idle(self) -> str | None:
+        return None if self.specifiers else f"[{self.section}] packages has no line with a version specifier"
 
 
-def _specifiers(parser: configparser.ConfigParser, section: str) -> dict[str, list[SpecifierSet]]:
-    """The ``[section] packages`` lines with a specifier (the others are project filters')."""
-    out: dict[str, list[SpecifierSet]] = {}
-    for req in requirements(parser, section):
-        if req.specifier:
-            out.setdefault(canonicalize_name(req.name), []).append(req.specifier)
-    return out
+_S = TypeVar("_S", bound=_PackagesSpecifiers)
 
 
-class AllowlistRelease:
+class AllowlistRelease(_PackagesSpecifiers):
     """``[allowlist] packages`` lines with a specifier (``foo>=1.0``): keep only those versions
     of ``foo``; a version is kept when it matches any of the project's lines."""
 
     name = "allowlist_release"
-
-    def __init__(self, specifiers: Specifiers) -> None:
-        self.specifiers = _canonical(specifiers)
-
-    @classmethod
-    def from_config(cls, parser: configparser.ConfigParser) -> AllowlistRelease:
-        return cls(_specifiers(parser, "allowlist"))
-
-    def idle(self) -> str | None:
-        return None if self.specifiers else "[allowlist] packages has no line with a version specifier"
+    section = "allowlist"
 
     def keeps(self, project: Project, version: str) -> bool:
         specs = self.specifiers.get(project.canonical)
         return not specs or admits(specs, version)
 
 
-class BlocklistRelease:
+class BlocklistRelease(_PackagesSpecifiers):
     """``[blocklist] packages`` lines with a specifier (``foo<1.0``): drop those versions."""
 
     name = "blocklist_release"
-
-    def __init__(self, specifiers: Specifiers) -> None:
-        self.specifiers = _canonical(specifiers)
-
-    @classmethod
-    def from_config(cls, parser: configparser.ConfigParser) -> BlocklistRelease:
-        return cls(_specifiers(parser, "blocklist"))
-
-    def idle(self) -> str | None:
-        return None if self.specifiers else "[blocklist] packages has no line with a version specifier"
+    section = "blocklist"
 
     def keeps(self, project: Project, version: str) -> bool:
         return not admits(self.specifiers.get(project.canonical, ()), version)
@@ -115,20 +110,11 @@ class PrereleaseRelease:
         return parsed is None or not parsed.is_prerelease
 
 
-class RegexRelease:
+class RegexRelease(FilterRegexes):
     """``[filter_regex] releases``: drop versions that match a regex (from their start)."""
 
     name = "regex_release"
-
-    def __init__(self, patterns: Iterable[re.Pattern[str]] = ()) -> None:
-        self.patterns = list(patterns)
-
-    @classmethod
-    def from_config(cls, parser: configparser.ConfigParser) -> RegexRelease:
-        return cls(regexes(lines(parser, "filter_regex", "releases"), "[filter_regex] releases"))
-
-    def idle(self) -> str | None:
-        return None if self.patterns else "[filter_regex] releases is empty"
+    key = "releases"
 
     def keeps(self, project: Project, version: str) -> bool:
         return not any(p.match(version) for p in self.patterns)
@@ -144,7 +130,7 @@ class ProjectRequirementsPinned:
     name = "project_requirements_pinned"
 
     def __init__(self, wanted: Specifiers) -> None:
-        self.wanted = _canonical(wanted)
+        self.wanted = _by_project(wanted)
 
     @classmethod
     def from_config(cls, parser: configparser.ConfigParser) -> ProjectRequirementsPinned:
