@@ -2,7 +2,7 @@
 
 The config syntax and meaning are the reference tool's (``[plugins] enabled`` plus one
 section per filter family), so an existing config filters the same way here; where this
-module deliberately differs, docs/filters.md says so. Filters are plain classes chosen
+package deliberately differs, docs/filters.md says so. Filters are plain classes chosen
 from the config by name; nothing is registered process-wide.
 
 Four kinds, applied in this order by :meth:`FilterSet.filter_project`:
@@ -64,7 +64,7 @@ PROJECT_FILTERS = (AllowlistProject, BlocklistProject, RegexProject, ProjectRequ
 METADATA_FILTERS = (RegexProjectMetadata, SizeProjectMetadata, VersionsCountProjectMetadata)
 RELEASE_FILTERS = (AllowlistRelease, BlocklistRelease, PrereleaseRelease, RegexRelease, ProjectRequirementsPinned)
 FILE_FILTERS = (ExcludePlatform, RegexReleaseFileMetadata, VersionRangeReleaseFileMetadata)
-ALL_FILTERS: dict[str, type] = {
+ALL_FILTERS: dict[str, type[Any]] = {
     cls.name: cls for cls in (*PROJECT_FILTERS, *METADATA_FILTERS, *RELEASE_FILTERS, LatestRelease, *FILE_FILTERS)
 }
 #: Old names the reference tool dropped, for a helpful error.
@@ -104,7 +104,7 @@ _SECTION_USERS = {
 class FilterSet:
     """The filters one config enables, applied to names and to fetched projects.
 
-    ``admitted`` names (canonical) pass the allowlists as if listed there: the dependencies
+    ``admitted`` names (any spelling) pass the allowlists as if listed there: the dependencies
     of allowlisted projects. Every other filter still applies to them.
     """
 
