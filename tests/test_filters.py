@@ -476,7 +476,7 @@ def test_unit_allowlist_minus_blocklist_and_dependencies() -> None:
     assert fs.allowlist() == {"a"}
     assert fs.allows_dependency("c") and not fs.allows_dependency("b")
     assert not fs.allows_name("c")
-    fs.allow_more(["C_Thing"])
+    fs = fs.with_allowed(["C_Thing"])
     assert fs.allows_name("c-thing") and "c-thing" in (fs.allowlist() or set())
 
 

@@ -295,6 +295,8 @@ class Mirror:
         self.config = config
         self.upstream = upstream
         self.storage = storage
+        #: Replaced by a wider set, never changed, as dependencies are admitted: workers
+        #: take the set in force when they start.
         self.filters = filters
         self.dependencies = dependencies
         #: Requires-Dist of the projects synced in this run (resolve-dependencies only).
@@ -326,7 +328,7 @@ class Mirror:
         full = self.state.check_generation() or force_check
         known = _Records(self.state)  # read only if discovery needs it: a no-change run does not
         if self.dependencies is not None:
-            self.filters.allow_more(known)  # dependencies found by earlier runs stay mirrored
+            self.filters = self.filters.with_allowed(known)  # dependencies found by earlier runs stay mirrored
         status = report.serial = self.state.status  # what the summary says if the run stops early
         if cleanup_todo:
             self.state.remove_todo()
@@ -431,7 +433,7 @@ class Mirror:
     def sync_projects(self, names: Iterable[str], write_root: bool = True) -> Report:
         """The ``sync`` command: sync the named projects now; ``status`` and ``todo`` stay."""
         if self.dependencies is not None:
-            self.filters.allow_more(_Records(self.state))  # dependencies found by earlier runs
+            self.filters = self.filters.with_allowed(_Records(self.state))  # dependencies found by earlier runs
         work = {canonicalize_name(n): 0 for n in names if self.filters.allows_name(n)}
         todo = Todo(self.state.status, work)
         self.report.serial = todo.target
@@ -467,7 +469,7 @@ class Mirror:
                 return
             logger.info("Dependencies: %d more projects to mirror: %s", len(new), ", ".join(new[:20]))
             attempted.update(new)
-            self.filters.allow_more(new)
+            self.filters = self.filters.with_allowed(new)  # workers started from here on see them
             round_ = Todo(todo.target, dict.fromkeys(new, 0))
             todo.projects.update(round_.projects)
             if checkpoint:
