@@ -242,6 +242,33 @@ class Upstream:
         except (KeyError, TypeError, ValueError) as exc:
             raise MethodUnavailable(f"{url}: PEP 691 listing without serials") from exc
 
+    def listing_serial(self) -> int:
+        """The index's serial from one request for the PEP 691 root listing.
+
+        The ``X-PyPI-Last-Serial`` header when the upstream sends it: the (large) body is
+        then not read. Otherwise the listing's ``meta._last-serial``.
+        """
+        url = f"{self.master}/simple/"
+        with self._lock:
+            self.requests_made += 1
+        try:
+            response = self._session.get(url, stream=True, timeout=self.timeout, headers={"Accept": SIMPLE_JSON})
+        except requests.RequestException as exc:
+            raise UpstreamError(f"{url}: {_describe(_cause(exc))} (after {self.retry.attempts} attempts)") from exc
+        with contextlib.closing(response):
+            if response.status_code != 200:
+                raise MethodUnavailable(f"{url}: HTTP {response.status_code}")
+            header = response.headers.get("X-PyPI-Last-Serial", "")
+            if header.isdigit():
+                return int(header)
+            try:
+                body = self._read_body(response, url, time.monotonic() + self.global_timeout)
+                return int(json.loads(body)["meta"]["_last-serial"])
+            except BODY_ERRORS as exc:
+                raise UpstreamError(f"{url}: {_describe(exc)}") from exc
+            except (ValueError, KeyError, TypeError) as exc:
+                raise MethodUnavailable(f"{url}: no serial in the header or the PEP 691 listing") from exc
+
     def html_listing(self) -> list[str]:
         """Project names from the HTML root listing (PEP 503): the link texts."""
         from .htmllinks import link_texts
