@@ -435,11 +435,10 @@ def render_status(doc: Mapping[str, Any]) -> str:
         rows.append(("last success", "never"))
     run = doc["last_run"]
     if run:
-        ended = {
-            "finished": f"exit {run['exit_status']} after {run['duration_seconds']:.1f}s",
-            "running": "still running",
-            "unfinished": "never finished (killed or crashed)",
-        }[run["state"]]
+        if run["state"] == "finished":
+            ended = f"exit {run['exit_status']} after {run['duration_seconds']:.1f}s"
+        else:
+            ended = "still running" if run["state"] == "running" else "never finished (killed or crashed)"
         rows.append(("last run", f"{run['command']} started {run['started']}, {ended}"))
         if run["state"] == "finished":
             via = f" via {run['method']}" if run["method"] else ""
