@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -302,3 +303,18 @@ def test_preflight_refuses_a_metrics_file_in_a_missing_folder(harness: MirrorHar
     result = harness.cli("mirror")
     assert result.returncode == 2 and "[mirror] metrics-file" in result.stderr and "does not exist" in result.stderr
     assert not harness.dir.exists()
+
+
+def test_a_run_in_progress_shows_as_running_and_health_is_judged_on_the_run_before(harness: MirrorHarness) -> None:
+    """A record without an end whose process is alive on this host (here: the test itself) is running."""
+    assert harness.cli("mirror").returncode == 0
+    runs = history(harness)
+    alive = dict(runs[-1], pid=os.getpid(), host=socket.gethostname(), started=time.time(), finished=None, exit_status=None)
+    (harness.dir / "run-history.json").write_text(json.dumps({"runs": [*runs, alive]}))
+    code, doc, _ = status(harness)
+    assert code == 0 and doc["last_run"]["state"] == "running" and doc["problems"] == []
+    assert "still running" in harness.cli("status").stdout
+    elsewhere = dict(alive, host="another-host")  # a record of a run on another host cannot be checked: not running
+    (harness.dir / "run-history.json").write_text(json.dumps({"runs": [*runs, elsewhere]}))
+    code, doc, _ = status(harness)
+    assert code == 1 and doc["last_run"]["state"] == "unfinished"

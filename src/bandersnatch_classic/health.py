@@ -120,7 +120,11 @@ class RunRecorder:
     def finish(self, exit_status: int) -> None:
         """Complete the record with what the run did; write the metrics file."""
         report = self.report
-        serial = _serial(self.storage)
+        try:
+            serial = _serial(self.storage)
+        except LocalIOError as exc:
+            logger.warning("Could not read the mirror's serial for the run history: %s", exc)
+            serial = None
         self.record.update(
             finished=time.time(), exit_status=exit_status, method=report.method, synced=report.synced,
             removed=report.removed, failed=dict(sorted(report.failed.items())), files=report.files,

@@ -249,13 +249,7 @@ class Upstream:
         then not read. Otherwise the listing's ``meta._last-serial``.
         """
         url = f"{self.master}/simple/"
-        with self._lock:
-            self.requests_made += 1
-        try:
-            response = self._session.get(url, stream=True, timeout=self.timeout, headers={"Accept": SIMPLE_JSON})
-        except requests.RequestException as exc:
-            raise UpstreamError(f"{url}: {_describe(_cause(exc))} (after {self.retry.attempts} attempts)") from exc
-        with contextlib.closing(response):
+        with self._response("GET", url, headers={"Accept": SIMPLE_JSON}) as response:
             if response.status_code != 200:
                 raise MethodUnavailable(f"{url}: HTTP {response.status_code}")
             header = response.headers.get("X-PyPI-Last-Serial", "")
