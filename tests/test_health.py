@@ -318,3 +318,15 @@ def test_a_run_in_progress_shows_as_running_and_health_is_judged_on_the_run_befo
     (harness.dir / "run-history.json").write_text(json.dumps({"runs": [*runs, elsewhere]}))
     code, doc, _ = status(harness)
     assert code == 1 and doc["last_run"]["state"] == "unfinished"
+
+
+def test_bad_health_thresholds_are_one_line_usage_errors(harness: MirrorHarness) -> None:
+    for key, value in (("max-success-age", "soon"), ("max-lag", "-1")):
+        harness.configure({key: value})
+        result = harness.cli("status")
+        assert result.returncode == 2 and f"[mirror] {key} = " in result.stderr and result.stderr.count("\n") == 1
+        harness.configure({key: None})
+    harness.configure({"max-success-age": "90m", "max-lag": "500"})
+    assert harness.cli("mirror").returncode == 0
+    code, doc, _ = status(harness)
+    assert code == 0 and doc["max_success_age_seconds"] == 5400 and doc["max_lag"] == 500
