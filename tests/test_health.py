@@ -18,6 +18,7 @@ from bandersnatch_classic.health import render_status
 
 from .conftest import MirrorHarness
 from .test_kill import run_and_kill
+from .test_local_io import small_disk  # noqa: F401 - a fixture
 
 STATUS_KEYS = {
     "directory", "mirrored", "healthy", "exit_status", "problems", "serial", "upstream_serial",
@@ -268,6 +269,17 @@ def test_a_refused_listing_is_recorded_and_sync_runs_too(harness: MirrorHarness,
     assert last["command"] == "sync" and last["exit_status"] == 0 and last["synced"] == 1
     assert 'command="sync"' in prom.read_text()
     assert metrics(prom)["bandersnatch_upstream_serial"] == harness.corpus.serial  # seen by the last mirror run
+
+
+def test_a_run_stopped_by_a_full_disk_is_recorded_with_status_5(harness: MirrorHarness, small_disk: Path, tmp_path: Path) -> None:
+    prom = tmp_path / "bandersnatch.prom"
+    harness.corpus.add_file("big", "1.0", "big-1.0.tar.gz", os.urandom(1_000_000))
+    harness.configure({"directory": str(small_disk / "pypi"), "workers": "1", "metrics-file": str(prom)})
+    harness.dir = small_disk / "pypi"
+    assert harness.cli("mirror").returncode == 5
+    assert history(harness)[-1]["exit_status"] == 5 and metrics(prom)["bandersnatch_last_run_exit_status"] == 5
+    code, doc, _ = status(harness)
+    assert code == 1 and "exited with 5" in doc["problems"][0] and "big" in doc["todo"]["projects"]
 
 
 # -- the history itself ----------------------------------------------------------------------
