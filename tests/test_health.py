@@ -131,6 +131,9 @@ def test_status_with_the_simple_method_makes_one_request_header_or_body(harness:
         code, doc, _ = status(harness)
         assert code == 0 and doc["upstream_serial"] == harness.corpus.serial and doc["lag_serials"] == 1
         assert harness.upstream.requests == [("GET", "/simple/")]
+    harness.upstream.root_json_enabled = False  # an HTML root listing and no header: no serial to be had
+    code, doc, result = status(harness)
+    assert code == 4 and "not JSON" in doc["upstream_error"] and result.stderr.count("\n") == 1
 
 
 def test_status_with_html_or_an_allowlist_asks_nothing_and_says_why(harness: MirrorHarness) -> None:
@@ -307,7 +310,7 @@ def test_an_unreachable_upstream_exits_4_with_one_line(harness: MirrorHarness) -
     code, doc, result = status(harness)
     assert code == 4 and doc["upstream_serial"] is None and "127.0.0.1:9" in doc["upstream_error"]
     assert result.stderr.count("\n") == 1 and "Upstream unusable: http://127.0.0.1:9/pypi" in result.stderr
-    assert "upstream unreachable" in render_status(doc)  # the human form of the same document
+    assert "upstream unusable" in render_status(doc)  # the human form of the same document
 
 
 def test_preflight_refuses_a_metrics_file_in_a_missing_folder(harness: MirrorHarness, tmp_path: Path) -> None:

@@ -356,7 +356,7 @@ def status_report(
         elif success_age > config.max_success_age:
             problems.append(f"the last successful mirror run ended {_age(success_age)} ago, more than max-success-age")
     if error:
-        problems.append(f"upstream unreachable: {error}")
+        problems.append(f"upstream unusable: {error}")
 
     failing_runs = finished[-FAILING_RUNS:]
     failing: dict[str, str] = {}

@@ -255,6 +255,10 @@ class Upstream:
             header = response.headers.get("X-PyPI-Last-Serial", "")
             if header.isdigit():
                 return int(header)
+            if "json" not in response.headers.get("Content-Type", ""):  # do not read a large HTML listing
+                raise MethodUnavailable(
+                    f"{url}: no X-PyPI-Last-Serial header, and answered {response.headers.get('Content-Type')!r}, not JSON"
+                )
             try:
                 body = self._read_body(response, url, time.monotonic() + self.global_timeout)
                 return int(json.loads(body)["meta"]["_last-serial"])
