@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from .config import MirrorConfig
-from .errors import LocalIOError, UpstreamError
+from .errors import LocalIOError, StateError, UpstreamError
 from .progress import human
 from .sidecars import MISSING_FILE
-from .state import GENERATION, METHOD_FILE, PROJECTS_FILE, Todo
+from .state import GENERATION, PROJECTS_FILE, MirrorState, Todo
 from .storage import Storage
 from .sync import Report
 from .upstream import Upstream
@@ -120,11 +120,7 @@ class RunRecorder:
     def finish(self, exit_status: int) -> None:
         """Complete the record with what the run did; write the metrics file."""
         report = self.report
-        try:
-            serial = _serial(self.storage)
-        except LocalIOError as exc:
-            logger.warning("Could not read the mirror's serial for the run history: %s", exc)
-            serial = None
+        serial = _serial(self.storage)
         self.record.update(
             finished=time.time(), exit_status=exit_status, method=report.method, synced=report.synced,
             removed=report.removed, failed=dict(sorted(report.failed.items())), files=report.files,
@@ -151,8 +147,12 @@ def _same_run(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 
 
 def _serial(storage: Storage) -> int | None:
-    text = (storage.read_text("status") or "").strip()
-    return int(text) if text.isdigit() else None
+    """The mirror's serial for a run record (None when unreadable: the record keeps the last one known)."""
+    try:
+        return MirrorState(storage).status
+    except (StateError, LocalIOError) as exc:
+        logger.warning("Could not read the mirror's serial for the run history: %s", exc)
+        return None
 
 
 def _todo(storage: Storage) -> Todo | None:
@@ -287,9 +287,7 @@ def _run_view(record: RunRecord) -> dict[str, Any]:
     }
 
 
-def ask_upstream_serial(
-    upstream: Upstream, config: MirrorConfig, method: str, allowlist: bool
-) -> tuple[int | None, str]:
+def ask_upstream_serial(upstream: Upstream, method: str, allowlist: bool) -> tuple[int | None, str]:
     """One request for the upstream's serial with ``method``: (serial, "") or (None, why not).
 
     Raises :class:`UpstreamError` when the request fails.
@@ -305,36 +303,34 @@ def ask_upstream_serial(
         return upstream.listing_serial(), ""
     if method == "html":
         return None, "not available: the html discovery method has no index serial"
-    return None, "not asked: no discovery method has worked yet (no mirror run so far)"
+    return None, "not asked: api-method = auto has not found a working method against this master yet"
 
 
 def status_report(
-    storage: Storage, config: MirrorConfig, upstream: Upstream | None, allowlist: bool, now: float | None = None
+    storage: Storage, config: MirrorConfig, upstream: Upstream, allowlist: bool
 ) -> tuple[dict[str, Any], int]:
-    """The ``status`` document and its exit status; ``upstream`` None: do not ask it."""
-    now = time.time() if now is None else now
+    """The ``status`` document and its exit status."""
+    now = time.time()
     runs = read_history(storage)
-    serial = _serial(storage)
+    state = MirrorState(storage)
     todo = _todo(storage)
     doc: dict[str, Any] = {"directory": str(storage.root)}
-    if serial is None and not runs and todo is None:
+    if not storage.exists("status") and not runs and todo is None:
         doc.update(mirrored=False, healthy=False, exit_status=EXIT_NOT_A_MIRROR,
                    problems=[f"{storage.root} is not a mirror yet: run `bandersnatch mirror` first"])
         return doc, EXIT_NOT_A_MIRROR
 
+    mirror_serial = state.status  # a status file that is not a serial: StateError, exit 2
     method = config.api_method
     if method == "auto":
-        remembered = (storage.read_text(METHOD_FILE) or "").split()
-        method = remembered[0] if remembered else ""
+        method = state.remembered_method(config.master)[0]
     upstream_serial: int | None = None
     unavailable = ""
     error = ""
-    if upstream is not None:
-        try:
-            upstream_serial, unavailable = ask_upstream_serial(upstream, config, method, allowlist)
-        except UpstreamError as exc:
-            error = str(exc)
-    mirror_serial = serial or 0
+    try:
+        upstream_serial, unavailable = ask_upstream_serial(upstream, method, allowlist)
+    except UpstreamError as exc:
+        error = str(exc)
     lag = max(0, upstream_serial - mirror_serial) if upstream_serial is not None else None
 
     problems: list[str] = []
