@@ -216,7 +216,7 @@ def test_a_killed_run_shows_as_never_finished(harness: MirrorHarness, tmp_path: 
     harness.configure({"metrics-file": str(prom)})
     assert harness.cli("mirror").returncode == 0
     harness.corpus.add_file("small", "0.4", "small-0.4.tar.gz")
-    assert run_and_kill(harness, 2) is None  # SIGKILL after discovery, while fetching metadata
+    assert run_and_kill(harness, 2) is None  # SIGKILL while it asks the upstream what changed
     written = prom.read_text()
     code, doc, result = status(harness)
     assert code == 1 and doc["last_run"]["state"] == "unfinished" and doc["last_run"]["finished"] is None
