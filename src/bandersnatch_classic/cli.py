@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     delete.add_argument("names", nargs="+", metavar="NAME")
 
+    status = commands.add_parser("status", help="report the mirror's health: serial, lag, last run, failures")
+    status.add_argument("--json", action="store_true", help="print a JSON document (keys: docs/operations.md)")
+
     serve = commands.add_parser("serve", help="serve the mirror over HTTP (PEP 691 negotiation)")
     serve.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=_whole(1, 65535), default=8080, help="port to listen on, 1-65535 (default 8080)")
@@ -177,7 +180,7 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_NEW_CONFIG
     loaded = configuration.load(path)
     mirror = loaded.mirror
-    preflight.check(mirror, writes=args.command != "serve")
+    preflight.check(mirror, writes=args.command not in ("serve", "status"))
     if mirror.log_config:
         setup_logging(args.debug, mirror.log_config)
     storage = FilesystemStorage(mirror.directory, mirror.storage_filesystem_manage_permissions)
@@ -198,6 +201,10 @@ def _run(args: argparse.Namespace) -> int:
         )
     upstream = make_upstream(mirror)
     try:
+        if args.command == "status":
+            from .health import status_command
+
+            return status_command(storage, mirror, upstream, filters.allowlist() is not None, args.json)
         if args.command in ("mirror", "sync"):
             logger.debug("Syncing %s from %s", mirror.directory, mirror.master)
             with mirror_lock(mirror.directory):
@@ -229,6 +236,23 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _sync_command(args: argparse.Namespace, engine: Mirror) -> int:
+    """Record the run in the history (and the metrics file) around it, whatever its exit status."""
+    from .health import RunRecorder
+
+    recorder = RunRecorder(engine.storage, engine.config, args.command, engine.report)
+    recorder.start()
+    status = EXIT_INTERNAL
+    try:
+        status = _sync_run(args, engine)
+    except KeyboardInterrupt:
+        status = EXIT_INTERRUPTED
+        raise
+    finally:
+        recorder.finish(status)
+    return status
+
+
+def _sync_run(args: argparse.Namespace, engine: Mirror) -> int:
     """``mirror`` or ``sync``: the run, then its failures and the summary line, whatever happened."""
     report: Report = engine.report
     try:

@@ -85,6 +85,12 @@ class MirrorConfig:
     api_method: str = "auto"
     max_removals: str = "1%"
     progress_interval: float = 60.0
+    #: Prometheus textfile written after every mirror/sync run ("" = none).
+    metrics_file: str = ""
+    #: ``status`` is unhealthy when the upstream is more than this many serials ahead (0 = off).
+    max_lag: int = 0
+    #: ``status`` is unhealthy when the last successful ``mirror`` run is older (seconds, 0 = off).
+    max_success_age: float = 0.0
 
     def removal_limit(self, projects: int) -> int:
         """How many of a mirror's ``projects`` one upstream listing may remove in one run.
@@ -317,6 +323,9 @@ def _read_mirror(section: configparser.SectionProxy, path: Path) -> MirrorConfig
         api_method=r.choice("api-method", "auto", API_METHODS),
         max_removals=_max_removals(r.string("max-removals", "1%")),
         progress_interval=r.number("progress-interval", 60.0, float, 0, None),
+        metrics_file=r.string("metrics-file"),
+        max_lag=int(r.number("max-lag", 0, int, 0, None)),
+        max_success_age=_duration("max-success-age", r.string("max-success-age")),
     )
     for key in section:
         if key not in r.seen:
@@ -324,6 +333,22 @@ def _read_mirror(section: configparser.SectionProxy, path: Path) -> MirrorConfig
     if config.cleanup:
         logger.warning("[mirror] cleanup is not implemented by this version and is ignored")
     return config
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(key: str, value: str) -> float:
+    """``90``, ``90s``, ``30m``, ``6h`` or ``2d`` in seconds ("" = 0, off)."""
+    if not value:
+        return 0.0
+    match = _DURATION.fullmatch(value.replace(" ", "").lower())
+    if match is None:
+        raise ConfigError(
+            f"[mirror] {key} = {value!r} is not allowed; use seconds or a number with s, m, h or d (e.g. 6h)"
+        )
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
 def _max_removals(value: str) -> str:

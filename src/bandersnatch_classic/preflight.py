@@ -21,7 +21,7 @@ from .config import MirrorConfig
 from .errors import ConfigError, effective_user
 
 #: The mirror's own files, each read and replaced by a run (``.lock`` is written in place).
-STATE_FILES = (".lock", "generation", "status", "todo", "projects.json", "upstream-method")
+STATE_FILES = (".lock", "generation", "status", "todo", "projects.json", "upstream-method", "run-history.json")
 #: Directories a run writes into, checked when they exist.
 WEB_DIRS = ("web", "web/simple", "web/packages", "web/json", "web/pypi")
 
@@ -35,6 +35,8 @@ def check(config: MirrorConfig, writes: bool = True) -> None:
     check_mirror_directory(config.directory)
     if config.diff_file:
         check_diff_file(Path(config.diff_file), config.diff_append_epoch)
+    if config.metrics_file:
+        check_metrics_file(Path(config.metrics_file))
 
 
 def check_mirror_directory(directory: Path) -> None:
@@ -77,17 +79,7 @@ def check_mirror_directory(directory: Path) -> None:
 def check_diff_file(path: Path, append_epoch: bool) -> None:
     """The diff file's folder exists and is writable; so is the file itself when it exists."""
     user = effective_user()
-    folder = path.parent
-    if not folder.is_dir():
-        raise ConfigError(
-            f"[mirror] diff-file {path}: its folder {folder} does not exist; create it "
-            f"(mkdir -p {folder}) or change diff-file"
-        )
-    if not _writable(folder):
-        raise ConfigError(
-            f"[mirror] diff-file {path}: its folder {folder} ({_owner(folder)}) is not writable for user {user}; "
-            "make it writable for that user or change diff-file"
-        )
+    _check_folder("diff-file", path, user)
     if not append_epoch and path.exists():
         if not path.is_file():
             raise ConfigError(f"[mirror] diff-file {path} is not a file; change diff-file")
@@ -96,6 +88,28 @@ def check_diff_file(path: Path, append_epoch: bool) -> None:
                 f"[mirror] diff-file {path} ({_owner(path)}) is not writable for user {user}; "
                 "make it writable for that user or change diff-file"
             )
+
+
+def check_metrics_file(path: Path) -> None:
+    """The metrics file's folder exists and is writable (the file is replaced by a rename)."""
+    _check_folder("metrics-file", path, effective_user())
+    if path.is_dir():
+        raise ConfigError(f"[mirror] metrics-file {path} is a directory; name a file (e.g. {path / 'bandersnatch.prom'})")
+
+
+def _check_folder(key: str, path: Path, user: str) -> None:
+    """The folder of the file ``[mirror] key`` names exists and is writable."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise ConfigError(
+            f"[mirror] {key} {path}: its folder {folder} does not exist; create it "
+            f"(mkdir -p {folder}) or change {key}"
+        )
+    if not _writable(folder):
+        raise ConfigError(
+            f"[mirror] {key} {path}: its folder {folder} ({_owner(folder)}) is not writable for user {user}; "
+            f"make it writable for that user or change {key}"
+        )
 
 
 def check_log_config(path: Path) -> None:

@@ -242,6 +242,31 @@ class Upstream:
         except (KeyError, TypeError, ValueError) as exc:
             raise MethodUnavailable(f"{url}: PEP 691 listing without serials") from exc
 
+    def listing_serial(self) -> int:
+        """The index's serial from one request for the PEP 691 root listing.
+
+        The ``X-PyPI-Last-Serial`` header when the upstream sends it: the (large) body is
+        then not read. Otherwise the listing's ``meta._last-serial``.
+        """
+        url = f"{self.master}/simple/"
+        with self._response("GET", url, headers={"Accept": SIMPLE_JSON}) as response:
+            if response.status_code != 200:
+                raise MethodUnavailable(f"{url}: HTTP {response.status_code}")
+            header = response.headers.get("X-PyPI-Last-Serial", "")
+            if header.isdigit():
+                return int(header)
+            if "json" not in response.headers.get("Content-Type", ""):  # do not read a large HTML listing
+                raise MethodUnavailable(
+                    f"{url}: no X-PyPI-Last-Serial header, and answered {response.headers.get('Content-Type')!r}, not JSON"
+                )
+            try:
+                body = self._read_body(response, url, time.monotonic() + self.global_timeout)
+                return int(json.loads(body)["meta"]["_last-serial"])
+            except BODY_ERRORS as exc:
+                raise UpstreamError(f"{url}: {_describe(exc)}") from exc
+            except (ValueError, KeyError, TypeError) as exc:
+                raise MethodUnavailable(f"{url}: no serial in the header or the PEP 691 listing") from exc
+
     def html_listing(self) -> list[str]:
         """Project names from the HTML root listing (PEP 503): the link texts."""
         from .htmllinks import link_texts
