@@ -23,7 +23,7 @@ LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNIN
 
 
 def expected_html(spec: ProjectSpec) -> str:
-    """The project page as DESIGN.md section 2 spells it, built from the corpus alone."""
+    """The project page as docs/design.md, Pages, spells it, built from the corpus alone."""
     links = ""
     for files in spec.releases.values():
         for f in files:

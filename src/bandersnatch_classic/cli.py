@@ -18,7 +18,7 @@ from typing import Any
 
 from packaging.utils import canonicalize_name
 
-from . import __version__, config as configuration, preflight
+from . import __version__, config as configuration, layout, preflight
 from .errors import BandersnatchError, ConfigError, LocalIOError, LockHeld, StateError, UpstreamError
 from .dependencies import DependencyPolicy
 from .filters import FilterSet
@@ -185,7 +185,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from .serve import serve
 
-        return serve(mirror.directory / "web", args.bind, args.port, mirror.hash_index)
+        return serve(mirror.directory / layout.WEB, args.bind, args.port, mirror.hash_index)
     filters = FilterSet.from_config(loaded.parser)
     dependencies = DependencyPolicy.from_config(loaded.parser)
     if filters.active:

@@ -36,12 +36,32 @@ TEMP_SUFFIX = ".tmp"
 HASH_CHUNK = 1 << 20
 
 
-class Storage(Protocol):
-    """What the sync engine needs from a place to keep a mirror."""
+def check_relative(rel: str) -> str:
+    """Return ``rel``; raise :class:`UnsafePath` unless it is a plain path inside the mirror.
 
+    The one path-safety check: every path a backend touches passes it, and so does every
+    path :mod:`~bandersnatch_classic.layout` derives from what the upstream says.
+    """
+    if not rel or "\x00" in rel or "\\" in rel or rel[0] == "/" or rel[-1] == "/" or "//" in rel:
+        raise UnsafePath(f"unsafe path {rel!r}")
+    if "." in rel and any(part in (".", "..") for part in rel.split("/")):
+        raise UnsafePath(f"unsafe path {rel!r}")
+    return rel
+
+
+class Storage(Protocol):
+    """Everything the engine, ``verify`` and ``delete`` need from a place to keep a mirror.
+
+    Paths are relative to the mirror (``web/simple/...``). This is the whole interface:
+    nothing outside a backend opens, walks or unlinks a file by its local path, so a backend
+    that keeps the mirror elsewhere (an object store) needs nothing else changed.
+    """
+
+    #: The local directory that holds the run lock.
     root: Path
 
-    def path(self, rel: str) -> Path: ...
+    def display(self, rel: str) -> str: ...
+    def open(self, rel: str) -> contextlib.AbstractContextManager[BinaryIO]: ...
     def writer(self, rel: str, mtime: datetime | None = None) -> contextlib.AbstractContextManager[BinaryIO]: ...
     def write_bytes(self, rel: str, data: bytes, mtime: datetime | None = None) -> None: ...
     def write_if_changed(self, rel: str, data: bytes) -> bool: ...
@@ -53,6 +73,9 @@ class Storage(Protocol):
     def delete(self, rel: str) -> bool: ...
     def delete_tree(self, rel: str) -> bool: ...
     def symlink(self, rel: str, target_name: str) -> None: ...
+    def is_link(self, rel: str) -> bool: ...
+    def files(self, rel: str) -> Iterator[tuple[str, int]]: ...
+    def remove_empty_dirs(self, rel: str, keep_top: bool = False) -> None: ...
 
 
 class _LocalFile:
@@ -90,15 +113,24 @@ class FilesystemStorage:
 
     def fspath(self, rel: str) -> str:
         """The absolute path of ``rel``, refusing anything that leaves the mirror directory."""
-        if not rel or "\x00" in rel or "\\" in rel or rel[0] == "/" or rel[-1] == "/" or "//" in rel:
-            raise UnsafePath(f"unsafe path {rel!r}")
-        if "." in rel and any(part in (".", "..") for part in rel.split("/")):
-            raise UnsafePath(f"unsafe path {rel!r}")
-        return f"{self._root}/{rel}"
+        return f"{self._root}/{check_relative(rel)}"
 
-    def path(self, rel: str) -> Path:
-        """:meth:`fspath` as a :class:`~pathlib.Path`."""
-        return Path(self.fspath(rel))
+    def display(self, rel: str) -> str:
+        """How messages (and the diff file) name ``rel``: its absolute path."""
+        return self.fspath(rel)
+
+    @contextlib.contextmanager
+    def open(self, rel: str) -> Iterator[BinaryIO]:
+        """``rel`` opened for reading; FileNotFoundError when it does not exist."""
+        target = self.fspath(rel)
+        try:
+            fh = open(target, "rb")
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise LocalIOError.of(target, exc) from exc
+        with fh:
+            yield fh
 
     def _ensure_dir(self, directory: str) -> None:
         """Create ``directory`` and its parents: one system call when only the leaf is new."""
@@ -246,3 +278,35 @@ class FilesystemStorage:
             os.replace(temp, link)
         except OSError as exc:
             raise LocalIOError.of(link, exc) from exc
+
+    def is_link(self, rel: str) -> bool:
+        """Whether ``rel`` is a symbolic link (also one whose target is gone)."""
+        return os.path.islink(self.fspath(rel))
+
+    def files(self, rel: str) -> Iterator[tuple[str, int]]:
+        """``(path, size)`` of every file below the directory ``rel`` (links not followed)."""
+        base = self.fspath(rel)
+        cut = len(self._root) + 1
+        for directory, _dirs, names in os.walk(base):
+            for name in names:
+                full = f"{directory}/{name}"
+                try:
+                    size = os.lstat(full).st_size
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise LocalIOError.of(full, exc) from exc
+                yield full[cut:], size
+
+    def remove_empty_dirs(self, rel: str, keep_top: bool = False) -> None:
+        """Remove every empty directory below ``rel`` (deepest first), and ``rel`` itself
+        when it is left empty, unless ``keep_top``."""
+        base = self.fspath(rel)
+        for directory, _dirs, _files in os.walk(base, topdown=False):
+            if keep_top and directory == base:
+                continue
+            try:
+                os.rmdir(directory)
+            except OSError:
+                continue  # not empty
+            self._made_dirs.discard(directory)

@@ -41,14 +41,14 @@ from typing import Any
 import filelock
 from packaging.utils import canonicalize_name
 
-from . import pages
+from . import layout, pages
 from .config import MirrorConfig
 from .dependencies import DependencyPolicy, requirements_of
 from .discovery import Plan, discover
 from .errors import HashMismatch, LocalIOError, LockHeld, NotServed, ProjectGone, UnsafeListing, UnsafePath
 from .filters import FilterSet
 from .models import Project, check_project_name
-from .package import Download, plan_downloads, publish, unpublish, unserved_metadata
+from .package import Download, plan_downloads, publish, unserved_metadata
 from .progress import Progress, human as _human, in_worker_process
 from .sidecars import MissingSidecars, sidecars_of
 from .state import MirrorState, Todo
@@ -264,7 +264,7 @@ class _Worker:
             unserved = unserved_metadata(project, self.config, self.storage, job.missing)
             project.drop_metadata(f.filename for f in unserved)
             missing = sidecars_of(unserved) if self.config.core_metadata else []
-            job.written += publish(project, self.config, self.storage, self.state)
+            job.written += publish(project, self.config, self.storage)
         except LocalIOError as exc:
             self._stop_local(job, exc)
             return
@@ -359,7 +359,7 @@ class Mirror:
         for name, reason in plan.rejected.items():
             report.failed[name] = f"refused: {reason}"
         target = max(plan.target, since)
-        recovered = self.sidecars.retry(self.upstream, self.config.workers, always=full)  # served now: pages to rewrite
+        recovered = self.retry_sidecars(self.config.workers, always=full)  # served now: pages to rewrite
         self._listed = {canonicalize_name(name): name for name in plan.projects}
         work = _merge(todo.projects if todo else {}, plan.projects, dict.fromkeys(recovered, 0))
         report.serial = target
@@ -379,9 +379,7 @@ class Mirror:
         self.state.write_todo(todo)
         for canonical in sorted(removed):
             logger.info("%s: gone from the upstream listing; removing it from the index", canonical)
-            report.written += unpublish(canonical, self.config, self.storage, self.state)
-            self.sidecars.forget(canonical)
-            report.removed += 1
+            self._unpublish(canonical)
         self._sync(todo)
         self._sync_dependencies(todo, set(work))
         self._raise_stop_reason()
@@ -402,7 +400,7 @@ class Mirror:
             todo.target = target
             self.state.write_todo(todo)
         if not report.failed and not self._stopped:
-            self.storage.write_bytes("web/last-modified", report.started_at.strftime("%Y%m%dT%H:%M:%S\n").encode())
+            self.storage.write_bytes(layout.LAST_MODIFIED, report.started_at.strftime("%Y%m%dT%H:%M:%S\n").encode())
         self._write_diff_file()
         return report
 
@@ -588,7 +586,7 @@ class Mirror:
         elif kind == REMOVED:
             canonical = detail
             report.gone.add(canonical)
-            if canonical not in self.state.projects and not self.storage.exists(self.state.simple_dir(canonical)):
+            if canonical not in self.state.projects and not layout.is_mirrored(self.storage, canonical, self.config.hash_index):
                 allowlist = self.filters.allowlist()
                 if allowlist is not None and canonical in allowlist:
                     logger.warning("%s: allowlisted, but the upstream has no such project; check its spelling", name)
@@ -596,9 +594,7 @@ class Mirror:
             if not self._may_remove(stop):
                 return False  # stays in todo
             logger.info("%s: deleted upstream; removing it from the index", name)
-            self.sidecars.forget(canonical)
-            report.written += unpublish(canonical, self.config, self.storage, self.state)
-            report.removed += 1
+            self._unpublish(canonical)
         elif kind == UNFINISHED:
             return False  # stays in todo
         elif kind == LOCAL:
@@ -615,6 +611,12 @@ class Mirror:
                 stop.set()
             return False
         return True
+
+    def _unpublish(self, canonical: str) -> None:
+        """Take a project the upstream no longer has out of the index (files stay unless
+        ``delete_missing_packages``)."""
+        self.report.written += self.remove_project(canonical, files=self.config.delete_missing_packages)
+        self.report.removed += 1
 
     def _may_remove(self, stop: Any) -> bool:
         """Whether one more project the upstream answers 404 for may be removed in this run.
@@ -658,26 +660,49 @@ class Mirror:
             todo.projects.pop(name, None)
         self.state.write_todo(todo)
 
+    # -- single projects, for verify and delete ---------------------------------------------
+    def publish(self, project: Project) -> list[str]:
+        """Write a project's pages from ``project`` (already filtered) and record it."""
+        written = publish(project, self.config, self.storage)
+        self.state.record(project.canonical, project.name, project.serial)
+        return written
+
+    def remove_project(
+        self, canonical: str, files: bool, project: Project | None = None, dry_run: bool = False
+    ) -> list[str]:
+        """Remove a project from the mirror (see :func:`layout.remove_project`) and forget it."""
+        removed = layout.remove_project(self.storage, canonical, self.config.hash_index, files, project, dry_run)
+        if not dry_run:
+            self.state.forget(canonical)
+            self.sidecars.forget(canonical)
+        return removed
+
+    def retry_sidecars(self, workers: int, always: bool = False) -> set[str]:
+        """Ask the upstream again for the ``.metadata`` files it did not serve; return the
+        projects that now have all theirs (their pages need rewriting)."""
+        return self.sidecars.retry(self.upstream, workers, always=always)
+
     # -- end of run ----------------------------------------------------------------------
     def write_root(self) -> None:
-        """Rewrite the root index from the project records (after ``delete``)."""
+        """Rewrite the root index from the project records, and save the records (after ``delete``)."""
         self._write_root(self.state.status)
+        self.sidecars.save()
 
     def _write_root(self, serial: int) -> None:
         """Render the root index from the project records (never from a directory scan)."""
         write_html = self.config.write_html and (
-            self.state.names_changed or not self.storage.exists("web/simple/index.html")
+            self.state.names_changed or not self.storage.exists(layout.ROOT_HTML[0])
         )
         records = self.state.projects.rows() if write_html or self.config.write_json else []
         if write_html:
             html = pages.root_html(records).encode()
-            for name in ("index.html", "index.v1_html"):
-                if self.storage.write_if_changed(f"web/simple/{name}", html):
-                    self.report.written.append(f"web/simple/{name}")
+            for path in layout.ROOT_HTML:
+                if self.storage.write_if_changed(path, html):
+                    self.report.written.append(path)
         if self.config.write_json:
             page = pages.root_json(records, serial).encode()
-            if self.storage.write_if_changed("web/simple/index.v1_json", page):
-                self.report.written.append("web/simple/index.v1_json")
+            if self.storage.write_if_changed(layout.ROOT_JSON, page):
+                self.report.written.append(layout.ROOT_JSON)
         self.state.save_projects()
 
     def _write_diff_file(self) -> None:
@@ -686,7 +711,7 @@ class Mirror:
         path = self.config.diff_file
         if self.config.diff_append_epoch:
             path = f"{path}-{int(time.time())}"
-        lines = "".join(f"{self.storage.path(p)}\n" for p in sorted(set(self.report.written)))
+        lines = "".join(f"{self.storage.display(p)}\n" for p in sorted(set(self.report.written)))
         try:
             with open(path, "a", encoding="utf-8") as fh:
                 fh.write(lines)
