@@ -13,11 +13,8 @@ from typing import Any
 import pytest
 
 from bandersnatch_classic import config as configuration
-from bandersnatch_classic.dependencies import DependencyPolicy
-from bandersnatch_classic.filters import FilterSet
-from bandersnatch_classic.storage import FilesystemStorage
-from bandersnatch_classic.sync import Report, Mirror, mirror_lock, sync
-from bandersnatch_classic.upstream import RetryPolicy, Upstream
+from bandersnatch_classic.sync import Report, Mirror, mirror_lock
+from bandersnatch_classic.upstream import RetryPolicy
 
 from .upstream import Corpus, UpstreamServer, standard_corpus
 
@@ -66,30 +63,19 @@ class MirrorHarness:
         self.conf.write_text(body + "\n" + self.sections)
         return self.conf
 
-    def _parts(self) -> tuple[configuration.Config, Upstream, FilesystemStorage, FilterSet, DependencyPolicy | None]:
-        loaded = configuration.load(self.conf)
-        m = loaded.mirror
-        up = Upstream(m.master, timeout=m.timeout, global_timeout=m.global_timeout, retry=FAST_RETRY, pool_size=m.workers, proxy=m.proxy,
-                      download_mirror=m.download_mirror, download_mirror_no_fallback=m.download_mirror_no_fallback)
-        storage = FilesystemStorage(m.directory, m.storage_filesystem_manage_permissions)
-        return loaded, up, storage, FilterSet.from_config(loaded.parser), DependencyPolicy.from_config(loaded.parser)
+    def mirror(self) -> Mirror:
+        """The mirror the config describes, built as the CLI builds it, with fast retries."""
+        return Mirror.from_config(configuration.load(self.conf), retry=FAST_RETRY)
 
     def run(self, force_check: bool = False, cleanup_todo: bool = False) -> Report:
         """``bandersnatch mirror`` in this process, with fast retries."""
-        loaded, up, storage, filters, deps = self._parts()
-        try:
-            return sync(up, storage, loaded.mirror, filters, dependencies=deps, force_check=force_check, cleanup_todo=cleanup_todo)
-        finally:
-            up.close()
+        with self.mirror() as mirror, mirror_lock(mirror.config.directory):
+            return mirror.run(force_check, cleanup_todo)
 
     def sync_projects(self, *names: str, write_root: bool = True) -> Report:
         """``bandersnatch sync NAME...`` in this process."""
-        loaded, up, storage, filters, deps = self._parts()
-        try:
-            with mirror_lock(storage.root):
-                return Mirror(loaded.mirror, up, storage, filters, deps).sync_projects(names, write_root)
-        finally:
-            up.close()
+        with self.mirror() as mirror, mirror_lock(mirror.config.directory):
+            return mirror.sync_projects(names, write_root)
 
     def cli(self, *args: str, timeout: float = 120, config: Path | None = None) -> subprocess.CompletedProcess[str]:
         """The real command in a subprocess: ``python -m bandersnatch_classic -c CONF ARGS``."""

@@ -10,21 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from bandersnatch_classic import config as configuration
-from bandersnatch_classic.filters import FilterSet
-from bandersnatch_classic.storage import FilesystemStorage
 from bandersnatch_classic.sync import Mirror
 from bandersnatch_classic.verify import PROGRESS_FILE, verify
 
-from .conftest import FAST_RETRY, MirrorHarness
+from .conftest import MirrorHarness
 from .test_mirror import assert_mirror_equals_upstream, expected_html
-from bandersnatch_classic.upstream import Upstream
 
 
 def mirror_of(h: MirrorHarness) -> Mirror:
-    loaded = configuration.load(h.conf)
-    m = loaded.mirror
-    return Mirror(m, Upstream(m.master, retry=FAST_RETRY), FilesystemStorage(m.directory), FilterSet.from_config(loaded.parser))
+    return h.mirror()
 
 
 def a_file(h: MirrorHarness, name: str) -> Path:

@@ -1,4 +1,4 @@
-"""Where mirrored bytes go: the filesystem backend.
+"""Where mirrored bytes go: the :class:`Storage` interface and its filesystem backend.
 
 Every write goes to a temporary file in the destination directory and is renamed into
 place, so a served path only ever holds a complete file; the temporary is removed when
@@ -56,9 +56,6 @@ class Storage(Protocol):
     nothing outside a backend opens, walks or unlinks a file by its local path, so a backend
     that keeps the mirror elsewhere (an object store) needs nothing else changed.
     """
-
-    #: The local directory that holds the run lock.
-    root: Path
 
     def display(self, rel: str) -> str: ...
     def open(self, rel: str) -> contextlib.AbstractContextManager[BinaryIO]: ...
