@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -12,11 +15,14 @@ from typing import Any
 
 import pytest
 
-from bandersnatch_classic import config as configuration
+from bandersnatch_classic import cli, config as configuration
 from bandersnatch_classic.sync import Report, Mirror, mirror_lock
 from bandersnatch_classic.upstream import RetryPolicy
 
 from .upstream import Corpus, UpstreamServer, standard_corpus
+
+#: The loggers whose levels ``cli.main`` sets.
+NOISY_LOGGERS = ("urllib3", "requests", "filelock")
 
 #: Retries in tests: as many as in production, with a backoff short enough for a test.
 FAST_RETRY = RetryPolicy(attempts=4, backoff=0.01)
@@ -82,6 +88,26 @@ class MirrorHarness:
         cmd = [sys.executable, "-m", "bandersnatch_classic", "-c", str(config or self.conf), *args]
         env = {**os.environ, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+
+    def main(self, *args: str, config: Path | None = None, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+        """The real command in this process: ``cli.main(["-c", CONF, *ARGS])``, its log captured
+        as the subprocess's stderr would be. For everything that is not about processes,
+        signals, terminals or users: it saves an interpreter start per call."""
+        argv = ["-c", str(config or self.conf), *args]
+        root = logging.getLogger()
+        saved = root.handlers[:], root.level, {n: logging.getLogger(n).level for n in NOISY_LOGGERS}
+        stream = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(stream):
+                try:
+                    code = cli.main(argv)
+                except SystemExit as exc:  # argparse's usage errors
+                    code = int(exc.code or 0)
+        finally:
+            root.handlers[:], root.level = saved[0], saved[1]
+            for name, level in saved[2].items():
+                logging.getLogger(name).setLevel(level)
+        return subprocess.CompletedProcess(argv, code, "", stream.getvalue())
 
     # -- looking at the result -----------------------------------------------------------
     def web(self, rel: str) -> Path:
