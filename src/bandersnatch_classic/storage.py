@@ -108,18 +108,18 @@ class FilesystemStorage:
         self.file_mode = 0o644 if manage_permissions and _current_umask() & 0o004 else None
         self._made_dirs: set[str] = set()
 
-    def fspath(self, rel: str) -> str:
+    def _fspath(self, rel: str) -> str:
         """The absolute path of ``rel``, refusing anything that leaves the mirror directory."""
         return f"{self._root}/{check_relative(rel)}"
 
     def display(self, rel: str) -> str:
         """How messages (and the diff file) name ``rel``: its absolute path."""
-        return self.fspath(rel)
+        return self._fspath(rel)
 
     @contextlib.contextmanager
     def open(self, rel: str) -> Iterator[BinaryIO]:
         """``rel`` opened for reading; FileNotFoundError when it does not exist."""
-        target = self.fspath(rel)
+        target = self._fspath(rel)
         try:
             fh = open(target, "rb")
         except FileNotFoundError:
@@ -147,7 +147,7 @@ class FilesystemStorage:
     @contextlib.contextmanager
     def writer(self, rel: str, mtime: datetime | None = None) -> Iterator[BinaryIO]:
         """Yield a file to write ``rel``'s new content to; it replaces ``rel`` only on success."""
-        target = self.fspath(rel)
+        target = self._fspath(rel)
         directory, name = target.rsplit("/", 1)
         self._ensure_dir(directory)
         temp = f"{directory}/.{name}{TEMP_SUFFIX}"
@@ -180,7 +180,7 @@ class FilesystemStorage:
 
     def write_if_changed(self, rel: str, data: bytes) -> bool:
         """Write ``data`` unless ``rel`` already holds exactly it; say whether it wrote."""
-        target = self.fspath(rel)
+        target = self._fspath(rel)
         try:
             with open(target, "rb") as fh:
                 if fh.read() == data:
@@ -193,7 +193,7 @@ class FilesystemStorage:
         return True
 
     def read_bytes(self, rel: str) -> bytes:
-        target = self.fspath(rel)
+        target = self._fspath(rel)
         try:
             with open(target, "rb") as fh:
                 return fh.read()
@@ -204,7 +204,7 @@ class FilesystemStorage:
 
     def read_text(self, rel: str) -> str | None:
         """The file's text, or None when it does not exist."""
-        target = self.fspath(rel)
+        target = self._fspath(rel)
         try:
             with open(target, encoding="utf-8") as fh:
                 return fh.read()
@@ -215,7 +215,7 @@ class FilesystemStorage:
 
     def sha256(self, rel: str) -> str | None:
         """The hex sha256 of a file, or None when it does not exist."""
-        target = self.fspath(rel)
+        target = self._fspath(rel)
         digest = hashlib.sha256()
         try:
             with open(target, "rb") as fh:
@@ -228,10 +228,10 @@ class FilesystemStorage:
         return digest.hexdigest()
 
     def exists(self, rel: str) -> bool:
-        return os.path.exists(self.fspath(rel))
+        return os.path.exists(self._fspath(rel))
 
     def stat(self, rel: str) -> os.stat_result | None:
-        target = self.fspath(rel)
+        target = self._fspath(rel)
         try:
             return os.stat(target)
         except FileNotFoundError:
@@ -241,7 +241,7 @@ class FilesystemStorage:
 
     def delete(self, rel: str) -> bool:
         """Remove a file; say whether there was one."""
-        target = self.fspath(rel)
+        target = self._fspath(rel)
         try:
             os.unlink(target)
         except FileNotFoundError:
@@ -252,7 +252,7 @@ class FilesystemStorage:
 
     def delete_tree(self, rel: str) -> bool:
         """Remove a directory and everything in it; say whether there was one."""
-        target = self.fspath(rel)
+        target = self._fspath(rel)
         if not os.path.isdir(target):
             return False
         try:
@@ -264,7 +264,7 @@ class FilesystemStorage:
 
     def symlink(self, rel: str, target_name: str) -> None:
         """Point ``rel`` at ``target_name`` (relative to ``rel``'s directory) atomically."""
-        link = self.fspath(rel)
+        link = self._fspath(rel)
         directory, name = link.rsplit("/", 1)
         self._ensure_dir(directory)
         temp = f"{directory}/.{name}{TEMP_SUFFIX}"
@@ -278,11 +278,11 @@ class FilesystemStorage:
 
     def is_link(self, rel: str) -> bool:
         """Whether ``rel`` is a symbolic link (also one whose target is gone)."""
-        return os.path.islink(self.fspath(rel))
+        return os.path.islink(self._fspath(rel))
 
     def files(self, rel: str) -> Iterator[tuple[str, int]]:
         """``(path, size)`` of every file below the directory ``rel`` (links not followed)."""
-        base = self.fspath(rel)
+        base = self._fspath(rel)
         cut = len(self._root) + 1
         for directory, _dirs, names in os.walk(base):
             for name in names:
@@ -298,7 +298,7 @@ class FilesystemStorage:
     def remove_empty_dirs(self, rel: str, keep_top: bool = False) -> None:
         """Remove every empty directory below ``rel`` (deepest first), and ``rel`` itself
         when it is left empty, unless ``keep_top``."""
-        base = self.fspath(rel)
+        base = self._fspath(rel)
         for directory, _dirs, _files in os.walk(base, topdown=False):
             if keep_top and directory == base:
                 continue
