@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -12,14 +15,14 @@ from typing import Any
 
 import pytest
 
-from bandersnatch_classic import config as configuration
-from bandersnatch_classic.dependencies import DependencyPolicy
-from bandersnatch_classic.filters import FilterSet
-from bandersnatch_classic.storage import FilesystemStorage
-from bandersnatch_classic.sync import Report, Mirror, mirror_lock, sync
-from bandersnatch_classic.upstream import RetryPolicy, Upstream
+from bandersnatch_classic import cli, config as configuration
+from bandersnatch_classic.sync import Report, Mirror, mirror_lock
+from bandersnatch_classic.upstream import RetryPolicy
 
 from .upstream import Corpus, UpstreamServer, standard_corpus
+
+#: The loggers whose levels ``cli.main`` sets.
+NOISY_LOGGERS = ("urllib3", "requests", "filelock")
 
 #: Retries in tests: as many as in production, with a backoff short enough for a test.
 FAST_RETRY = RetryPolicy(attempts=4, backoff=0.01)
@@ -66,36 +69,45 @@ class MirrorHarness:
         self.conf.write_text(body + "\n" + self.sections)
         return self.conf
 
-    def _parts(self) -> tuple[configuration.Config, Upstream, FilesystemStorage, FilterSet, DependencyPolicy | None]:
-        loaded = configuration.load(self.conf)
-        m = loaded.mirror
-        up = Upstream(m.master, timeout=m.timeout, global_timeout=m.global_timeout, retry=FAST_RETRY, pool_size=m.workers, proxy=m.proxy,
-                      download_mirror=m.download_mirror, download_mirror_no_fallback=m.download_mirror_no_fallback)
-        storage = FilesystemStorage(m.directory, m.storage_filesystem_manage_permissions)
-        return loaded, up, storage, FilterSet.from_config(loaded.parser), DependencyPolicy.from_config(loaded.parser)
+    def mirror(self) -> Mirror:
+        """The mirror the config describes, built as the CLI builds it, with fast retries."""
+        return Mirror.from_config(configuration.load(self.conf), retry=FAST_RETRY)
 
     def run(self, force_check: bool = False, cleanup_todo: bool = False) -> Report:
         """``bandersnatch mirror`` in this process, with fast retries."""
-        loaded, up, storage, filters, deps = self._parts()
-        try:
-            return sync(up, storage, loaded.mirror, filters, dependencies=deps, force_check=force_check, cleanup_todo=cleanup_todo)
-        finally:
-            up.close()
+        with self.mirror() as mirror, mirror_lock(mirror.config.directory):
+            return mirror.run(force_check, cleanup_todo)
 
     def sync_projects(self, *names: str, write_root: bool = True) -> Report:
         """``bandersnatch sync NAME...`` in this process."""
-        loaded, up, storage, filters, deps = self._parts()
-        try:
-            with mirror_lock(storage.root):
-                return Mirror(loaded.mirror, up, storage, filters, deps).sync_projects(names, write_root)
-        finally:
-            up.close()
+        with self.mirror() as mirror, mirror_lock(mirror.config.directory):
+            return mirror.sync_projects(names, write_root)
 
     def cli(self, *args: str, timeout: float = 120, config: Path | None = None) -> subprocess.CompletedProcess[str]:
         """The real command in a subprocess: ``python -m bandersnatch_classic -c CONF ARGS``."""
         cmd = [sys.executable, "-m", "bandersnatch_classic", "-c", str(config or self.conf), *args]
         env = {**os.environ, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+
+    def main(self, *args: str, config: Path | None = None, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+        """The real command in this process: ``cli.main(["-c", CONF, *ARGS])``, its log captured
+        as the subprocess's stderr would be. For everything that is not about processes,
+        signals, terminals or users: it saves an interpreter start per call."""
+        argv = ["-c", str(config or self.conf), *args]
+        root = logging.getLogger()
+        saved = root.handlers[:], root.level, {n: logging.getLogger(n).level for n in NOISY_LOGGERS}
+        stream = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(stream):
+                try:
+                    code = cli.main(argv)
+                except SystemExit as exc:  # argparse's usage errors
+                    code = int(exc.code or 0)
+        finally:
+            root.handlers[:], root.level = saved[0], saved[1]
+            for name, level in saved[2].items():
+                logging.getLogger(name).setLevel(level)
+        return subprocess.CompletedProcess(argv, code, "", stream.getvalue())
 
     # -- looking at the result -----------------------------------------------------------
     def web(self, rel: str) -> Path:

@@ -48,7 +48,7 @@ def extras_corpus(harness: MirrorHarness) -> MirrorHarness:
 def test_extras_in_the_allowlist_and_of_dependencies_are_followed(extras_corpus: MirrorHarness, tmp_path: Path) -> None:
     h = extras_corpus
     allowlist(h, ["requests[socks]", "app"], "resolve-dependencies = true\n")
-    result = h.cli("mirror")
+    result = h.main("mirror")
     assert result.returncode == 0, result.stderr
     # pysocks from requests[socks]; brotli from app's urllib3[brotli]; chardet's extra not asked
     assert mirrored(h) == {"requests", "urllib3", "pysocks", "app", "brotli"}
@@ -68,7 +68,7 @@ def test_extras_in_requirements_files_are_followed(extras_corpus: MirrorHarness,
     h = extras_corpus
     (tmp_path / "requirements.txt").write_text("requests[use-chardet]==1.0  # pinned\n")
     allowlist(h, [], f"requirements_path = {tmp_path}\nrequirements = requirements.txt\nresolve-dependencies = true\n")
-    assert h.cli("mirror").returncode == 0
+    assert h.main("mirror").returncode == 0
     assert mirrored(h) == {"requests", "urllib3", "chardet"}
 
 
@@ -100,7 +100,7 @@ def build_corpus(harness: MirrorHarness) -> MirrorHarness:
 def test_build_dependencies_are_mirrored_from_the_stored_sdists(build_corpus: MirrorHarness) -> None:
     h = build_corpus
     allowlist(h, ["app", "zipped", "legacy"], "resolve-build-dependencies = true\n[blocklist]\npackages = forbidden\n")
-    result = h.cli("mirror")
+    result = h.main("mirror")
     assert result.returncode == 0, result.stderr
     assert mirrored(h) == {"app", "zipped", "legacy", "flit-core", "hatchling", "packaging", "setuptools", "wheel"}
     assert "nested-only" not in result.stderr
@@ -109,7 +109,7 @@ def test_build_dependencies_are_mirrored_from_the_stored_sdists(build_corpus: Mi
 def test_without_resolve_build_dependencies_no_build_dependency_is_mirrored(build_corpus: MirrorHarness) -> None:
     h = build_corpus
     allowlist(h, ["app", "zipped", "legacy"], "resolve-dependencies = true\n")
-    assert h.cli("mirror").returncode == 0
+    assert h.main("mirror").returncode == 0
     assert mirrored(h) == {"app", "zipped", "legacy"}
 
 
@@ -140,7 +140,7 @@ def test_exclude_platform_python_version_covers_every_interpreter(harness: Mirro
     for tag in tags:
         corpus.add_file("native", "1.0", f"native-1.0-{tag}.whl")
     harness.configure(sections="[plugins]\nenabled = exclude_platform\n[blocklist]\nplatforms = py3.12\n")
-    assert harness.cli("mirror").returncode == 0
+    assert harness.main("mirror").returncode == 0
     kept = {f["filename"].removeprefix("native-1.0-").removesuffix(".whl") for f in harness.json_page("native")["files"]}
     assert kept == {"cp311-cp311-manylinux_2_17_x86_64", "graalpy311-graalpy242_311_native-manylinux_2_17_x86_64",
                     "pp310-pypy310_pp73-win_amd64", "cp312-abi3-manylinux_2_17_x86_64", "py3-none-any"}
@@ -148,5 +148,5 @@ def test_exclude_platform_python_version_covers_every_interpreter(harness: Mirro
 
 def test_resolve_build_dependencies_needs_an_allowlist(harness: MirrorHarness) -> None:
     harness.configure(sections="[allowlist]\nresolve-build-dependencies = true\n")
-    result = harness.cli("mirror")
+    result = harness.main("mirror")
     assert result.returncode == 2 and "resolve-build-dependencies = true needs an allowlist" in result.stderr, result.stderr

@@ -214,7 +214,7 @@ def test_filters_apply_to_sync_too(fh: MirrorHarness) -> None:
 )
 def test_bad_filter_configs_exit_2_with_one_line(fh: MirrorHarness, sections: str, needle: str) -> None:
     fh.configure(sections=sections)
-    result = fh.cli("mirror")
+    result = fh.main("mirror")
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in result.stderr
@@ -281,7 +281,7 @@ def test_blocklist_wins_over_dependencies(dh: MirrorHarness) -> None:
 
 def test_resolve_dependencies_without_an_allowlist_is_a_config_error(dh: MirrorHarness) -> None:
     dh.configure(sections="[allowlist]\nresolve-dependencies = true\n")
-    result = dh.cli("mirror")
+    result = dh.main("mirror")
     assert result.returncode == 2 and "allowlist" in result.stderr
 
 
@@ -295,7 +295,7 @@ def test_resolve_dependencies_without_an_allowlist_is_a_config_error(dh: MirrorH
 )
 def test_bad_resolve_dependencies_values_exit_2_with_one_line(dh: MirrorHarness, lines: str, needles: list[str]) -> None:
     dh.configure(sections="[plugins]\nenabled = allowlist_project\n[allowlist]\npackages = app\n" + lines)
-    result = dh.cli("mirror")
+    result = dh.main("mirror")
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "Traceback" not in result.stderr

@@ -187,7 +187,7 @@ def test_cleanup_todo_discards_the_todo(harness: MirrorHarness) -> None:
 def test_unknown_generation_is_a_clear_error(harness: MirrorHarness) -> None:
     harness.run()
     (harness.dir / "generation").write_text("99")
-    result = harness.cli("mirror")
+    result = harness.main("mirror")
     assert result.returncode == 2 and "generation" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -287,7 +287,7 @@ def test_a_missing_serial_header_is_not_stale(harness: MirrorHarness) -> None:
 
 def test_an_unreachable_upstream_exits_4_with_one_clear_error(harness: MirrorHarness, tmp_path: Path) -> None:
     harness.configure({"master": "http://127.0.0.1:9", "timeout": "1"})
-    result = harness.cli("mirror", timeout=60)
+    result = harness.main("mirror", timeout=60)
     assert result.returncode == 4 and "Traceback" not in result.stderr
     assert "127.0.0.1:9" in result.stderr
 

@@ -24,7 +24,7 @@ def _snapshot(h: MirrorHarness) -> dict[str, object]:
 
 def _mirrored(h: MirrorHarness, method: str) -> MirrorHarness:
     h.configure({"api-method": method})
-    assert h.cli("mirror").returncode == 0
+    assert h.main("mirror").returncode == 0
     return h
 
 
@@ -37,7 +37,7 @@ def test_a_listing_that_would_remove_too_much_removes_nothing_and_exits_4(
     before = _snapshot(h)
     h.upstream.listing_limit = limit
     # xmlrpc reads the full listing only on full runs; the others on every run
-    result = h.cli("mirror", "--force-check") if method == "xmlrpc" else h.cli("mirror")
+    result = h.main("mirror", "--force-check") if method == "xmlrpc" else h.main("mirror")
     assert result.returncode == 4, result.stderr
     errors = [line for line in result.stderr.splitlines() if " ERROR: " in line]
     assert len(errors) == 1 and "Traceback" not in result.stderr
@@ -53,13 +53,13 @@ def test_allow_mass_removal_accepts_the_listing_for_one_run(harness: MirrorHarne
     h = _mirrored(harness, method)
     h.upstream.listing_limit = 1
     args = ["--force-check"] if method == "xmlrpc" else []
-    result = h.cli("mirror", "--allow-mass-removal", *args)
+    result = h.main("mirror", "--allow-mass-removal", *args)
     assert result.returncode == 0, result.stderr
     assert len(json.loads((h.dir / "projects.json").read_text())) == 1
     assert "Summary: " in result.stderr and "2 removed" in result.stderr
     # the flag is for one run: the next bad listing is refused again
     h.upstream.listing_limit = 0
-    assert h.cli("mirror", *args).returncode == 4
+    assert h.main("mirror", *args).returncode == 4
 
 
 @pytest.mark.parametrize("method", ["simple", "html"])
@@ -67,7 +67,7 @@ def test_a_deletion_within_max_removals_goes_through(harness: MirrorHarness, met
     h = _mirrored(harness, method)
     h.configure({"max-removals": "1"})
     h.corpus.delete_project("small")
-    result = h.cli("mirror")
+    result = h.main("mirror")
     assert result.returncode == 0, result.stderr
     assert "small" not in json.loads((h.dir / "projects.json").read_text())
     assert not h.web("simple/small").exists()
@@ -78,15 +78,15 @@ def test_a_percentage_limit_counts_the_mirror_s_projects(harness: MirrorHarness)
     h = _mirrored(harness, "simple")
     h.configure({"max-removals": "50%"})
     h.upstream.listing_limit = 1
-    assert h.cli("mirror").returncode == 4
+    assert h.main("mirror").returncode == 4
     h.upstream.listing_limit = 2
-    assert h.cli("mirror").returncode == 0
+    assert h.main("mirror").returncode == 0
     assert len(json.loads((h.dir / "projects.json").read_text())) == 2
 
 
 def test_a_bad_max_removals_is_a_configuration_error(harness: MirrorHarness) -> None:
     harness.configure({"max-removals": "lots"})
-    result = harness.cli("mirror")
+    result = harness.main("mirror")
     assert result.returncode == 2 and "max-removals" in result.stderr and "'lots'" in result.stderr
     assert not harness.dir.exists()
 
@@ -96,10 +96,10 @@ def test_an_allowlist_mirror_never_reads_a_listing(harness: MirrorHarness, metho
     """Allowlist mirrors ask for their projects by name: an empty listing changes nothing."""
     h = harness
     h.configure({"api-method": method}, "[plugins]\nenabled = allowlist_project\n[allowlist]\npackages =\n    small\n    tiny-lib\n")
-    assert h.cli("mirror").returncode == 0
+    assert h.main("mirror").returncode == 0
     h.upstream.listing_limit = 0
     h.corpus.touch("small")
-    result = h.cli("mirror", "--force-check")
+    result = h.main("mirror", "--force-check")
     assert result.returncode == 0, result.stderr
     assert set(json.loads((h.dir / "projects.json").read_text())) == {"small", "tiny-lib"}
 
@@ -112,7 +112,7 @@ def test_an_upstream_answering_404_for_everything_removes_at_most_max_removals(h
     h.upstream.fault(r"^/pypi/[^/]+/json$", "status", times=None, status=404)
     for name in ("Foo.Bar_Baz", "small", "Tiny-Lib"):
         h.corpus.touch(name)
-    result = h.cli("mirror")
+    result = h.main("mirror")
     assert result.returncode == 4, result.stderr
     errors = [line for line in result.stderr.splitlines() if " ERROR: " in line]
     assert len(errors) == 1 and "answers 404" in errors[0] and "--allow-mass-removal" in errors[0]
@@ -123,6 +123,6 @@ def test_an_upstream_answering_404_for_everything_removes_at_most_max_removals(h
     assert all(h.web(f"simple/{name}/index.html").exists() for name in records)
     # the upstream is fixed: the kept projects are synced; the listing brings the removed one back
     h.upstream.clear()
-    assert h.cli("mirror").returncode == 0
+    assert h.main("mirror").returncode == 0
     assert len(json.loads((h.dir / "projects.json").read_text())) == (3 if method == "simple" else 2)
     assert not (h.dir / "todo").exists()

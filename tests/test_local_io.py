@@ -44,7 +44,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 def test_a_full_disk_stops_the_run_with_exit_5_and_is_not_retried(harness: MirrorHarness, small_disk: Path) -> None:
     big = harness.corpus.add_file("big", "1.0", "big-1.0.tar.gz", os.urandom(1_000_000))
     harness.configure({"directory": str(small_disk / "pypi"), "workers": "1"})
-    result = harness.cli("mirror")
+    result = harness.main("mirror")
     line = _local_error(result)
     assert "No space left on device" in line and "big-1.0.tar.gz" in line
     assert [path for _, path in harness.upstream.requests].count(big.path) == 1  # a disk error is not a network error: no retry
@@ -53,7 +53,7 @@ def test_a_full_disk_stops_the_run_with_exit_5_and_is_not_retried(harness: Mirro
     assert not list((small_disk / "pypi").rglob(".*.tmp"))
     # room again (the operator grew the file system): the next run finishes the work
     subprocess.run(["mount", "-o", "remount,size=8m", str(small_disk)], check=True)
-    again = harness.cli("mirror")
+    again = harness.main("mirror")
     assert again.returncode == 0, again.stderr
     assert (small_disk / "pypi" / "web" / big.path.lstrip("/")).read_bytes() == big.content
     assert not (small_disk / "pypi" / "todo").exists()
@@ -91,7 +91,7 @@ def test_a_read_only_file_system_below_the_mirror_exits_5(harness: MirrorHarness
     try:
         if subprocess.run(["mount", "-o", "remount,bind,ro", str(blocked)], capture_output=True).returncode:
             pytest.skip("cannot remount a bind mount read-only here")
-        result = harness.cli("mirror")
+        result = harness.main("mirror")
     finally:
         subprocess.run(["umount", str(blocked)], check=True)
     line = _local_error(result)

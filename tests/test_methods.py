@@ -53,7 +53,7 @@ def test_explicit_methods(harness: MirrorHarness, method: str) -> None:
 def test_an_explicit_method_the_upstream_lacks_fails_clearly(harness: MirrorHarness) -> None:
     harness.upstream.xmlrpc_enabled = False
     harness.configure({"api-method": "xmlrpc"})
-    result = harness.cli("mirror")
+    result = harness.main("mirror")
     assert result.returncode == 4 and "405" in result.stderr and "Traceback" not in result.stderr
 
 

@@ -23,7 +23,7 @@ LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNIN
 
 
 def expected_html(spec: ProjectSpec) -> str:
-    """The project page as DESIGN.md section 2 spells it, built from the corpus alone."""
+    """The project page as docs/design.md, Pages, spells it, built from the corpus alone."""
     links = ""
     for files in spec.releases.values():
         for f in files:
@@ -93,7 +93,7 @@ def assert_mirror_equals_upstream(h: MirrorHarness) -> None:
 def test_first_run_writes_the_commented_default_config(tmp_path: Path, harness: MirrorHarness) -> None:
     conf = tmp_path / "etc" / "bandersnatch.conf"
     conf.parent.mkdir()
-    result = harness.cli("mirror", config=conf)
+    result = harness.main("mirror", config=conf)
     assert result.returncode == 6
     assert conf.read_text() == (ROOT / "examples" / "bandersnatch.conf").read_text()
     assert str(conf) in result.stderr and "review" in result.stderr.lower()
@@ -101,7 +101,7 @@ def test_first_run_writes_the_commented_default_config(tmp_path: Path, harness: 
 
 
 def test_first_run_in_a_missing_directory_suggests_dash_c(tmp_path: Path, harness: MirrorHarness) -> None:
-    result = harness.cli("mirror", config=tmp_path / "nowhere" / "bandersnatch.conf")
+    result = harness.main("mirror", config=tmp_path / "nowhere" / "bandersnatch.conf")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "-c" in lines[0] and "Traceback" not in result.stderr
@@ -127,7 +127,7 @@ def test_log_config_replaces_the_default_log_setup(harness: MirrorHarness, tmp_p
 
 # -- a full sync ---------------------------------------------------------------------------
 def test_full_sync_mirrors_every_file_and_page(harness: MirrorHarness) -> None:
-    result = harness.cli("mirror")
+    result = harness.main("mirror")
     assert result.returncode == 0, result.stderr
     assert_mirror_equals_upstream(harness)
     assert (harness.dir / "status").read_text() == str(harness.corpus.serial)
@@ -227,7 +227,7 @@ def test_upstream_500s_fail_the_project_with_its_name(harness: MirrorHarness) ->
 
 def test_cli_exits_1_and_names_the_failed_project(harness: MirrorHarness) -> None:
     harness.upstream.fault(r"^/pypi/small/json$", "status", times=None, status=404 + 100)  # 504 forever
-    result = harness.cli("mirror")
+    result = harness.main("mirror")
     assert result.returncode == 1
     assert re.search(r"ERROR: .*small.*504", result.stderr)
     assert "1 failed" in result.stderr.strip().splitlines()[-1]
@@ -303,7 +303,7 @@ def test_lock_contention_exits_3(harness: MirrorHarness) -> None:
 )
 def test_bad_configs_exit_2_with_one_line(harness: MirrorHarness, keys: dict, needle: str) -> None:
     harness.configure(keys)
-    result = harness.cli("mirror")
+    result = harness.main("mirror")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in result.stderr, lines
@@ -311,7 +311,7 @@ def test_bad_configs_exit_2_with_one_line(harness: MirrorHarness, keys: dict, ne
 
 def test_malformed_ini_exits_2(harness: MirrorHarness) -> None:
     harness.conf.write_text("[mirror\ndirectory = /x\n")
-    result = harness.cli("mirror")
+    result = harness.main("mirror")
     assert result.returncode == 2 and "Traceback" not in result.stderr
 
 

@@ -1,4 +1,4 @@
-"""Page rendering, byte for byte against DESIGN.md section 2."""
+"""Page rendering, byte for byte against docs/design.md, Pages."""
 
 import json
 

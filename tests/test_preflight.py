@@ -188,7 +188,7 @@ def test_a_read_only_file_system(harness: MirrorHarness, tmp_path: Path) -> None
 # -- other files the run needs ---------------------------------------------------------------
 def test_a_missing_log_config(harness: MirrorHarness, tmp_path: Path) -> None:
     harness.configure({"log-config": str(tmp_path / "nowhere.ini")})
-    _one_error(harness.cli("mirror"), "log-config", str(tmp_path / "nowhere.ini"), "does not exist")
+    _one_error(harness.main("mirror"), "log-config", str(tmp_path / "nowhere.ini"), "does not exist")
     assert not harness.dir.exists()
 
 
@@ -212,7 +212,7 @@ def test_a_log_config_that_cannot_be_applied(harness: MirrorHarness, tmp_path: P
 
 def test_a_diff_file_in_a_missing_folder(harness: MirrorHarness, tmp_path: Path) -> None:
     harness.configure({"diff-file": str(tmp_path / "missing" / "diff.txt")})
-    _one_error(harness.cli("mirror"), "diff-file", str(tmp_path / "missing"), "mkdir -p")
+    _one_error(harness.main("mirror"), "diff-file", str(tmp_path / "missing"), "mkdir -p")
     assert not harness.dir.exists()  # checked before the sync, not after it
 
 
@@ -227,7 +227,7 @@ def test_a_diff_file_in_a_missing_folder(harness: MirrorHarness, tmp_path: Path)
     ],
 )
 def test_argument_ranges(harness: MirrorHarness, args: list[str], words: list[str]) -> None:
-    result = harness.cli(*args)
+    result = harness.main(*args)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     error = result.stderr.strip().splitlines()[-1]
     assert all(word in error for word in words), error
@@ -244,24 +244,24 @@ def test_argument_ranges(harness: MirrorHarness, args: list[str], words: list[st
 )
 def test_ini_syntax_errors_name_the_file_and_line(harness: MirrorHarness, text: str, words: list[str]) -> None:
     harness.conf.write_text(text)
-    _one_error(harness.cli("mirror"), str(harness.conf), "not valid INI", *words)
+    _one_error(harness.main("mirror"), str(harness.conf), "not valid INI", *words)
 
 
 def test_a_misspelt_key_gets_did_you_mean(harness: MirrorHarness) -> None:
     harness.configure({"wokers": "5"})
-    result = harness.cli("mirror")
+    result = harness.main("mirror")
     assert result.returncode == 0, result.stderr
     assert "Unknown key 'wokers' in [mirror]" in result.stderr and "did you mean 'workers'?" in result.stderr
 
 
 def test_a_misspelt_directory_is_named_in_the_error(harness: MirrorHarness) -> None:
     harness.configure({"directory": None, "directroy": "/srv/pypi"})
-    _one_error(harness.cli("mirror"), "directory is required", "'directroy' is set")
+    _one_error(harness.main("mirror"), "directory is required", "'directroy' is set")
 
 
 def test_a_misspelt_filter_key_gets_did_you_mean(harness: MirrorHarness) -> None:
     harness.configure(sections="[plugins]\nenabled = allowlist_project\n[allowlist]\npackages = small\npackage = six\n")
-    result = harness.cli("mirror")
+    result = harness.main("mirror")
     assert result.returncode == 0, result.stderr
     assert "Unknown key 'package' in [allowlist]" in result.stderr and "did you mean 'packages'?" in result.stderr
 

@@ -49,7 +49,7 @@ def test_a_line_every_interval_and_not_between(caplog: pytest.LogCaptureFixture)
 def test_the_cli_logs_progress_lines_fit_for_syslog(harness: MirrorHarness) -> None:
     bulk_corpus(12, releases=1, files=1, corpus=harness.corpus)
     harness.configure({"progress-interval": "0"})  # a line after every project
-    result = harness.cli("mirror")
+    result = harness.main("mirror")
     assert result.returncode == 0, result.stderr
     assert "\r" not in result.stderr and "\x1b" not in result.stderr
     lines = [m for m in map(PROGRESS.match, result.stderr.splitlines()) if m]
@@ -61,16 +61,16 @@ def test_the_cli_logs_progress_lines_fit_for_syslog(harness: MirrorHarness) -> N
 
 
 def test_a_short_run_logs_no_progress_line(harness: MirrorHarness) -> None:
-    result = harness.cli("mirror")  # default interval: 60 s
+    result = harness.main("mirror")  # default interval: 60 s
     assert result.returncode == 0 and "Progress:" not in result.stderr
 
 
 def test_a_first_run_says_it_reads_the_listing_and_how_long_it_took(harness: MirrorHarness) -> None:
     harness.configure({"api-method": "simple"})
-    result = harness.cli("mirror")
+    result = harness.main("mirror")
     assert "Reading the upstream's project listing (simple)" in result.stderr
     assert re.search(r"Read the project listing \(simple\): 3 projects in \d+\.\ds", result.stderr)
-    again = harness.cli("mirror")  # an incremental run with a quick listing keeps quiet about it
+    again = harness.main("mirror")  # an incremental run with a quick listing keeps quiet about it
     assert "listing" not in again.stderr
 
 

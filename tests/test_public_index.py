@@ -65,7 +65,7 @@ def test_a_sidecar_the_upstream_cannot_serve_does_not_fail_its_project(harness: 
         harness.upstream.bad_sidecars.add(wheel)
     else:
         harness.upstream.unserved_sidecars[wheel] = int(fault)
-    result = harness.cli("mirror")
+    result = harness.main("mirror")
     assert result.returncode == 0, result.stderr
     found = warnings(result.stderr)
     assert len(found) == 1 and f"{wheel}.metadata" in found[0], found
@@ -81,7 +81,7 @@ def test_a_sidecar_the_upstream_cannot_serve_does_not_fail_its_project(harness: 
     harness.upstream.unserved_sidecars.clear()
     harness.upstream.bad_sidecars.clear()
     harness.upstream.clear()
-    assert harness.cli("mirror").returncode == 0
+    assert harness.main("mirror").returncode == 0
     assert harness.upstream.counts() == {"xmlrpc": 1}
 
     # A day later it asks for it alone and rewrites that project only.
@@ -89,13 +89,13 @@ def test_a_sidecar_the_upstream_cannot_serve_does_not_fail_its_project(harness: 
     record["checked"] -= 24 * 3600
     (harness.dir / "missing-metadata").write_text(json.dumps(record))
     harness.upstream.clear()
-    again = harness.cli("mirror")
+    again = harness.main("mirror")
     assert again.returncode == 0 and not warnings(again.stderr), again.stderr
     assert harness.upstream.counts() == {"xmlrpc": 1, "metadata": 1, "json": 1}
     assert offers_metadata(harness, "wheelie", wheel)
     assert harness.package_files() == harness.expected_files()
     assert not (harness.dir / "missing-metadata").exists()
-    assert harness.cli("verify").returncode == 0
+    assert harness.main("verify").returncode == 0
 
 
 def test_a_missing_sidecar_is_picked_up_on_the_projects_next_change(harness: MirrorHarness) -> None:
@@ -122,7 +122,7 @@ def test_a_sidecar_failing_for_another_reason_fails_its_project(harness: MirrorH
 def test_pip_installs_a_project_whose_sidecar_is_missing(harness: MirrorHarness, tmp_path: Path) -> None:
     wheel = add_wheel_project(harness)
     harness.upstream.unserved_sidecars[wheel] = 404
-    assert harness.cli("mirror").returncode == 0
+    assert harness.main("mirror").returncode == 0
     assert_pip_installs(harness, tmp_path, "wheelie")
 
 
@@ -143,7 +143,7 @@ def assert_pip_installs(h: MirrorHarness, tmp_path: Path, name: str) -> None:
 def test_core_metadata_false_offers_no_metadata_in_any_page(harness: MirrorHarness, tmp_path: Path) -> None:
     add_wheel_project(harness)
     harness.configure({"core-metadata": "false"})
-    assert harness.cli("mirror").returncode == 0
+    assert harness.main("mirror").returncode == 0
     assert not list(harness.web("packages").rglob("*.metadata"))
     for page in harness.web("simple").rglob("index.*"):
         text = page.read_text()
@@ -152,7 +152,7 @@ def test_core_metadata_false_offers_no_metadata_in_any_page(harness: MirrorHarne
         entries = [e for files in json.loads(doc.read_text())["releases"].values() for e in files]
         assert not any(e.get(k) for e in entries for k in JSON_METADATA_KEYS), doc
     assert not (harness.dir / "missing-metadata").exists()
-    assert harness.cli("verify").returncode == 0
+    assert harness.main("verify").returncode == 0
     assert_pip_installs(harness, tmp_path, "wheelie")
 
 
@@ -162,7 +162,7 @@ def test_pages_carry_the_upstreams_values(harness: MirrorHarness) -> None:
     corpus.add_file("order", "2.0", "order-2.0.tar.gz", requires_python=">=3.9")
     corpus.add_file("order", "10.0", "order-10.0.tar.gz", yanked="do not use")
     corpus.add_file("order", "1.0", "order-1.0.tar.gz", upload_time=datetime(2020, 5, 6, 7, 8, 47, tzinfo=timezone.utc))
-    assert harness.cli("mirror").returncode == 0
+    assert harness.main("mirror").returncode == 0
     upstream = harness.upstream
     request = urllib.request.Request(f"{upstream.url}/simple/order/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
     with urllib.request.urlopen(request) as response:  # the upstream's own page
@@ -217,13 +217,13 @@ def run_after_a_failed_run(h: MirrorHarness, method: str) -> dict[str, int]:
     if switches["allowlist"]:
         names = "\n".join(f"    {n}" for n in h.corpus.projects)
         h.configure(sections=f"[plugins]\nenabled = allowlist_project\n[allowlist]\npackages =\n{names}\n")
-    first = h.cli("mirror")
+    first = h.main("mirror")
     assert first.returncode == 1 and "broken: failed" in first.stderr, first.stderr
     assert not h.web("simple/broken").exists() and "broken" not in h.web("simple/index.html").read_text()
     h.corpus.add_file("fine-0", "1.1", "fine_0-1.1.tar.gz")  # one change upstream
     h.upstream.clear()
     h.upstream.fault(BROKEN, "status", times=None, status=404)
-    second = h.cli("mirror")
+    second = h.main("mirror")
     assert second.returncode == 1, second.stderr
     assert "Summary: 1 projects synced, 1 failed" in second.stderr, second.stderr
     return dict(h.upstream.counts())
@@ -266,17 +266,17 @@ def test_verify_is_clean_on_every_kind_of_mirror(harness: MirrorHarness, kind: s
     harness.upstream.unserved_sidecars[wheel] = 404
     harness.upstream.relative_urls = "relative" in kind
     harness.configure(MIRROR_KINDS[kind])
-    assert harness.cli("mirror").returncode == 0
+    assert harness.main("mirror").returncode == 0
     harness.run()  # a second run (keep_index_versions: pages unchanged, no new version)
-    result = harness.cli("verify", "--delete")
+    result = harness.main("verify", "--delete")
     assert result.returncode == 0, result.stderr
     assert "Verify: clean" in result.stderr.splitlines()[-1], result.stderr
     sdist = next(harness.web("packages").rglob("small-0.2.tar.gz"))
     sdist.write_bytes(b"corrupt")
-    repaired = harness.cli("verify")
+    repaired = harness.main("verify")
     assert "1 missing or corrupt files in 1 projects (1 fixed)" in repaired.stderr, repaired.stderr
     assert sdist.read_bytes() != b"corrupt"
-    assert harness.cli("verify", "--delete").returncode == 0
+    assert harness.main("verify", "--delete").returncode == 0
 
 
 def test_verify_reports_as_fixed_only_what_a_recheck_confirms(harness: MirrorHarness) -> None:
@@ -284,11 +284,11 @@ def test_verify_reports_as_fixed_only_what_a_recheck_confirms(harness: MirrorHar
     lost = next(harness.web("packages").rglob("small-0.2.tar.gz"))
     lost.unlink()
     harness.upstream.fault(r"/small-0\.2\.tar\.gz$", "status", times=None, status=404)
-    result = harness.cli("verify")
+    result = harness.main("verify")
     assert result.returncode == 1
     last = result.stderr.splitlines()[-1]
     assert "1 projects could not be fixed" in last and "(0 fixed)" in last, last
-    dry = harness.cli("verify", "--dry-run")
+    dry = harness.main("verify", "--dry-run")
     assert "Would fetch" in dry.stderr and "small-0.2.tar.gz" in dry.stderr
 
 
@@ -297,7 +297,7 @@ def test_verify_picks_up_a_sidecar_the_upstream_serves_now(harness: MirrorHarnes
     harness.upstream.unserved_sidecars[wheel] = 410
     harness.run()
     harness.upstream.unserved_sidecars.clear()
-    assert harness.cli("verify").returncode == 0
+    assert harness.main("verify").returncode == 0
     assert offers_metadata(harness, "wheelie", wheel)
     assert harness.package_files() == harness.expected_files()
 
@@ -307,10 +307,10 @@ def test_verify_repairs_dependencies_the_allowlist_does_not_name(harness: Mirror
     harness.corpus.add_file("app", "1.0", wheel, data, metadata=meta)
     harness.corpus.add_file("helper", "1.0", "helper-1.0.tar.gz")
     harness.configure(sections="[plugins]\nenabled = allowlist_project\n[allowlist]\npackages = app\nresolve-dependencies = true\n")
-    assert harness.cli("mirror").returncode == 0
+    assert harness.main("mirror").returncode == 0
     helper = next(harness.web("packages").rglob("helper-1.0.tar.gz"))
     helper.unlink()
-    result = harness.cli("verify")
+    result = harness.main("verify")
     assert "(1 fixed)" in result.stderr, result.stderr
     assert helper.is_file()
 
@@ -321,22 +321,22 @@ def test_verify_rewrites_outdated_pages_without_asking_the_upstream(harness: Mir
     good = page.read_text()
     page.write_text(good.replace('content="1.1"', 'content="1.0"'))  # as an older version wrote it
     harness.upstream.clear()
-    result = harness.cli("verify")
+    result = harness.main("verify")
     assert "1 pages fixed" in result.stderr.splitlines()[-1], result.stderr
     assert page.read_text() == good
     assert harness.upstream.counts() == {}
-    assert harness.cli("verify").returncode == 0
+    assert harness.main("verify").returncode == 0
 
 
 def test_a_mirror_without_release_files_links_the_upstream_and_verifies(harness: MirrorHarness) -> None:
     harness.configure({"release-files": "false"})
-    assert harness.cli("mirror").returncode == 0
+    assert harness.main("mirror").returncode == 0
     assert not [p for p in harness.web("packages").rglob("*") if p.is_file() and not p.name.endswith(".metadata")]
     for canonical, spec in harness.corpus.projects.items():
         urls = [f["url"] for f in harness.json_page(canonical)["files"]]
         assert urls == [harness.upstream.url + f.path for files in spec.releases.values() for f in files]
         assert f'href="{harness.upstream.url}/packages/' in harness.web(f"simple/{canonical}/index.html").read_text()
-    result = harness.cli("verify", "--delete")
+    result = harness.main("verify", "--delete")
     assert result.returncode == 0 and "Verify: clean" in result.stderr.splitlines()[-1], result.stderr
 
 
@@ -346,7 +346,7 @@ def test_verify_goes_on_past_an_unreadable_project_and_then_deletes_nothing(harn
     stray = harness.web("packages/zz/stray.tar.gz")
     stray.parent.mkdir(parents=True)
     stray.write_bytes(b"x")
-    result = harness.cli("verify", "--delete")
+    result = harness.main("verify", "--delete")
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert "1 projects could not be fixed" in result.stderr.splitlines()[-1]
     assert stray.exists() and next(harness.web("packages").rglob("small-0.2.tar.gz")).exists()

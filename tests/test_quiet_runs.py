@@ -23,9 +23,9 @@ def _lines(result: subprocess.CompletedProcess[str]) -> list[str]:
 @pytest.mark.parametrize("method", ["xmlrpc", "simple", "auto"])
 def test_a_no_change_run_prints_one_line_and_makes_one_request(harness: MirrorHarness, method: str) -> None:
     harness.configure({"api-method": method})
-    assert harness.cli("mirror").returncode == 0
+    assert harness.main("mirror").returncode == 0
     harness.upstream.clear()
-    result = harness.cli("mirror")
+    result = harness.main("mirror")
     assert result.returncode == 0, result.stderr
     lines = _lines(result)
     assert len(lines) == 1 and " INFO: Summary: 0 projects synced, 0 failed, 0 removed" in lines[0], lines
@@ -35,23 +35,23 @@ def test_a_no_change_run_prints_one_line_and_makes_one_request(harness: MirrorHa
 def test_auto_remembers_the_method_that_worked(harness: MirrorHarness) -> None:
     """Without XML-RPC, auto asks for it once, then goes straight to the JSON listing."""
     harness.upstream.xmlrpc_enabled = False
-    first = harness.cli("mirror")
+    first = harness.main("mirror")
     assert first.returncode == 0, first.stderr
     assert "Upstream method: simple (xmlrpc unavailable" in first.stderr
     assert (harness.dir / "upstream-method").read_text().split()[0] == "simple"
     for _ in range(2):
         harness.upstream.clear()
-        result = harness.cli("mirror")
+        result = harness.main("mirror")
         assert result.returncode == 0 and len(_lines(result)) == 1, result.stderr
         assert harness.upstream.counts() == {"simple": 1}
 
 
 def test_auto_probes_again_when_the_remembered_method_stops_working(harness: MirrorHarness) -> None:
     harness.upstream.xmlrpc_enabled = False
-    assert harness.cli("mirror").returncode == 0
+    assert harness.main("mirror").returncode == 0
     harness.upstream.simple_json_enabled = False  # only the HTML listing is left
     harness.corpus.touch("small")
-    result = harness.cli("mirror")
+    result = harness.main("mirror")
     assert result.returncode == 0, result.stderr
     assert "Upstream method: html" in result.stderr
     assert (harness.dir / "upstream-method").read_text().split()[0] == "html"
@@ -60,20 +60,20 @@ def test_auto_probes_again_when_the_remembered_method_stops_working(harness: Mir
 def test_a_stale_memory_is_probed_again(harness: MirrorHarness) -> None:
     """Once a day auto asks the preferred methods again: XML-RPC may be back."""
     harness.upstream.xmlrpc_enabled = False
-    assert harness.cli("mirror").returncode == 0
+    assert harness.main("mirror").returncode == 0
     memo = harness.dir / "upstream-method"
     method, _, master = memo.read_text().split()
     memo.write_text(f"{method} 1000 {master}\n")  # probed long ago
     harness.upstream.xmlrpc_enabled = True
     harness.upstream.clear()
-    result = harness.cli("mirror")
+    result = harness.main("mirror")
     assert result.returncode == 0, result.stderr
     assert memo.read_text().split()[0] == "xmlrpc" and harness.upstream.counts()["xmlrpc"] >= 1
 
 
 def test_an_unreachable_upstream_gives_one_plain_error_and_the_summary(harness: MirrorHarness) -> None:
     harness.configure({"master": "http://127.0.0.1:9", "timeout": "1"})
-    result = harness.cli("mirror", timeout=60)
+    result = harness.main("mirror", timeout=60)
     assert result.returncode == 4
     lines = _lines(result)
     assert len(lines) == 2, lines
@@ -83,8 +83,8 @@ def test_an_unreachable_upstream_gives_one_plain_error_and_the_summary(harness: 
 
 
 def test_sync_of_a_name_the_upstream_lacks_fails_naming_it(harness: MirrorHarness) -> None:
-    assert harness.cli("mirror").returncode == 0
-    result = harness.cli("sync", "small", "no-such-project")
+    assert harness.main("mirror").returncode == 0
+    result = harness.main("sync", "small", "no-such-project")
     assert result.returncode == 1, result.stderr
     errors = [line for line in _lines(result) if " ERROR: " in line]
     assert len(errors) == 1 and "no-such-project" in errors[0] and "no such project" in errors[0]
@@ -93,14 +93,14 @@ def test_sync_of_a_name_the_upstream_lacks_fails_naming_it(harness: MirrorHarnes
 
 def test_sync_of_a_name_the_filters_exclude_fails_naming_it(harness: MirrorHarness) -> None:
     harness.configure(sections="[plugins]\nenabled = blocklist_project\n[blocklist]\npackages = small\n")
-    result = harness.cli("sync", "small")
+    result = harness.main("sync", "small")
     assert result.returncode == 1 and "small" in result.stderr and "filters" in result.stderr
 
 
 def test_an_allowlisted_name_the_upstream_lacks_is_a_warning_on_every_run(harness: MirrorHarness) -> None:
     harness.configure(sections="[plugins]\nenabled = allowlist_project\n[allowlist]\npackages =\n    small\n    smal\n")
     for _ in range(2):
-        result = harness.cli("mirror")
+        result = harness.main("mirror")
         assert result.returncode == 0, result.stderr
         warnings = [line for line in _lines(result) if " WARNING: " in line]
         assert len(warnings) == 1 and "smal:" in warnings[0] and "no such project" in warnings[0]
@@ -109,7 +109,7 @@ def test_an_allowlisted_name_the_upstream_lacks_is_a_warning_on_every_run(harnes
 @pytest.mark.parametrize("suffix", ["/simple/", "/simple", "/pypi"])
 def test_a_master_naming_an_api_is_normalised_with_a_warning(harness: MirrorHarness, suffix: str) -> None:
     harness.configure({"master": harness.upstream.url + suffix})
-    result = harness.cli("mirror")
+    result = harness.main("mirror")
     assert result.returncode == 0, result.stderr
     warnings = [line for line in _lines(result) if " WARNING: " in line]
     assert len(warnings) == 1 and f"set master = {harness.upstream.url}" in warnings[0]
@@ -153,11 +153,11 @@ def test_an_interrupted_run_exits_130_with_the_summary_and_keeps_todo(harness: M
     assert any("ERROR: Interrupted" in line for line in lines) and "Summary: " in lines[-1]
     assert "Traceback" not in stderr
     assert (harness.dir / "todo").exists()
-    assert harness.cli("mirror").returncode == 0
+    assert harness.main("mirror").returncode == 0
 
 
 def test_first_run_exits_6(harness: MirrorHarness, tmp_path: Path) -> None:
-    result = harness.cli("mirror", config=tmp_path / "new.conf")
+    result = harness.main("mirror", config=tmp_path / "new.conf")
     assert result.returncode == 6 and "review" in result.stderr.lower()
 
 

@@ -6,7 +6,7 @@ import multiprocessing
 
 import pytest
 
-from bandersnatch_classic.sync import _SharedCursor
+from bandersnatch_classic.worker import SharedCursor as _SharedCursor
 
 from .conftest import MirrorHarness
 from .test_mirror import assert_mirror_equals_upstream

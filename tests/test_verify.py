@@ -10,21 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from bandersnatch_classic import config as configuration
-from bandersnatch_classic.filters import FilterSet
-from bandersnatch_classic.storage import FilesystemStorage
 from bandersnatch_classic.sync import Mirror
 from bandersnatch_classic.verify import PROGRESS_FILE, verify
 
-from .conftest import FAST_RETRY, MirrorHarness
+from .conftest import MirrorHarness
 from .test_mirror import assert_mirror_equals_upstream, expected_html
-from bandersnatch_classic.upstream import Upstream
 
 
 def mirror_of(h: MirrorHarness) -> Mirror:
-    loaded = configuration.load(h.conf)
-    m = loaded.mirror
-    return Mirror(m, Upstream(m.master, retry=FAST_RETRY), FilesystemStorage(m.directory), FilterSet.from_config(loaded.parser))
+    return h.mirror()
 
 
 def a_file(h: MirrorHarness, name: str) -> Path:
@@ -33,7 +27,7 @@ def a_file(h: MirrorHarness, name: str) -> Path:
 
 def test_a_clean_mirror_verifies_clean(harness: MirrorHarness) -> None:
     harness.run()
-    result = harness.cli("verify", "--delete")
+    result = harness.main("verify", "--delete")
     assert result.returncode == 0, result.stderr
     assert "Verify: clean" in result.stderr.splitlines()[-1]
 
@@ -45,13 +39,13 @@ def test_missing_corrupt_and_truncated_files_are_repaired(harness: MirrorHarness
     wheel = a_file(harness, "tiny_lib-2.0-py3-none-any.whl")
     wheel.write_bytes(wheel.read_bytes()[:100])
     (a_file(harness, "foo_bar_baz-1.0-py3-none-any.whl.metadata")).write_bytes(b"bad metadata")
-    dry = harness.cli("verify", "--dry-run")
+    dry = harness.main("verify", "--dry-run")
     assert dry.returncode == 1 and "Would fetch" in dry.stderr
     assert not list(harness.web("packages").rglob("small-0.2.tar.gz"))  # dry run changed nothing
-    result = harness.cli("verify")
+    result = harness.main("verify")
     assert result.returncode == 1 and "repaired" in result.stderr.splitlines()[-1]
     assert_mirror_equals_upstream(harness)
-    assert harness.cli("verify").returncode == 0
+    assert harness.main("verify").returncode == 0
 
 
 def test_delete_reclaims_unowned_files_and_empty_directories(harness: MirrorHarness) -> None:
@@ -66,9 +60,9 @@ def test_delete_reclaims_unowned_files_and_empty_directories(harness: MirrorHarn
     harness.corpus.delete_project("doomed")
     harness.run()  # removed from the index, files stay (delete_missing_packages = false)
     assert doomed.exists()
-    dry = harness.cli("verify", "--delete", "--dry-run")
+    dry = harness.main("verify", "--delete", "--dry-run")
     assert dry.returncode == 1 and "Would delete" in dry.stderr and stray.exists()
-    result = harness.cli("verify", "--delete")
+    result = harness.main("verify", "--delete")
     assert result.returncode == 1 and "3 unowned files" in result.stderr.splitlines()[-1]
     assert not doomed.exists() and not stray.exists() and not temp.exists()
     assert not harness.web("packages/zz").exists()
@@ -80,7 +74,7 @@ def test_json_update_notices_projects_gone_upstream(harness: MirrorHarness) -> N
     harness.run()
     doomed = a_file(harness, "doomed-1.0.tar.gz")
     del harness.corpus.projects["doomed"]  # gone without a changelog entry
-    result = harness.cli("verify", "--json-update", "--delete")
+    result = harness.main("verify", "--json-update", "--delete")
     assert result.returncode == 1
     assert not doomed.exists() and not harness.web("simple/doomed").exists()
     assert "doomed" not in harness.web("simple/index.html").read_text()
@@ -90,7 +84,7 @@ def test_pages_that_disagree_with_the_stored_metadata_are_regenerated(harness: M
     harness.run()
     page = harness.web("simple/small/index.html")
     page.write_text("<!DOCTYPE html><html>tampered</html>")
-    assert harness.cli("verify").returncode == 1
+    assert harness.main("verify").returncode == 1
     assert page.read_text() == expected_html(harness.corpus.projects["small"])
 
 
@@ -113,19 +107,19 @@ def test_a_mirror_laid_out_by_the_reference_tool_verifies_clean(harness: MirrorH
     harness.run()
     (harness.dir / "projects.json").unlink()
     assert not harness.web("json").exists()
-    result = harness.cli("verify", "--delete")
+    result = harness.main("verify", "--delete")
     assert result.returncode == 0, result.stderr
     a_file(harness, "small-0.2.tar.gz").write_bytes(b"bad")
-    assert harness.cli("verify").returncode == 1
+    assert harness.main("verify").returncode == 1
     assert harness.package_files() == harness.expected_files()
 
 
 def test_delete_command_removes_everything_of_a_project(harness: MirrorHarness) -> None:
     harness.run()
     files_before = harness.package_files()
-    dry = harness.cli("delete", "--dry-run", "Tiny_Lib")
+    dry = harness.main("delete", "--dry-run", "Tiny_Lib")
     assert dry.returncode == 0 and "Would remove" in dry.stderr and harness.web("simple/tiny-lib").exists()
-    result = harness.cli("delete", "Tiny_Lib")
+    result = harness.main("delete", "Tiny_Lib")
     assert result.returncode == 0, result.stderr
     assert not harness.web("simple/tiny-lib").exists() and not harness.web("json/tiny-lib").exists()
     assert not harness.web("pypi/tiny-lib").exists()
@@ -133,7 +127,7 @@ def test_delete_command_removes_everything_of_a_project(harness: MirrorHarness) 
     assert "tiny-lib" not in harness.web("simple/index.v1_json").read_text()
     left = harness.package_files()
     assert not [p for p in left if "tiny_lib" in p] and len(left) < len(files_before)
-    assert harness.cli("delete", "no-such-project").returncode == 1
+    assert harness.main("delete", "no-such-project").returncode == 1
 
 
 def test_sync_command_syncs_named_projects_without_touching_status(harness: MirrorHarness) -> None:
@@ -141,10 +135,10 @@ def test_sync_command_syncs_named_projects_without_touching_status(harness: Mirr
     status = (harness.dir / "status").read_text()
     harness.corpus.add_file("small", "0.4", "small-0.4.tar.gz")
     harness.corpus.add_file("brand-new", "1.0", "brand_new-1.0.tar.gz")
-    result = harness.cli("sync", "small", "Brand_New")
+    result = harness.main("sync", "small", "Brand_New")
     assert result.returncode == 0, result.stderr
     assert (harness.dir / "status").read_text() == status and not (harness.dir / "todo").exists()
     assert "small-0.4.tar.gz" in harness.web("simple/small/index.html").read_text()
     assert "brand-new" in harness.web("simple/index.html").read_text()
-    result = harness.cli("sync", "--skip-simple-root", "Foo.Bar_Baz")
+    result = harness.main("sync", "--skip-simple-root", "Foo.Bar_Baz")
     assert result.returncode == 0

@@ -312,7 +312,8 @@ class UpstreamServer:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def start(self) -> UpstreamServer:
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll: stopping waits for the next one, and every test stops a server.
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True)
         self._thread.start()
         return self
 

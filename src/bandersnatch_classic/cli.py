@@ -18,14 +18,10 @@ from typing import Any
 
 from packaging.utils import canonicalize_name
 
-from . import __version__, config as configuration, preflight
+from . import __version__, config as configuration, layout, preflight
 from .errors import BandersnatchError, ConfigError, LocalIOError, LockHeld, StateError, UpstreamError
-from .dependencies import DependencyPolicy
-from .filters import FilterSet
 from .progress import StatusLineHandler
-from .storage import FilesystemStorage
 from .sync import Mirror, Report, mirror_lock
-from .upstream import Upstream
 
 logger = logging.getLogger("bandersnatch_classic")
 
@@ -113,18 +109,6 @@ def setup_logging(debug: bool, log_config: str = "") -> None:
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
 
 
-def make_upstream(mirror: configuration.MirrorConfig) -> Upstream:
-    return Upstream(
-        mirror.master,
-        timeout=mirror.timeout,
-        global_timeout=mirror.global_timeout,
-        proxy=mirror.proxy,
-        download_mirror=mirror.download_mirror,
-        download_mirror_no_fallback=mirror.download_mirror_no_fallback,
-        pool_size=mirror.workers,
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.debug)
@@ -183,38 +167,26 @@ def _run(args: argparse.Namespace) -> int:
     preflight.check(mirror, writes=args.command not in ("serve", "status"))
     if mirror.log_config:
         setup_logging(args.debug, mirror.log_config)
-    storage = FilesystemStorage(mirror.directory, mirror.storage_filesystem_manage_permissions)
 
     if args.command == "serve":
         from .serve import serve
 
-        return serve(mirror.directory / "web", args.bind, args.port, mirror.hash_index)
-    filters = FilterSet.from_config(loaded.parser)
-    dependencies = DependencyPolicy.from_config(loaded.parser)
-    if filters.active:
-        logger.debug("Filters enabled: %s", ", ".join(filters.active))
-    if dependencies is not None and filters.allowlist() is None:
-        raise ConfigError(
-            f"[allowlist] {'resolve-build-dependencies' if dependencies.build else 'resolve-dependencies'} = true "
-            "needs an allowlist "
-            "(allowlist_project or project_requirements with packages listed)"
-        )
-    upstream = make_upstream(mirror)
-    try:
+        return serve(mirror.directory / layout.WEB, args.bind, args.port, mirror.hash_index)
+    with Mirror.from_config(loaded) as engine:
         if args.command == "status":
             from .health import status_command
 
-            return status_command(storage, mirror, upstream, filters.allowlist() is not None, args.json)
+            return status_command(engine.storage, mirror, engine.upstream, engine.filters.allowlist() is not None, args.json)
         if args.command in ("mirror", "sync"):
             logger.debug("Syncing %s from %s", mirror.directory, mirror.master)
             with mirror_lock(mirror.directory):
-                return _sync_command(args, Mirror(mirror, upstream, storage, filters, dependencies))
+                return _sync_command(args, engine)
         elif args.command == "verify":
             from .verify import verify
 
             with mirror_lock(mirror.directory):
                 result = verify(
-                    Mirror(mirror, upstream, storage, filters, dependencies),
+                    engine,
                     delete=args.delete, dry_run=args.dry_run, json_update=args.json_update, workers=args.workers,
                 )
             for name, reason in sorted(result.unfixed.items()):
@@ -225,14 +197,12 @@ def _run(args: argparse.Namespace) -> int:
             from .verify import delete_projects
 
             with mirror_lock(mirror.directory):
-                removed = delete_projects(Mirror(mirror, upstream, storage, filters), args.names, args.dry_run)
+                removed = delete_projects(engine, args.names, args.dry_run)
             for path in removed:
                 logger.info("%s %s", "Would remove" if args.dry_run else "Removed", path)
             logger.info("Delete: %d paths %s for %d projects", len(removed),
                         "would be removed" if args.dry_run else "removed", len(args.names))
             return EXIT_OK
-    finally:
-        upstream.close()
 
 
 def _sync_command(args: argparse.Namespace, engine: Mirror) -> int:

@@ -1,4 +1,4 @@
-"""Read and validate the INI configuration (DESIGN.md section 4).
+"""Read and validate the INI configuration (docs/configuration.md lists every key).
 
 Every ``[mirror]`` key is read here, once, into a typed :class:`MirrorConfig`; the rest of
 the program never looks at raw strings. Filter sections are validated by

@@ -19,11 +19,13 @@ import tarfile
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 from packaging.utils import canonicalize_name
 
+from . import layout
 from .config import parse_bool
-from .errors import ConfigError
+from .errors import ConfigError, LocalIOError
 from .models import Project, ReleaseFile
 from .storage import Storage
 
@@ -116,7 +118,7 @@ def requirements_of(project: Project, storage: Storage, build: bool = False) -> 
             if not file.metadata_sha256:
                 continue
             try:
-                data = storage.read_bytes(f"web/{file.path}.metadata")
+                data = storage.read_bytes(layout.metadata_path(layout.file_path(file)))
             except FileNotFoundError:
                 continue
             lines.update(parser.parsebytes(data).get_all("Requires-Dist") or [])
@@ -125,8 +127,15 @@ def requirements_of(project: Project, storage: Storage, build: bool = False) -> 
             lines.update(project.info.get("requires_dist") or [])
         if build:
             for file in files:
-                if is_sdist(file) and storage.exists(f"web/{file.path}"):
-                    lines.update(build_requirements(storage.path(f"web/{file.path}")))
+                if not is_sdist(file):
+                    continue
+                try:
+                    with storage.open(layout.file_path(file)) as archive:
+                        lines.update(build_requirements(archive, file.filename))
+                except FileNotFoundError:
+                    continue
+                except LocalIOError as exc:
+                    logger.warning("%s: cannot read the sdist for its build requirements (%s)", file.filename, exc)
     return sorted(lines)
 
 
@@ -142,21 +151,24 @@ def is_sdist(file: ReleaseFile) -> bool:
     return file.packagetype == "sdist" or (not file.packagetype and file.filename.lower().endswith(_SDIST_SUFFIXES))
 
 
-def build_requirements(path: Path) -> list[str]:
+def build_requirements(source: Path | BinaryIO, filename: str = "") -> list[str]:
     """``[build-system] requires`` of the ``pyproject.toml`` at the top of an sdist (tar or
-    zip); the PEP 517/518 default (setuptools, wheel) when there is none. An archive that
-    cannot be read gives nothing (logged): it cannot be built either."""
+    zip; a path, or an open file and its ``filename``); the PEP 517/518 default (setuptools,
+    wheel) when there is none. An archive that cannot be read gives nothing (logged): it
+    cannot be built either."""
+    name = filename or getattr(source, "name", "")
+    name = name.rsplit("/", 1)[-1]
     try:
-        text = _read_pyproject(path)
+        text = _read_pyproject(source, name)
     except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile, ValueError) as exc:
-        logger.warning("%s: cannot read the sdist for its build requirements (%s)", path.name, exc)
+        logger.warning("%s: cannot read the sdist for its build requirements (%s)", name, exc)
         return []
     if text is None:
         return list(DEFAULT_BUILD_REQUIRES)
     try:
         data = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        logger.warning("%s: pyproject.toml is not valid TOML (%s); no build requirements read", path.name, exc)
+        logger.warning("%s: pyproject.toml is not valid TOML (%s); no build requirements read", name, exc)
         return []
     system = data.get("build-system")
     requires = system.get("requires") if isinstance(system, dict) else None
@@ -165,17 +177,18 @@ def build_requirements(path: Path) -> list[str]:
     return [r for r in requires if isinstance(r, str)]
 
 
-def _read_pyproject(path: Path) -> str | None:
+def _read_pyproject(source: Path | BinaryIO, name: str) -> str | None:
     """The text of ``<top>/pyproject.toml`` in an sdist, or None when it has none."""
-    if path.name.lower().endswith(".zip"):
-        with zipfile.ZipFile(path) as archive:
+    if name.lower().endswith(".zip"):
+        with zipfile.ZipFile(source) as archive:
             for info in archive.infolist():
                 if _is_top_pyproject(info.filename) and not info.is_dir():
                     if info.file_size > MAX_PYPROJECT:
                         raise ValueError("pyproject.toml is too large")
                     return archive.read(info).decode("utf-8")
         return None
-    with tarfile.open(path, "r:*") as archive:
+    opened = tarfile.open(source, "r:*") if isinstance(source, Path) else tarfile.open(fileobj=source, mode="r:*")
+    with opened as archive:
         for member in archive:
             if member.isfile() and _is_top_pyproject(member.name):
                 if member.size > MAX_PYPROJECT:

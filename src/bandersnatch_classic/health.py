@@ -81,7 +81,7 @@ def read_history(storage: Storage) -> list[RunRecord]:
             raise ValueError("not a list of runs")
         return runs
     except (ValueError, KeyError, TypeError) as exc:
-        logger.warning("Ignoring the corrupt run history %s (%s)", storage.path(HISTORY_FILE), exc)
+        logger.warning("Ignoring the corrupt run history %s (%s)", storage.display(HISTORY_FILE), exc)
         return []
 
 
@@ -314,10 +314,10 @@ def status_report(
     runs = read_history(storage)
     state = MirrorState(storage)
     todo = _todo(storage)
-    doc: dict[str, Any] = {"directory": str(storage.root)}
+    doc: dict[str, Any] = {"directory": str(config.directory)}
     if not storage.exists("status") and not runs and todo is None:
         doc.update(mirrored=False, healthy=False, exit_status=EXIT_NOT_A_MIRROR,
-                   problems=[f"{storage.root} is not a mirror yet: run `bandersnatch mirror` first"])
+                   problems=[f"{config.directory} is not a mirror yet: run `bandersnatch mirror` first"])
         return doc, EXIT_NOT_A_MIRROR
 
     mirror_serial = state.status  # a status file that is not a serial: StateError, exit 2

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import urljoin
 
 from packaging.utils import canonicalize_name
 
@@ -41,11 +41,6 @@ class ReleaseFile:
     metadata_sha256: str | None = None
     #: The file's entry in the JSON document, for metadata filters.
     raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
-
-    @property
-    def path(self) -> str:
-        """The file's path below ``web/``: ``packages/...``, checked to be safe."""
-        return package_path(self.url)
 
     @classmethod
     def from_json(cls, version: str, entry: Mapping[str, Any], base: str = "") -> ReleaseFile:
@@ -157,21 +152,6 @@ def check_project_name(name: str) -> str:
     if not _VALID_NAME.match(name):
         raise UnsafePath(f"{name!r} is not a valid project name")
     return canonicalize_name(name)
-
-
-def package_path(url: str) -> str:
-    """Map an upstream file URL to its path below ``web/`` (``packages/...``).
-
-    Raises :class:`UnsafePath` for anything that could land outside ``web/packages``.
-    """
-    path = unquote(urlsplit(url).path)
-    if not path.startswith("/packages/"):
-        raise UnsafePath(f"file URL {url!r} is not below /packages/")
-    rel = path[1:]
-    parts = rel.split("/")
-    if "\\" in rel or "\x00" in rel or any(p in ("", ".", "..") for p in parts) or len(parts) < 2:
-        raise UnsafePath(f"file URL {url!r} has an unsafe path")
-    return rel
 
 
 def _parse_time(value: Any) -> datetime | None:

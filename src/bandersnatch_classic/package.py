@@ -13,12 +13,10 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
-from . import pages
+from . import layout, pages
 from .config import MirrorConfig
 from .models import Project, ReleaseFile
-from .state import MirrorState
 from .storage import Storage
 from .upstream import Upstream
 
@@ -48,14 +46,13 @@ def plan_downloads(project: Project, config: MirrorConfig, storage: Storage) -> 
     """
     downloads = []
     for file in project.files():
-        path = f"web/{file.path}"
-        storage.path(path)  # refuse unsafe paths before any byte is fetched
+        path = layout.file_path(file)  # refuses an unsafe path before any byte is fetched
         if config.release_files and not is_current(storage, path, file, config.compare_method):
             downloads.append(Download(file.url, path, file.sha256, file.upload_time))
         if config.core_metadata and file.metadata_sha256:
-            meta_path = f"{path}.metadata"
+            meta_path = layout.metadata_path(path)
             if not storage.sha256(meta_path) == file.metadata_sha256:
-                downloads.append(Download(f"{file.url}.metadata", meta_path, file.metadata_sha256, sidecar=True))
+                downloads.append(Download(layout.metadata_path(file.url), meta_path, file.metadata_sha256, sidecar=True))
     return downloads
 
 
@@ -73,7 +70,7 @@ def unserved_metadata(
     for file in project.files():
         if not file.metadata_sha256:
             continue
-        meta_path = f"web/{file.path}.metadata"
+        meta_path = layout.metadata_path(layout.file_path(file))
         if not config.core_metadata or meta_path in failed or not storage.exists(meta_path):
             out.append(file)
     return out
@@ -89,32 +86,33 @@ def is_current(storage: Storage, path: str, file: ReleaseFile, compare_method: s
     return storage.sha256(path) == file.sha256
 
 
+def publish(project: Project, config: MirrorConfig, storage: Storage) -> list[str]:
+    """Write the project's pages and JSON documents; return the paths that changed.
 
-
-def publish(project: Project, config: MirrorConfig, storage: Storage, state: MirrorState) -> list[str]:
-    """Write the project's pages and JSON documents; return the paths that changed."""
+    The caller records the project (in the main process: see :class:`~bandersnatch_classic.sync.Mirror`).
+    """
     written = []
-    simple_dir = state.simple_dir(project.canonical)
+    simple_dir = layout.simple_dir(project.canonical, config.hash_index)
     if config.write_html:
         html = pages.project_html(project, config.root_uri, config.digest_name, config.links_upstream).encode()
+        page = f"{simple_dir}/{layout.PAGE_HTML}"
         if config.keep_index_versions:
             written += _write_versioned_page(storage, simple_dir, html, project.serial, config.keep_index_versions)
-        elif storage.write_if_changed(f"{simple_dir}/index.html", html):
-            written.append(f"{simple_dir}/index.html")
-        if storage.write_if_changed(f"{simple_dir}/index.v1_html", html):
-            written.append(f"{simple_dir}/index.v1_html")
+        elif storage.write_if_changed(page, html):
+            written.append(page)
+        if storage.write_if_changed(f"{simple_dir}/{layout.PAGE_V1_HTML}", html):
+            written.append(f"{simple_dir}/{layout.PAGE_V1_HTML}")
     if config.write_json:
-        page = pages.project_json(project, config.root_uri, config.links_upstream).encode()
-        if storage.write_if_changed(f"{simple_dir}/index.v1_json", page):
-            written.append(f"{simple_dir}/index.v1_json")
+        page_json = pages.project_json(project, config.root_uri, config.links_upstream).encode()
+        if storage.write_if_changed(f"{simple_dir}/{layout.PAGE_V1_JSON}", page_json):
+            written.append(f"{simple_dir}/{layout.PAGE_V1_JSON}")
     if config.json:
         document = json.dumps(project.document()).encode()
-        if storage.write_if_changed(f"web/json/{project.canonical}", document):
-            written.append(f"web/json/{project.canonical}")
-        link = f"web/pypi/{project.canonical}/json"
-        if not storage.path(link).is_symlink():
-            storage.symlink(link, f"../../json/{project.canonical}")
-    state.record(project.canonical, project.name, project.serial)
+        if storage.write_if_changed(layout.json_path(project.canonical), document):
+            written.append(layout.json_path(project.canonical))
+        link = layout.pypi_json_link(project.canonical)
+        if not storage.is_link(link):
+            storage.symlink(link, layout.pypi_json_target(project.canonical))
     return written
 
 
@@ -124,41 +122,33 @@ def _write_versioned_page(storage: Storage, simple_dir: str, html: bytes, serial
     A safeguard the reference tool offers against an upstream that suddenly serves an
     empty project: the previous pages stay on disk to go back to.
     """
-    current = storage.path(f"{simple_dir}/index.html")
-    if current.is_symlink() and current.exists() and current.read_bytes() == html:
+    current = f"{simple_dir}/{layout.PAGE_HTML}"
+    if storage.is_link(current) and _read(storage, current) == html:
         return []
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     name = f"index_{serial}_{stamp}.html"
-    storage.write_bytes(f"{simple_dir}/versions/{name}", html)
-    storage.symlink(f"{simple_dir}/index.html", f"versions/{name}")
-    versions = sorted(storage.path(f"{simple_dir}/versions").glob("index_*.html"), key=_version_order)
-    for old in versions[:-keep]:
-        old.unlink()
-    return [f"{simple_dir}/versions/{name}", f"{simple_dir}/index.html"]
+    versions = f"{simple_dir}/{layout.VERSIONS}"
+    storage.write_bytes(f"{versions}/{name}", html)
+    storage.symlink(current, f"{layout.VERSIONS}/{name}")
+    kept = sorted(
+        (path for path, _ in storage.files(versions) if _is_version(path.rsplit("/", 1)[-1])), key=_version_order
+    )
+    for old in kept[:-keep]:
+        storage.delete(old)
+    return [f"{versions}/{name}", current]
 
 
-def _version_order(path: Path) -> tuple[int, str]:
-    _, serial, stamp = path.stem.split("_", 2)
+def _read(storage: Storage, rel: str) -> bytes | None:
+    try:
+        return storage.read_bytes(rel)
+    except FileNotFoundError:
+        return None
+
+
+def _is_version(name: str) -> bool:
+    return name.startswith("index_") and name.endswith(".html")
+
+
+def _version_order(path: str) -> tuple[int, str]:
+    _, serial, stamp = path.rsplit("/", 1)[-1][: -len(".html")].split("_", 2)
     return (int(serial) if serial.isdigit() else 0, stamp)
-
-
-def unpublish(canonical: str, config: MirrorConfig, storage: Storage, state: MirrorState) -> list[str]:
-    """Remove a project from the served index (pages, JSON, record).
-
-    Its release files stay unless ``delete_missing_packages`` is set; ``verify --delete``
-    reclaims them later otherwise. Returns the removed paths.
-    """
-    removed = []
-    if config.delete_missing_packages:
-        for path in state.project_files(canonical):
-            for candidate in (path, f"{path}.metadata"):
-                if storage.delete(candidate):
-                    removed.append(candidate)
-    simple_dir = state.simple_dir(canonical)
-    if storage.delete_tree(simple_dir):
-        removed.append(simple_dir)
-    for path in (f"web/json/{canonical}", f"web/pypi/{canonical}/json"):
-        if storage.delete(path):
-            removed.append(path)
-    state.forget(canonical)
-    return removed

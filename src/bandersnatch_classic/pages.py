@@ -1,6 +1,6 @@
 """Render simple-index pages (PEP 503/592/658/691/700/714). Pure: data in, text out.
 
-The byte layout is the contract of DESIGN.md section 2 and matches the reference tool,
+The byte layout is the contract of docs/design.md, Pages, and matches the reference tool,
 so that mirrors written by either tool look the same to clients and to each other.
 """
 
@@ -16,6 +16,7 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
+from .layout import file_path, served_path
 from .models import Project, ReleaseFile
 
 JSON_CONTENT_TYPE = "application/vnd.pypi.simple.v1+json"
@@ -36,7 +37,7 @@ _PAGE_TAIL = """  </body>
 def file_href(file: ReleaseFile, root_uri: str = "", upstream: bool = False) -> str:
     """The link to a file from a project page: relative (``../../packages/...``) or absolute;
     with ``upstream``, the upstream's own URL (a mirror without release files)."""
-    return file.url if upstream else f"{root_uri or '../..'}/{file.path}"
+    return file.url if upstream else f"{root_uri or '../..'}/{served_path(file_path(file))}"
 
 
 def _digest(file: ReleaseFile, digest_name: str) -> str:

@@ -19,11 +19,10 @@ from pathlib import Path
 
 from .config import MirrorConfig
 from .errors import ConfigError, effective_user
+from .layout import WEB_DIRS
 
 #: The mirror's own files, each read and replaced by a run (``.lock`` is written in place).
 STATE_FILES = (".lock", "generation", "status", "todo", "projects.json", "upstream-method", "run-history.json")
-#: Directories a run writes into, checked when they exist.
-WEB_DIRS = ("web", "web/simple", "web/packages", "web/json", "web/pypi")
 
 
 def check(config: MirrorConfig, writes: bool = True) -> None:
@@ -51,7 +50,7 @@ def check_mirror_directory(directory: Path) -> None:
         _check_writable_dir(directory, "the mirror directory", user)
         for name in STATE_FILES:
             _check_state_file(directory / name, user)
-        for name in WEB_DIRS:
+        for name in WEB_DIRS:  # checked when they exist
             path = directory / name
             if path.exists() or path.is_symlink():
                 if not path.is_dir():

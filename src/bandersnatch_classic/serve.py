@@ -20,9 +20,9 @@ from typing import Any, BinaryIO, Callable
 from urllib.parse import unquote, urlsplit
 
 from .errors import UnsafePath
+from .layout import PAGE_HTML, PAGE_V1_HTML, PAGE_V1_JSON, pages_dir
 from .models import check_project_name
 from .pages import JSON_CONTENT_TYPE as SIMPLE_JSON
-from .state import pages_dir
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +35,9 @@ _ALIASES = {
 }
 #: What a simple page can be served as: media type -> the files that may hold it, best first.
 SOURCES: dict[str, tuple[str, ...]] = {
-    SIMPLE_JSON: ("index.v1_json",),
-    SIMPLE_HTML: ("index.v1_html", "index.html"),
-    TEXT_HTML: ("index.html", "index.v1_html"),
+    SIMPLE_JSON: (PAGE_V1_JSON,),
+    SIMPLE_HTML: (PAGE_V1_HTML, PAGE_HTML),
+    TEXT_HTML: (PAGE_HTML, PAGE_V1_HTML),
 }
 #: The server's preference when the client's ranks tie (``*/*``, no header): HTML first.
 _SERVER_ORDER = (TEXT_HTML, SIMPLE_HTML, SIMPLE_JSON)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
+from . import layout
 from .errors import UpstreamError
 from .models import ReleaseFile
 from .storage import Storage
@@ -38,7 +39,9 @@ Sidecar = tuple[str, str, str]
 
 def sidecars_of(files: Iterable[ReleaseFile]) -> list[Sidecar]:
     """The sidecar records of these files (which must advertise core metadata)."""
-    return [(f"web/{f.path}.metadata", f"{f.url}.metadata", str(f.metadata_sha256)) for f in files]
+    return [
+        (layout.metadata_path(layout.file_path(f)), layout.metadata_path(f.url), str(f.metadata_sha256)) for f in files
+    ]
 
 
 class MissingSidecars:
@@ -66,7 +69,7 @@ class MissingSidecars:
             self._checked = float(data["checked"])
             return {str(k): [(str(p), str(u), str(h)) for p, u, h in v] for k, v in data["projects"].items()}
         except (ValueError, TypeError, AttributeError, KeyError):
-            logger.warning("Discarding corrupt %s", self.storage.path(MISSING_FILE))
+            logger.warning("Discarding corrupt %s", self.storage.display(MISSING_FILE))
             return {}
 
     def set(self, canonical: str, sidecars: Iterable[Sidecar]) -> None:

@@ -18,13 +18,12 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from html import unescape
-from pathlib import Path
 from typing import Union
-from urllib.parse import unquote
 
 from packaging.utils import canonicalize_name
 
-from .errors import StateError
+from . import layout
+from .errors import LocalIOError, StateError
 from .storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -40,7 +39,6 @@ REPROBE_SECONDS = 86400
 
 _SERIAL_RE = re.compile(rb"<!--SERIAL (\d+)-->\s*$")
 _TITLE_RE = re.compile(rb"<title>Links for (.*?)</title>")
-_HREF_RE = re.compile(r'href="([^"]*)"')
 
 
 @dataclass
@@ -136,6 +134,7 @@ class MirrorState:
 
     def __init__(self, storage: Storage, hash_index: bool = False) -> None:
         self.storage = storage
+        #: Where the project pages are, for rebuilding the records from them.
         self.hash_index = hash_index
         self._projects: Records | None = None
         #: Whether a project was added, renamed or removed since loading (the root HTML lists names).
@@ -159,7 +158,7 @@ class MirrorState:
             logger.warning("Mirror generation %s is older than %s: forcing a full sync", generation, GENERATION)
             return True
         raise StateError(
-            f"{self.storage.path('generation')} says generation {text.strip()!r}; this tool knows "
+            f"{self.storage.display('generation')} says generation {text.strip()!r}; this tool knows "
             f"generation {GENERATION} (and reads {', '.join(map(str, OLD_GENERATIONS))})"
         )
 
@@ -174,7 +173,7 @@ class MirrorState:
         try:
             return int(text.strip())
         except ValueError as exc:
-            raise StateError(f"{self.storage.path('status')} holds {text.strip()!r}, not a serial") from exc
+            raise StateError(f"{self.storage.display('status')} holds {text.strip()!r}, not a serial") from exc
 
     def write_status(self, serial: int) -> None:
         self.storage.write_if_changed("status", str(serial).encode())
@@ -200,7 +199,7 @@ class MirrorState:
         try:
             return Todo.parse(text)
         except ValueError:
-            logger.warning("Discarding corrupt todo file %s", self.storage.path("todo"))
+            logger.warning("Discarding corrupt todo file %s", self.storage.display("todo"))
             self.remove_todo()
             return None
 
@@ -225,7 +224,7 @@ class MirrorState:
             if text is not None:
                 return Records.from_json(text)
         except ValueError as exc:  # also undecodable bytes
-            logger.warning("%s is corrupt (%s); rebuilding it from the project pages", self.storage.path(PROJECTS_FILE), exc)
+            logger.warning("%s is corrupt (%s); rebuilding it from the project pages", self.storage.display(PROJECTS_FILE), exc)
         self._unsaved = True  # the rebuilt records are worth keeping
         return self._scan_pages()
 
@@ -252,57 +251,29 @@ class MirrorState:
             self._unsaved = False
         self.storage.write_bytes(PROJECTS_FILE, data.encode())
 
-    def simple_dir(self, canonical: str) -> str:
-        """The directory of a project's pages below the mirror directory."""
-        return f"web/{pages_dir(canonical, self.hash_index)}"
-
-    def project_files(self, canonical: str) -> list[str]:
-        """Paths (``web/packages/...``) of the files the project's current page links to."""
-        page = self.storage.read_text(f"{self.simple_dir(canonical)}/index.v1_json")
-        if page is not None:
-            hrefs = [f["url"] for f in json.loads(page).get("files", [])]
-        else:
-            page = self.storage.read_text(f"{self.simple_dir(canonical)}/index.html") or ""
-            hrefs = [unescape(h) for h in _HREF_RE.findall(page)]
-        return [path for path in map(local_package_path, hrefs) if path]
-
     def _scan_pages(self) -> Records:
         """Rebuild the project records from existing pages (a mirror made by another tool)."""
-        simple = self.storage.root / "web" / "simple"
         found = Records()
-        if not simple.is_dir():
-            return found
-        pattern = "*/*/index.html" if self.hash_index else "*/index.html"
-        for page in simple.glob(pattern):
-            record = _read_page_record(page)
+        depth = 3 if self.hash_index else 2  # below web/simple: [letter/]name/index.html
+        for path, _size in self.storage.files(layout.SIMPLE):
+            parts = path[len(layout.SIMPLE) + 1 :].split("/")
+            if len(parts) != depth or parts[-1] != layout.PAGE_HTML:
+                continue
+            try:
+                record = _read_page_record(self.storage.read_bytes(path), parts[-2])
+            except (OSError, LocalIOError):
+                continue
             if record is not None:
-                found.set(canonicalize_name(page.parent.name), *record)
+                found.set(canonicalize_name(parts[-2]), *record)
         if found:
             logger.info("Rebuilt the records of %d projects from their pages", len(found))
         return found
 
 
-def pages_dir(canonical: str, hash_index: bool) -> str:
-    """The directory of a project's pages below ``web/`` (``hash-index`` adds the first letter)."""
-    return f"simple/{canonical[0]}/{canonical}" if hash_index else f"simple/{canonical}"
-
-
-def local_package_path(href: str) -> str | None:
-    """The ``web/packages/...`` path a page's file link points at, or None if it points elsewhere."""
-    marker = href.find("/packages/")
-    if marker < 0:
-        return None
-    return "web" + unquote(href[marker:].split("#", 1)[0])
-
-
-def _read_page_record(page: Path) -> tuple[str, int] | None:
-    try:
-        data = page.read_bytes()
-    except OSError:
-        return None
+def _read_page_record(data: bytes, directory: str) -> tuple[str, int] | None:
     serial = _SERIAL_RE.search(data[-64:])
     title = _TITLE_RE.search(data[:512])
     if serial is None:
         return None
-    name = title.group(1).decode("utf-8", "replace") if title else page.parent.name
+    name = title.group(1).decode("utf-8", "replace") if title else directory
     return unescape(name), int(serial.group(1))

@@ -1,4 +1,4 @@
-"""Where mirrored bytes go: the filesystem backend.
+"""Where mirrored bytes go: the :class:`Storage` interface and its filesystem backend.
 
 Every write goes to a temporary file in the destination directory and is renamed into
 place, so a served path only ever holds a complete file; the temporary is removed when
@@ -36,12 +36,29 @@ TEMP_SUFFIX = ".tmp"
 HASH_CHUNK = 1 << 20
 
 
+def check_relative(rel: str) -> str:
+    """Return ``rel``; raise :class:`UnsafePath` unless it is a plain path inside the mirror.
+
+    The one path-safety check: every path a backend touches passes it, and so does every
+    path :mod:`~bandersnatch_classic.layout` derives from what the upstream says.
+    """
+    if not rel or "\x00" in rel or "\\" in rel or rel[0] == "/" or rel[-1] == "/" or "//" in rel:
+        raise UnsafePath(f"unsafe path {rel!r}")
+    if "." in rel and any(part in (".", "..") for part in rel.split("/")):
+        raise UnsafePath(f"unsafe path {rel!r}")
+    return rel
+
+
 class Storage(Protocol):
-    """What the sync engine needs from a place to keep a mirror."""
+    """Everything the engine, ``verify`` and ``delete`` need from a place to keep a mirror.
 
-    root: Path
+    Paths are relative to the mirror (``web/simple/...``). This is the whole interface:
+    nothing outside a backend opens, walks or unlinks a file by its local path, so a backend
+    that keeps the mirror elsewhere (an object store) needs nothing else changed.
+    """
 
-    def path(self, rel: str) -> Path: ...
+    def display(self, rel: str) -> str: ...
+    def open(self, rel: str) -> contextlib.AbstractContextManager[BinaryIO]: ...
     def writer(self, rel: str, mtime: datetime | None = None) -> contextlib.AbstractContextManager[BinaryIO]: ...
     def write_bytes(self, rel: str, data: bytes, mtime: datetime | None = None) -> None: ...
     def write_if_changed(self, rel: str, data: bytes) -> bool: ...
@@ -53,6 +70,9 @@ class Storage(Protocol):
     def delete(self, rel: str) -> bool: ...
     def delete_tree(self, rel: str) -> bool: ...
     def symlink(self, rel: str, target_name: str) -> None: ...
+    def is_link(self, rel: str) -> bool: ...
+    def files(self, rel: str) -> Iterator[tuple[str, int]]: ...
+    def remove_empty_dirs(self, rel: str, keep_top: bool = False) -> None: ...
 
 
 class _LocalFile:
@@ -88,17 +108,26 @@ class FilesystemStorage:
         self.file_mode = 0o644 if manage_permissions and _current_umask() & 0o004 else None
         self._made_dirs: set[str] = set()
 
-    def fspath(self, rel: str) -> str:
+    def _fspath(self, rel: str) -> str:
         """The absolute path of ``rel``, refusing anything that leaves the mirror directory."""
-        if not rel or "\x00" in rel or "\\" in rel or rel[0] == "/" or rel[-1] == "/" or "//" in rel:
-            raise UnsafePath(f"unsafe path {rel!r}")
-        if "." in rel and any(part in (".", "..") for part in rel.split("/")):
-            raise UnsafePath(f"unsafe path {rel!r}")
-        return f"{self._root}/{rel}"
+        return f"{self._root}/{check_relative(rel)}"
 
-    def path(self, rel: str) -> Path:
-        """:meth:`fspath` as a :class:`~pathlib.Path`."""
-        return Path(self.fspath(rel))
+    def display(self, rel: str) -> str:
+        """How messages (and the diff file) name ``rel``: its absolute path."""
+        return self._fspath(rel)
+
+    @contextlib.contextmanager
+    def open(self, rel: str) -> Iterator[BinaryIO]:
+        """``rel`` opened for reading; FileNotFoundError when it does not exist."""
+        target = self._fspath(rel)
+        try:
+            fh = open(target, "rb")
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise LocalIOError.of(target, exc) from exc
+        with fh:
+            yield fh
 
     def _ensure_dir(self, directory: str) -> None:
         """Create ``directory`` and its parents: one system call when only the leaf is new."""
@@ -118,7 +147,7 @@ class FilesystemStorage:
     @contextlib.contextmanager
     def writer(self, rel: str, mtime: datetime | None = None) -> Iterator[BinaryIO]:
         """Yield a file to write ``rel``'s new content to; it replaces ``rel`` only on success."""
-        target = self.fspath(rel)
+        target = self._fspath(rel)
         directory, name = target.rsplit("/", 1)
         self._ensure_dir(directory)
         temp = f"{directory}/.{name}{TEMP_SUFFIX}"
@@ -151,7 +180,7 @@ class FilesystemStorage:
 
     def write_if_changed(self, rel: str, data: bytes) -> bool:
         """Write ``data`` unless ``rel`` already holds exactly it; say whether it wrote."""
-        target = self.fspath(rel)
+        target = self._fspath(rel)
         try:
             with open(target, "rb") as fh:
                 if fh.read() == data:
@@ -164,7 +193,7 @@ class FilesystemStorage:
         return True
 
     def read_bytes(self, rel: str) -> bytes:
-        target = self.fspath(rel)
+        target = self._fspath(rel)
         try:
             with open(target, "rb") as fh:
                 return fh.read()
@@ -175,7 +204,7 @@ class FilesystemStorage:
 
     def read_text(self, rel: str) -> str | None:
         """The file's text, or None when it does not exist."""
-        target = self.fspath(rel)
+        target = self._fspath(rel)
         try:
             with open(target, encoding="utf-8") as fh:
                 return fh.read()
@@ -186,7 +215,7 @@ class FilesystemStorage:
 
     def sha256(self, rel: str) -> str | None:
         """The hex sha256 of a file, or None when it does not exist."""
-        target = self.fspath(rel)
+        target = self._fspath(rel)
         digest = hashlib.sha256()
         try:
             with open(target, "rb") as fh:
@@ -199,10 +228,10 @@ class FilesystemStorage:
         return digest.hexdigest()
 
     def exists(self, rel: str) -> bool:
-        return os.path.exists(self.fspath(rel))
+        return os.path.exists(self._fspath(rel))
 
     def stat(self, rel: str) -> os.stat_result | None:
-        target = self.fspath(rel)
+        target = self._fspath(rel)
         try:
             return os.stat(target)
         except FileNotFoundError:
@@ -212,7 +241,7 @@ class FilesystemStorage:
 
     def delete(self, rel: str) -> bool:
         """Remove a file; say whether there was one."""
-        target = self.fspath(rel)
+        target = self._fspath(rel)
         try:
             os.unlink(target)
         except FileNotFoundError:
@@ -223,7 +252,7 @@ class FilesystemStorage:
 
     def delete_tree(self, rel: str) -> bool:
         """Remove a directory and everything in it; say whether there was one."""
-        target = self.fspath(rel)
+        target = self._fspath(rel)
         if not os.path.isdir(target):
             return False
         try:
@@ -235,7 +264,7 @@ class FilesystemStorage:
 
     def symlink(self, rel: str, target_name: str) -> None:
         """Point ``rel`` at ``target_name`` (relative to ``rel``'s directory) atomically."""
-        link = self.fspath(rel)
+        link = self._fspath(rel)
         directory, name = link.rsplit("/", 1)
         self._ensure_dir(directory)
         temp = f"{directory}/.{name}{TEMP_SUFFIX}"
@@ -246,3 +275,35 @@ class FilesystemStorage:
             os.replace(temp, link)
         except OSError as exc:
             raise LocalIOError.of(link, exc) from exc
+
+    def is_link(self, rel: str) -> bool:
+        """Whether ``rel`` is a symbolic link (also one whose target is gone)."""
+        return os.path.islink(self._fspath(rel))
+
+    def files(self, rel: str) -> Iterator[tuple[str, int]]:
+        """``(path, size)`` of every file below the directory ``rel`` (links not followed)."""
+        base = self._fspath(rel)
+        cut = len(self._root) + 1
+        for directory, _dirs, names in os.walk(base):
+            for name in names:
+                full = f"{directory}/{name}"
+                try:
+                    size = os.lstat(full).st_size
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise LocalIOError.of(full, exc) from exc
+                yield full[cut:], size
+
+    def remove_empty_dirs(self, rel: str, keep_top: bool = False) -> None:
+        """Remove every empty directory below ``rel`` (deepest first), and ``rel`` itself
+        when it is left empty, unless ``keep_top``."""
+        base = self._fspath(rel)
+        for directory, _dirs, _files in os.walk(base, topdown=False):
+            if keep_top and directory == base:
+                continue
+            try:
+                os.rmdir(directory)
+            except OSError:
+                continue  # not empty
+            self._made_dirs.discard(directory)

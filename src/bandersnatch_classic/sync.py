@@ -1,16 +1,14 @@
 """The sync engine: bring a mirror (Storage) up to date with an upstream (Upstream).
 
-A :class:`_Worker` runs a pool of threads over two kinds of task: *project* tasks fetch
-a project's metadata, filter it and plan its downloads; *file* tasks download one file
-each. A project's pages are written by whichever task finishes its last file, so the
-files of one project download in parallel and no thread ever waits on another.
+:class:`Mirror` decides what to sync (discovery, ``todo``), hands the projects to
+:class:`~bandersnatch_classic.worker.Worker` s, and applies what they report.
 
 Python runs one thread at a time, and a full sync spends most of its CPU in Python
 (HTTP parsing, bookkeeping). So a large run forks one worker process per core, each
-with its share of the projects and of the ``workers`` threads; a small run keeps one
-worker in-process. Either way every worker reports each project through one queue, and
-only :class:`Mirror`, in the main process, applies the results: project records, the
-report, ``todo`` checkpoints, stop-on-error.
+with its share of the ``workers`` threads, taking projects from one shared cursor; a
+small run keeps one worker in-process. Either way every worker reports each project as
+a typed result through one queue, and only :class:`Mirror`, in the main process, applies
+the results: project records, the report, ``todo`` checkpoints, removals, stop-on-error.
 
 Progress is recorded so that a run killed at any moment loses nothing: ``todo`` holds
 the target serial and the projects still to do, rewritten (atomically, in batches every
@@ -28,11 +26,9 @@ import logging
 import multiprocessing
 import os
 import queue
-import signal
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,33 +37,29 @@ from typing import Any
 import filelock
 from packaging.utils import canonicalize_name
 
-from . import pages
-from .config import MirrorConfig
-from .dependencies import DependencyPolicy, requirements_of
+from . import layout, pages
+from .config import Config, MirrorConfig
+from .dependencies import DependencyPolicy
 from .discovery import Plan, discover
-from .errors import HashMismatch, LocalIOError, LockHeld, NotServed, ProjectGone, UnsafeListing, UnsafePath
+from .errors import ConfigError, LocalIOError, LockHeld, UnsafeListing
 from .filters import FilterSet
-from .models import Project, check_project_name
-from .package import Download, plan_downloads, publish, unpublish, unserved_metadata
-from .progress import Progress, human as _human, in_worker_process
-from .sidecars import MissingSidecars, sidecars_of
+from .models import Project
+from .package import publish
+from .progress import Progress, human as _human
+from .sidecars import MissingSidecars
 from .state import MirrorState, Todo
-from .storage import Storage
-from .upstream import Upstream
+from .storage import FilesystemStorage, Storage
+from .upstream import RetryPolicy, Upstream
+from .worker import (
+    Exited, Failed, Gone, Item, LocalError, Result, SharedCursor, Skipped, Synced, Unfinished, Worker, run_worker,
+    run_worker_process,
+)
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_SECONDS = 2.0
 #: Below this many projects, forking worker processes costs more than it saves.
 MIN_PROJECTS_PER_PROCESS = 50
-
-#: What a worker reports for one project: (kind, name, detail); kinds below. LOCAL: a local
-#: I/O error (disk full, permission...) stopped the project and, with it, the run;
-#: UNFINISHED: the run stopped before the project's downloads were done (not a failure).
-SYNCED, SKIPPED, REMOVED, FAILED, LOCAL, UNFINISHED, EXITED = (
-    "synced", "skipped", "removed", "failed", "local", "unfinished", "exited"
-)
-
 
 @dataclass
 class Report:
@@ -123,164 +115,6 @@ def mirror_lock(directory: Path) -> Iterator[None]:
         lock.release()
 
 
-class _Job:
-    """One project in flight: its metadata and how many of its downloads are still open."""
-
-    def __init__(self, name: str, serial: int, asked: str) -> None:
-        self.name = name
-        self.serial = serial
-        #: The spelling the upstream is asked for: its display name where known, since the
-        #: JSON API answers any other spelling with a redirect (a round trip per project).
-        self.asked = asked
-        self.project: Project | None = None
-        self.pending = 0
-        self.files = 0
-        self.bytes = 0
-        self.written: list[str] = []
-        #: ``.metadata`` sidecars the upstream did not serve (paths below the mirror).
-        self.missing: list[str] = []
-        self.error: str | None = None
-        self.local_error: str | None = None
-        self.unfinished = False
-
-
-class _Worker:
-    """Syncs a list of projects with a pool of threads, reporting each one through ``emit``."""
-
-    def __init__(self, mirror: Mirror, threads: int, emit: Any, stop: Any) -> None:
-        self.config = mirror.config
-        self.upstream = mirror.upstream
-        self.storage = mirror.storage
-        self.filters = mirror.filters
-        self.state = mirror.state
-        self.dependencies = mirror.dependencies
-        self.threads = threads
-        self.emit = emit
-        self.stop = stop
-        self._lock = threading.Lock()
-        self._capacity = threads * 4  # projects in flight, bounding memory
-        self._slots = threading.Semaphore(self._capacity)
-        self._pool: ThreadPoolExecutor | None = None
-
-    def run(self, items: Iterable[tuple[str, int, str]]) -> None:
-        pending = iter(items)
-        with ThreadPoolExecutor(self.threads, thread_name_prefix="sync") as pool:
-            self._pool = pool
-            while True:
-                # A slot first, then a project: with a shared cursor, a project taken
-                # before a thread is free for it would wait here while another process idles.
-                self._slots.acquire()
-                item = None if self.stop.is_set() else next(pending, None)
-                if item is None:
-                    self._slots.release()
-                    break
-                pool.submit(self._project_task, _Job(*item))
-            # Every project gives its slot back once reported: holding them all means the
-            # last one is done, and no task will submit to the pool after it shuts down.
-            for _ in range(self._capacity):
-                self._slots.acquire()
-
-    def _report(self, kind: str, job: _Job, detail: Any = None) -> None:
-        self.emit((kind, job.name, detail))
-        self._slots.release()
-
-    def _project_task(self, job: _Job) -> None:
-        try:
-            canonical = check_project_name(job.name)
-            try:
-                project = self.upstream.project(job.asked, job.serial)
-            except ProjectGone:  # the main process removes it, within max-removals
-                self._report(REMOVED, job, canonical)
-                return
-            if check_project_name(project.name) != canonical:
-                raise UnsafePath(f"the upstream answered for {job.name!r} with project {project.name!r}")
-            if not self.filters.filter_project(project):
-                logger.debug("%s: dropped by filters", job.name)
-                self._report(SKIPPED, job)
-                return
-            job.project = project
-            downloads = plan_downloads(project, self.config, self.storage)
-        except LocalIOError as exc:
-            self._stop_local(job, exc)
-            return
-        except Exception as exc:  # every failure must be reported, or the run never ends
-            self._report(FAILED, job, _reason(exc))
-            return
-        if not downloads:
-            self._finish(job)
-            return
-        job.pending = len(downloads)
-        assert self._pool is not None
-        for download in downloads:
-            self._pool.submit(self._file_task, job, download)
-
-    def _file_task(self, job: _Job, download: Download) -> None:
-        if job.error is None and not self.stop.is_set():
-            try:
-                size = download.fetch(self.upstream, self.storage)
-                logger.debug("Downloaded %s (%d bytes)", download.path, size)
-                with self._lock:
-                    job.files += 1
-                    job.bytes += size
-                    job.written.append(download.path)
-            except (NotServed, HashMismatch) as exc:
-                if not download.sidecar:
-                    job.error = job.error or _reason(exc)
-                else:
-                    logger.warning("%s: %s; mirrored without it, its pages offer no core metadata for that file", job.name, exc)
-                    with self._lock:
-                        job.missing.append(download.path)
-            except LocalIOError as exc:
-                job.local_error = job.local_error or str(exc)
-                self.stop.set()
-            except Exception as exc:
-                job.error = job.error or _reason(exc)
-        else:
-            job.unfinished = True
-        with self._lock:
-            job.pending -= 1
-            last = job.pending == 0
-        if last:
-            self._finish(job)
-
-    def _stop_local(self, job: _Job, exc: LocalIOError) -> None:
-        """Nothing more can be written: start no new work, and say why."""
-        self.stop.set()
-        self._report(LOCAL, job, str(exc))
-
-    def _finish(self, job: _Job) -> None:
-        if job.local_error is not None:
-            self._report(LOCAL, job, job.local_error)
-            return
-        if job.error is not None:
-            self._report(FAILED, job, job.error)
-            return
-        if job.unfinished:
-            self._report(UNFINISHED, job)
-            return
-        project = job.project
-        assert project is not None
-        try:
-            unserved = unserved_metadata(project, self.config, self.storage, job.missing)
-            project.drop_metadata(f.filename for f in unserved)
-            missing = sidecars_of(unserved) if self.config.core_metadata else []
-            job.written += publish(project, self.config, self.storage, self.state)
-        except LocalIOError as exc:
-            self._stop_local(job, exc)
-            return
-        except Exception as exc:
-            self._report(FAILED, job, _reason(exc))
-            return
-        policy = self.dependencies
-        requires = requirements_of(project, self.storage, policy.build) if policy is not None else []
-        logger.info("%s: synced at serial %d", project.name, project.serial)
-        self._report(
-            SYNCED,
-            job,
-            (project.canonical, project.name, project.serial, job.files, job.bytes, job.written, requires, missing),
-        )
-
-
 class Mirror:
     """A mirror directory, its state, and the workers that fill it."""
 
@@ -315,6 +149,36 @@ class Mirror:
         self._removal_limit: int | None = None
         #: Why the run stopped removing projects the upstream answers 404 for (raised at the end).
         self._refused: str | None = None
+
+    @classmethod
+    def from_config(cls, loaded: Config, retry: RetryPolicy | None = None) -> Mirror:
+        """The mirror a configuration describes: its upstream, storage, filters and
+        dependency policy. The one place they are built (the CLI and the tests use it);
+        :meth:`close` the mirror when done. ``retry``: how the upstream retries (tests
+        pass a fast one)."""
+        config = loaded.mirror
+        filters = FilterSet.from_config(loaded.parser)
+        dependencies = DependencyPolicy.from_config(loaded.parser)
+        if filters.active:
+            logger.debug("Filters enabled: %s", ", ".join(filters.active))
+        if dependencies is not None and filters.allowlist() is None:
+            raise ConfigError(
+                f"[allowlist] {'resolve-build-dependencies' if dependencies.build else 'resolve-dependencies'} = true "
+                "needs an allowlist "
+                "(allowlist_project or project_requirements with packages listed)"
+            )
+        storage = FilesystemStorage(config.directory, config.storage_filesystem_manage_permissions)
+        return cls(config, Upstream.from_config(config, retry), storage, filters, dependencies)
+
+    def close(self) -> None:
+        """Close the upstream's connections."""
+        self.upstream.close()
+
+    def __enter__(self) -> Mirror:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- the two entry points ----------------------------------------------------------
     def run(self, force_check: bool = False, cleanup_todo: bool = False, allow_mass_removal: bool = False) -> Report:
@@ -359,7 +223,7 @@ class Mirror:
         for name, reason in plan.rejected.items():
             report.failed[name] = f"refused: {reason}"
         target = max(plan.target, since)
-        recovered = self.sidecars.retry(self.upstream, self.config.workers, always=full)  # served now: pages to rewrite
+        recovered = self.retry_sidecars(self.config.workers, always=full)  # served now: pages to rewrite
         self._listed = {canonicalize_name(name): name for name in plan.projects}
         work = _merge(todo.projects if todo else {}, plan.projects, dict.fromkeys(recovered, 0))
         report.serial = target
@@ -379,9 +243,7 @@ class Mirror:
         self.state.write_todo(todo)
         for canonical in sorted(removed):
             logger.info("%s: gone from the upstream listing; removing it from the index", canonical)
-            report.written += unpublish(canonical, self.config, self.storage, self.state)
-            self.sidecars.forget(canonical)
-            report.removed += 1
+            self._unpublish(canonical)
         self._sync(todo)
         self._sync_dependencies(todo, set(work))
         self._raise_stop_reason()
@@ -402,7 +264,7 @@ class Mirror:
             todo.target = target
             self.state.write_todo(todo)
         if not report.failed and not self._stopped:
-            self.storage.write_bytes("web/last-modified", report.started_at.strftime("%Y%m%dT%H:%M:%S\n").encode())
+            self.storage.write_bytes(layout.LAST_MODIFIED, report.started_at.strftime("%Y%m%dT%H:%M:%S\n").encode())
         self._write_diff_file()
         return report
 
@@ -489,7 +351,7 @@ class Mirror:
         if self._stopped:
             return  # stop-on-error or a local I/O error: no new work, not even dependencies
         records = self.state.projects  # loaded before forking, so that every worker inherits it
-        items = [(name, serial, self._display_name(name, records)) for name, serial in todo.projects.items()]
+        items: list[Item] = [(name, serial, self._display_name(name, records)) for name, serial in todo.projects.items()]
         processes = _process_count(self.config.workers, len(items))
         context = multiprocessing.get_context("fork") if processes > 1 else None
         stop = context.Event() if context else threading.Event()
@@ -505,20 +367,20 @@ class Mirror:
         while running:
             try:
                 try:
-                    kind, name, detail = results.get(timeout=1.0)
+                    result = results.get(timeout=1.0)
                 except queue.Empty:
                     progress.update(done, report.files - files, report.bytes - size)
                     if any(r.is_alive() for r in runners):
                         continue
                     try:  # every worker is gone, some without saying so: take what they left
-                        kind, name, detail = results.get(timeout=0.1)
+                        result = results.get(timeout=0.1)
                     except queue.Empty:
                         break
-                if kind == EXITED:
+                if isinstance(result, Exited):
                     running -= 1
                     continue
-                if self._apply(kind, name, detail, stop):
-                    finished.append(name)
+                if self._apply(result, stop):
+                    finished.append(result.name)
                 done += 1
                 progress.update(done, report.files - files, report.bytes - size)
                 if checkpoint and finished and time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
@@ -544,77 +406,84 @@ class Mirror:
         if interrupted:
             raise KeyboardInterrupt
 
-    def _start(self, items: list[tuple[str, int, str]], processes: int, context: Any, stop: Any, results: Any) -> list[Any]:
+    def _start(self, items: list[Item], processes: int, context: Any, stop: Any, results: Any) -> list[Any]:
         """Start the workers: one thread in this process, or ``processes`` forked ones."""
         if context is None:
-            worker = _Worker(self, self.config.workers, results.put, stop)
-            thread = threading.Thread(target=_run_worker, args=(worker, items, results), name="worker", daemon=True)
+            worker = self._worker(self.config.workers, results.put, stop)
+            thread = threading.Thread(target=run_worker, args=(worker, items), name="worker", daemon=True)
             thread.start()
             return [thread]
         share, extra = divmod(self.config.workers, processes)
-        cursor = _SharedCursor(items, context)
+        cursor = SharedCursor(items, context)
         gc.freeze()  # the workers inherit the parent's objects: keep the collector off their pages
         runners = []
         for index in range(processes):
-            worker = _Worker(self, share + (index < extra), results.put, stop)
-            process = context.Process(target=_run_worker_process, args=(worker, cursor, results))
+            worker = self._worker(share + (index < extra), results.put, stop)
+            process = context.Process(target=run_worker_process, args=(worker, cursor))
             process.start()
             runners.append(process)
         logger.debug("Syncing %d projects in %d worker processes", len(items), processes)
         return runners
+
+    def _worker(self, threads: int, emit: Any, stop: Any) -> Worker:
+        """A worker with the filter set in force now (dependencies widen it between rounds)."""
+        return Worker(self.config, self.upstream, self.storage, self.filters, self.dependencies, threads, emit, stop)
 
     def _display_name(self, canonical: str, records: Mapping[str, tuple[str, int]]) -> str:
         """The name to ask the upstream for: the recorded or listed display name, else canonical."""
         record = records.get(canonical)
         return record[0] if record is not None else self._listed.get(canonical, canonical)
 
-    def _apply(self, kind: str, name: str, detail: Any, stop: Any) -> bool:
+    def _apply(self, result: Result, stop: Any) -> bool:
         """Apply one worker result; return True when the project is done with (not failed)."""
         report = self.report
-        if kind == SYNCED:
-            canonical, display, serial, files, size, written, requires, missing = detail
-            self.state.record(canonical, display, serial)
-            self.sidecars.set(canonical, missing)
+        if isinstance(result, Synced):
+            self.state.record(result.canonical, result.display, result.serial)
+            self.sidecars.set(result.canonical, result.missing)
             if self.dependencies is not None:
-                self._requires[canonical] = requires
-            self._highest_serial = max(self._highest_serial, serial)
+                self._requires[result.canonical] = result.requires
+            self._highest_serial = max(self._highest_serial, result.serial)
             report.synced += 1
-            report.files += files
-            report.bytes += size
+            report.files += result.files
+            report.bytes += result.bytes
             if self.config.diff_file:
-                report.written += written
-        elif kind == SKIPPED:
-            self.sidecars.forget(canonicalize_name(name))
-        elif kind == REMOVED:
-            canonical = detail
+                report.written += result.written
+        elif isinstance(result, Skipped):
+            self.sidecars.forget(canonicalize_name(result.name))
+        elif isinstance(result, Gone):
+            canonical = result.canonical
             report.gone.add(canonical)
-            if canonical not in self.state.projects and not self.storage.exists(self.state.simple_dir(canonical)):
+            if canonical not in self.state.projects and not layout.is_mirrored(self.storage, canonical, self.config.hash_index):
                 allowlist = self.filters.allowlist()
                 if allowlist is not None and canonical in allowlist:
-                    logger.warning("%s: allowlisted, but the upstream has no such project; check its spelling", name)
+                    logger.warning("%s: allowlisted, but the upstream has no such project; check its spelling", result.name)
                 return True
             if not self._may_remove(stop):
                 return False  # stays in todo
-            logger.info("%s: deleted upstream; removing it from the index", name)
-            self.sidecars.forget(canonical)
-            report.written += unpublish(canonical, self.config, self.storage, self.state)
-            report.removed += 1
-        elif kind == UNFINISHED:
+            logger.info("%s: deleted upstream; removing it from the index", result.name)
+            self._unpublish(canonical)
+        elif isinstance(result, Unfinished):
             return False  # stays in todo
-        elif kind == LOCAL:
-            self.local_error = self.local_error or detail
+        elif isinstance(result, LocalError):
+            self.local_error = self.local_error or result.reason
             self._stopped = True
             stop.set()
             return False
-        elif kind == FAILED:
-            report.failed[name] = detail
-            logger.error("%s: failed: %s", name, detail)
+        elif isinstance(result, Failed):
+            report.failed[result.name] = result.reason
+            logger.error("%s: failed: %s", result.name, result.reason)
             if self.config.stop_on_error and not self._stopped:
                 logger.error("Stopping at the first failure (stop-on-error = true)")
                 self._stopped = True
                 stop.set()
             return False
         return True
+
+    def _unpublish(self, canonical: str) -> None:
+        """Take a project the upstream no longer has out of the index (files stay unless
+        ``delete_missing_packages``)."""
+        self.report.written += self.remove_project(canonical, files=self.config.delete_missing_packages)
+        self.report.removed += 1
 
     def _may_remove(self, stop: Any) -> bool:
         """Whether one more project the upstream answers 404 for may be removed in this run.
@@ -658,26 +527,49 @@ class Mirror:
             todo.projects.pop(name, None)
         self.state.write_todo(todo)
 
+    # -- single projects, for verify and delete ---------------------------------------------
+    def publish(self, project: Project) -> list[str]:
+        """Write a project's pages from ``project`` (already filtered) and record it."""
+        written = publish(project, self.config, self.storage)
+        self.state.record(project.canonical, project.name, project.serial)
+        return written
+
+    def remove_project(
+        self, canonical: str, files: bool, project: Project | None = None, dry_run: bool = False
+    ) -> list[str]:
+        """Remove a project from the mirror (see :func:`layout.remove_project`) and forget it."""
+        removed = layout.remove_project(self.storage, canonical, self.config.hash_index, files, project, dry_run)
+        if not dry_run:
+            self.state.forget(canonical)
+            self.sidecars.forget(canonical)
+        return removed
+
+    def retry_sidecars(self, workers: int, always: bool = False) -> set[str]:
+        """Ask the upstream again for the ``.metadata`` files it did not serve; return the
+        projects that now have all theirs (their pages need rewriting)."""
+        return self.sidecars.retry(self.upstream, workers, always=always)
+
     # -- end of run ----------------------------------------------------------------------
     def write_root(self) -> None:
-        """Rewrite the root index from the project records (after ``delete``)."""
+        """Rewrite the root index from the project records, and save the records (after ``delete``)."""
         self._write_root(self.state.status)
+        self.sidecars.save()
 
     def _write_root(self, serial: int) -> None:
         """Render the root index from the project records (never from a directory scan)."""
         write_html = self.config.write_html and (
-            self.state.names_changed or not self.storage.exists("web/simple/index.html")
+            self.state.names_changed or not self.storage.exists(layout.ROOT_HTML[0])
         )
         records = self.state.projects.rows() if write_html or self.config.write_json else []
         if write_html:
             html = pages.root_html(records).encode()
-            for name in ("index.html", "index.v1_html"):
-                if self.storage.write_if_changed(f"web/simple/{name}", html):
-                    self.report.written.append(f"web/simple/{name}")
+            for path in layout.ROOT_HTML:
+                if self.storage.write_if_changed(path, html):
+                    self.report.written.append(path)
         if self.config.write_json:
             page = pages.root_json(records, serial).encode()
-            if self.storage.write_if_changed("web/simple/index.v1_json", page):
-                self.report.written.append("web/simple/index.v1_json")
+            if self.storage.write_if_changed(layout.ROOT_JSON, page):
+                self.report.written.append(layout.ROOT_JSON)
         self.state.save_projects()
 
     def _write_diff_file(self) -> None:
@@ -686,7 +578,7 @@ class Mirror:
         path = self.config.diff_file
         if self.config.diff_append_epoch:
             path = f"{path}-{int(time.time())}"
-        lines = "".join(f"{self.storage.path(p)}\n" for p in sorted(set(self.report.written)))
+        lines = "".join(f"{self.storage.display(p)}\n" for p in sorted(set(self.report.written)))
         try:
             with open(path, "a", encoding="utf-8") as fh:
                 fh.write(lines)
@@ -710,79 +602,11 @@ class _Records(Mapping[str, tuple[str, int]]):
         return len(self._state.projects)
 
 
-class _SharedCursor:
-    """The projects of a run, handed out one at a time to whichever worker process asks.
-
-    Dealing the projects out up front would end a run on its slowest process: with 3
-    threads over 2 processes, the one-thread process takes twice as long, and on a real
-    network the run ends on one connection. Every forked process inherits the list; only
-    the position is shared.
-    """
-
-    def __init__(self, items: list[tuple[str, int, str]], context: Any) -> None:
-        self._items = items
-        self._next = context.Value("q", 0)
-
-    def __iter__(self) -> Iterator[tuple[str, int, str]]:
-        while True:
-            with self._next.get_lock():
-                index = self._next.value
-                self._next.value = index + 1
-            if index >= len(self._items):
-                return
-            yield self._items[index]
-
-
-def _run_worker(worker: _Worker, items: Iterable[tuple[str, int, str]], results: Any) -> None:
-    try:
-        worker.run(items)
-    finally:
-        results.put((EXITED, "", None))
-
-
-def _run_worker_process(worker: _Worker, items: Iterable[tuple[str, int, str]], results: Any) -> None:
-    """Entry point of a forked worker: fresh connections, then the same thread engine.
-
-    Ctrl-C and SIGTERM are the main process's to handle: it sets ``stop``, and a worker
-    finishes what it holds. (A worker whose main process is killed outright stops too.)
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    in_worker_process()
-    worker.upstream.close()
-    threading.Thread(target=_stop_when_orphaned, args=(os.getppid(), worker.stop), daemon=True).start()
-    _run_worker(worker, items, results)
-
-
-def _stop_when_orphaned(parent: int, stop: Any) -> None:
-    """A worker whose main process was killed finishes what it holds and starts nothing new."""
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    logger.error("The main process is gone; this worker stops after its downloads in flight")
-    stop.set()
-
-
 def _process_count(workers: int, projects: int) -> int:
     """How many worker processes: one per core, never more than threads or than useful."""
     if not hasattr(os, "fork"):
         return 1
     return max(1, min(os.cpu_count() or 1, workers, projects // MIN_PROJECTS_PER_PROCESS))
-
-
-def sync(
-    upstream: Upstream,
-    storage: Storage,
-    config: MirrorConfig,
-    filters: FilterSet,
-    *,
-    dependencies: DependencyPolicy | None = None,
-    force_check: bool = False,
-    cleanup_todo: bool = False,
-    allow_mass_removal: bool = False,
-) -> Report:
-    """Bring ``storage`` up to date with ``upstream`` under the mirror lock."""
-    with mirror_lock(storage.root):
-        return Mirror(config, upstream, storage, filters, dependencies).run(force_check, cleanup_todo, allow_mass_removal)
 
 
 def _merge(*works: dict[str, int]) -> dict[str, int]:
@@ -793,8 +617,3 @@ def _merge(*works: dict[str, int]) -> dict[str, int]:
             canonical = canonicalize_name(name)
             merged[canonical] = max(merged.get(canonical, 0), serial)
     return merged
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -36,6 +36,7 @@ from urllib3.exceptions import ProtocolError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from . import __version__
+from .config import MirrorConfig
 from .errors import HashMismatch, NotServed, ProjectGone, StaleResponse, UpstreamError
 from .models import Project
 from .pages import JSON_CONTENT_TYPE as SIMPLE_JSON
@@ -96,6 +97,20 @@ class Response:
 
 class Upstream:
     """A package index that speaks the APIs of the public index."""
+
+    @classmethod
+    def from_config(cls, config: MirrorConfig, retry: RetryPolicy | None = None) -> Upstream:
+        """The upstream ``[mirror]`` names, with its timeouts, proxy and download mirror."""
+        return cls(
+            config.master,
+            timeout=config.timeout,
+            global_timeout=config.global_timeout,
+            proxy=config.proxy,
+            download_mirror=config.download_mirror,
+            download_mirror_no_fallback=config.download_mirror_no_fallback,
+            retry=retry or RetryPolicy(),
+            pool_size=config.workers,
+        )
 
     def __init__(
         self,

@@ -10,33 +10,29 @@ already hashed), so an interrupted verify resumes where it stopped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from html import unescape
-from pathlib import Path
 
-from . import pages
+from packaging.utils import canonicalize_name
+
+from . import layout, pages
 from .errors import BandersnatchError
+from .layout import Expected
 from .models import Project
-from .package import publish
-from .state import MirrorState, local_package_path
+from .progress import human as _human
 from .storage import Storage
-from .sync import Mirror, _human
+from .sync import Mirror
 
 logger = logging.getLogger(__name__)
 
 PROGRESS_FILE = "verify-progress"
 #: Projects checked together: their files are hashed in parallel.
 BATCH = 256
-_LINK = re.compile(r'<a href="([^"]+)"([^>]*)>')
-_CORE = re.compile(r'data-(?:core|dist-info)-metadata="sha256=([0-9a-f]{64})"')
 
 
 @dataclass
@@ -81,67 +77,31 @@ def stored_project(storage: Storage, canonical: str) -> Project | None:
     File URLs relative to the document (as some upstreams give them) are resolved against
     the document's path on the upstream, ``/pypi/<name>/json``, as ``mirror`` did.
     """
-    doc = storage.read_text(f"web/json/{canonical}")
+    doc = storage.read_text(layout.json_path(canonical))
     return Project.from_json(json.loads(doc), base=f"/pypi/{canonical}/json") if doc is not None else None
 
 
-def expected_files(
-    storage: Storage, state: MirrorState, canonical: str, project: Project | None
-) -> dict[str, tuple[str | None, int | None]]:
-    """What a project should hold: ``web/packages/...`` path -> (sha256, size), from the mirror.
-
-    ``project`` is its :func:`stored_project`; without one, the project's pages are read.
-    """
-    out: dict[str, tuple[str | None, int | None]] = {}
-    if project is not None:
-        for f in project.files():
-            out[f"web/{f.path}"] = (f.sha256, f.size or None)
-            if f.metadata_sha256:
-                out[f"web/{f.path}.metadata"] = (f.metadata_sha256, None)
-        return out
-    page = storage.read_text(f"{state.simple_dir(canonical)}/index.v1_json")
-    if page is not None:
-        for entry in json.loads(page).get("files", []):
-            path = local_package_path(entry["url"])
-            if path:
-                out[path] = (entry.get("hashes", {}).get("sha256"), entry.get("size"))
-                core = entry.get("core-metadata") or entry.get("dist-info-metadata")
-                if isinstance(core, dict) and core.get("sha256"):
-                    out[f"{path}.metadata"] = (core["sha256"], None)
-        return out
-    html = storage.read_text(f"{state.simple_dir(canonical)}/index.html") or ""
-    for href, attrs in _LINK.findall(html):
-        href = unescape(href)
-        path = local_package_path(href)
-        if path:
-            digest = href.split("#sha256=", 1)[1] if "#sha256=" in href else None
-            out[path] = (digest, None)
-            core = _CORE.search(attrs)
-            if core:
-                out[f"{path}.metadata"] = (core.group(1), None)
-    return out
+def _expected(mirror: Mirror, canonical: str, project: Project | None) -> Expected:
+    """What the mirror should hold of a project (see :func:`layout.referenced_files`)."""
+    return _held(mirror, layout.referenced_files(mirror.storage, canonical, mirror.config.hash_index, project))
 
 
-def _held(mirror: Mirror, expected: dict[str, tuple[str | None, int | None]]) -> dict[str, tuple[str | None, int | None]]:
+def _held(mirror: Mirror, expected: Expected) -> Expected:
     """What of ``expected`` the mirror holds itself: with ``release-files = false`` only the
     ``.metadata`` files (the pages link the release files elsewhere)."""
     if mirror.config.release_files:
         return expected
-    return {path: want for path, want in expected.items() if path.endswith(".metadata")}
+    return {path: want for path, want in expected.items() if path.endswith(layout.METADATA_SUFFIX)}
 
 
 def _check(storage: Storage, path: str, sha256: str | None, size: int | None) -> tuple[bool, int]:
     """(file is right, bytes hashed)."""
-    try:
-        with open(storage.fspath(path), "rb") as fh:
-            actual = os.fstat(fh.fileno()).st_size
-            if size is not None and actual != size:
-                return False, 0
-            if sha256 is None:
-                return True, 0
-            return hashlib.file_digest(fh, "sha256").hexdigest() == sha256, actual
-    except FileNotFoundError:
+    stat = storage.stat(path)
+    if stat is None or (size is not None and stat.st_size != size):
         return False, 0
+    if sha256 is None:
+        return True, 0
+    return storage.sha256(path) == sha256, stat.st_size
 
 
 def verify(
@@ -179,7 +139,7 @@ def verify(
             for canonical in names[start : start + BATCH]:
                 try:
                     project = stored_project(storage, canonical)
-                    expected = _held(mirror, expected_files(storage, state, canonical, project))
+                    expected = _expected(mirror, canonical, project)
                 except (ValueError, KeyError, TypeError, BandersnatchError) as exc:
                     logger.error("%s: cannot read what the mirror holds for it: %s", canonical, exc)
                     report.unfixed[canonical] = f"unreadable page or document: {exc}"
@@ -215,7 +175,7 @@ def verify(
     if report.pages_fixed and not dry_run:
         state.save_projects()
     if not dry_run and mirror.config.core_metadata:
-        repair |= mirror.sidecars.retry(mirror.upstream, threads, always=True)  # served now: pages to rewrite
+        repair |= mirror.retry_sidecars(threads, always=True)  # served now: pages to rewrite
     if repair and not dry_run:
         logger.info("Re-syncing %d projects to repair them", len(repair))
         synced = mirror.sync_projects(sorted(repair))
@@ -229,12 +189,14 @@ def verify(
             min(unreadable),
         )
     elif delete:
-        for path, size in _unowned(storage, referenced):
+        for path, size in storage.files(layout.PACKAGES):
+            if path in referenced:
+                continue
             report.unowned[path] = size
             if not dry_run:
                 storage.delete(path)
         if not dry_run:
-            _remove_empty_dirs(storage.path("web/packages"))
+            storage.remove_empty_dirs(layout.PACKAGES, keep_top=True)
     for path, size in sorted(report.unowned.items())[:1000] if dry_run else []:
         logger.info("Would delete %s (%s)", path, _human(size))
     for canonical, paths in sorted(report.broken.items()) if dry_run else []:
@@ -256,24 +218,24 @@ def _rewrite_pages(mirror: Mirror, canonical: str) -> bool:
     if project is None:
         return False
     try:
-        publish(project, mirror.config, mirror.storage, mirror.state)
+        mirror.publish(project)
     except (OSError, BandersnatchError) as exc:
         logger.warning("%s: could not rewrite its pages from the stored document (%s); re-syncing it", canonical, exc)
         return False
     return not _page_disagrees(mirror, canonical, stored_project(mirror.storage, canonical))
 
 
-def _recheck(mirror: Mirror, canonical: str, report: VerifyReport) -> dict[str, tuple[str | None, int | None]]:
+def _recheck(mirror: Mirror, canonical: str, report: VerifyReport) -> Expected:
     """Check a repaired project again; count as fixed only what is right now.
 
     A file found broken is fixed when it is right now, or when the project no longer
     references it (e.g. a ``.metadata`` the upstream cannot serve, which the rewritten page
     no longer offers). Returns what the project references after the repair.
     """
-    storage, state = mirror.storage, mirror.state
+    storage = mirror.storage
     try:
         project = stored_project(storage, canonical)
-        expected = _held(mirror, expected_files(storage, state, canonical, project))
+        expected = _expected(mirror, canonical, project)
     except (ValueError, KeyError, TypeError, BandersnatchError) as exc:
         report.unfixed.setdefault(canonical, f"unreadable after the repair: {exc}")
         return {}
@@ -292,36 +254,15 @@ def _recheck(mirror: Mirror, canonical: str, report: VerifyReport) -> dict[str, 
 
 def _page_disagrees(mirror: Mirror, canonical: str, project: Project | None) -> bool:
     """Whether the HTML page differs from what the stored JSON document (``project``) renders to."""
-    storage, state, config = mirror.storage, mirror.state, mirror.config
+    storage, config = mirror.storage, mirror.config
     if project is None or not config.write_html or config.keep_index_versions:
         return False
-    page = storage.read_text(f"{state.simple_dir(canonical)}/index.html")
+    page = storage.read_text(f"{layout.simple_dir(canonical, config.hash_index)}/{layout.PAGE_HTML}")
     expected = pages.project_html(project, config.root_uri, config.digest_name, config.links_upstream)
     if page != expected:
         logger.warning("%s: the page disagrees with the stored metadata", canonical)
         return True
     return False
-
-
-def _unowned(storage: Storage, referenced: set[str]) -> Iterable[tuple[str, int]]:
-    base = storage.path("web/packages")
-    root = str(storage.path("web"))
-    for directory, _dirs, files in os.walk(base):
-        for name in files:
-            full = os.path.join(directory, name)
-            rel = "web" + full[len(root):]
-            if rel not in referenced:
-                yield rel, os.lstat(full).st_size
-
-
-def _remove_empty_dirs(base: Path) -> None:
-    """Remove every empty directory below ``base`` (deepest first)."""
-    for directory, _dirs, _files in os.walk(base, topdown=False):
-        if directory != str(base):
-            try:
-                os.rmdir(directory)
-            except OSError:
-                pass  # not empty
 
 
 def _read_progress(storage: Storage) -> set[str]:
@@ -335,30 +276,13 @@ def _write_progress(storage: Storage, done: set[str]) -> None:
 
 def delete_projects(mirror: Mirror, names: Iterable[str], dry_run: bool = False) -> list[str]:
     """Remove projects entirely: files, ``.metadata``, pages, JSON documents, root entries."""
-    from packaging.utils import canonicalize_name
-
-    storage, state = mirror.storage, mirror.state
     removed: list[str] = []
     for name in names:
         canonical = canonicalize_name(name)
-        if canonical not in state.projects and not storage.exists(state.simple_dir(canonical)):
+        if canonical not in mirror.state.projects and not layout.is_mirrored(mirror.storage, canonical, mirror.config.hash_index):
             raise BandersnatchError(f"{name}: not in this mirror")
-        paths = list(expected_files(storage, state, canonical, stored_project(storage, canonical)))
-        paths += [state.simple_dir(canonical), f"web/json/{canonical}", f"web/pypi/{canonical}"]
-        for path in paths:
-            if storage.exists(path) or storage.path(path).is_symlink():
-                removed.append(path)
-                if not dry_run:
-                    if storage.path(path).is_dir():
-                        storage.delete_tree(path)
-                    else:
-                        storage.delete(path)
-        if not dry_run:
-            state.forget(canonical)
-            mirror.sidecars.forget(canonical)
+        project = stored_project(mirror.storage, canonical)
+        removed += mirror.remove_project(canonical, files=True, project=project, dry_run=dry_run)
     if not dry_run:
-        mirror.sidecars.save()
         mirror.write_root()
-        _remove_empty_dirs(storage.path("web/packages"))
     return removed
-

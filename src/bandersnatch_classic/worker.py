@@ -1,0 +1,331 @@
+"""A sync worker: a pool of threads over projects and their files, reporting typed results.
+
+A :class:`Worker` runs two kinds of task: *project* tasks fetch a project's metadata,
+filter it and plan its downloads; *file* tasks download one file each. A project's pages
+are written by whichever task finishes its last file, so the files of one project
+download in parallel and no thread ever waits on another.
+
+A worker runs in a thread of the main process or in a forked process. Either way it
+changes nothing but the files it writes: it reports what became of each project as one
+of the small result types below, through one queue, and only
+:class:`~bandersnatch_classic.sync.Mirror`, in the main process, applies them (project
+records, the report, ``todo`` checkpoints, removals, stop-on-error). A write by a forked
+worker to the mirror's records would be lost when the process ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Union
+
+from .config import MirrorConfig
+from .dependencies import DependencyPolicy, requirements_of
+from .errors import HashMismatch, LocalIOError, NotServed, ProjectGone, UnsafePath
+from .filters import FilterSet
+from .models import Project, check_project_name
+from .package import Download, plan_downloads, publish, unserved_metadata
+from .progress import in_worker_process
+from .sidecars import Sidecar, sidecars_of
+from .storage import Storage
+from .upstream import Upstream
+
+logger = logging.getLogger(__name__)
+
+#: One project to sync: (canonical name, serial wanted, the name to ask the upstream for).
+Item = tuple[str, int, str]
+
+
+@dataclass(frozen=True)
+class Synced:
+    """The project's files and pages are in place at ``serial``."""
+
+    name: str
+    canonical: str
+    display: str
+    serial: int
+    files: int
+    bytes: int
+    written: list[str] = field(default_factory=list)
+    #: Requires-Dist lines (resolve-dependencies only).
+    requires: list[str] = field(default_factory=list)
+    #: ``.metadata`` sidecars the upstream advertises but did not serve.
+    missing: list[Sidecar] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """The filters drop the whole project."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Gone:
+    """The upstream answers 404 for the project: the main process removes it, within max-removals."""
+
+    name: str
+    canonical: str
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The project failed (the upstream, its data); it is retried next run."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class LocalError:
+    """A local I/O error (disk full, permission...) stopped the project and, with it, the run."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """The run stopped before the project's downloads were done (not a failure)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Exited:
+    """The worker has reported everything it took and stopped."""
+
+
+Result = Union[Synced, Skipped, Gone, Failed, LocalError, Unfinished, Exited]
+
+
+class Job:
+    """One project in flight: its metadata and how many of its downloads are still open."""
+
+    def __init__(self, name: str, serial: int, asked: str) -> None:
+        self.name = name
+        self.serial = serial
+        #: The spelling the upstream is asked for: its display name where known, since the
+        #: JSON API answers any other spelling with a redirect (a round trip per project).
+        self.asked = asked
+        self.project: Project | None = None
+        self.pending = 0
+        self.files = 0
+        self.bytes = 0
+        self.written: list[str] = []
+        #: ``.metadata`` sidecars the upstream did not serve (paths below the mirror).
+        self.missing: list[str] = []
+        self.error: str | None = None
+        self.local_error: str | None = None
+        self.unfinished = False
+
+
+class Worker:
+    """Syncs a list of projects with a pool of threads, reporting each one through ``emit``."""
+
+    def __init__(
+        self,
+        config: MirrorConfig,
+        upstream: Upstream,
+        storage: Storage,
+        filters: FilterSet,
+        dependencies: DependencyPolicy | None,
+        threads: int,
+        emit: Callable[[Result], None],
+        stop: Any,
+    ) -> None:
+        self.config = config
+        self.upstream = upstream
+        self.storage = storage
+        self.filters = filters
+        self.dependencies = dependencies
+        self.threads = threads
+        self.emit = emit
+        self.stop = stop
+        self._lock = threading.Lock()
+        self._capacity = threads * 4  # projects in flight, bounding memory
+        self._slots = threading.Semaphore(self._capacity)
+        self._pool: ThreadPoolExecutor | None = None
+
+    def run(self, items: Iterable[Item]) -> None:
+        pending = iter(items)
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="sync") as pool:
+            self._pool = pool
+            while True:
+                # A slot first, then a project: with a shared cursor, a project taken
+                # before a thread is free for it would wait here while another process idles.
+                self._slots.acquire()
+                item = None if self.stop.is_set() else next(pending, None)
+                if item is None:
+                    self._slots.release()
+                    break
+                pool.submit(self._project_task, Job(*item))
+            # Every project gives its slot back once reported: holding them all means the
+            # last one is done, and no task will submit to the pool after it shuts down.
+            for _ in range(self._capacity):
+                self._slots.acquire()
+
+    def _report(self, result: Result) -> None:
+        self.emit(result)
+        self._slots.release()
+
+    def _project_task(self, job: Job) -> None:
+        try:
+            canonical = check_project_name(job.name)
+            try:
+                project = self.upstream.project(job.asked, job.serial)
+            except ProjectGone:
+                self._report(Gone(job.name, canonical))
+                return
+            if check_project_name(project.name) != canonical:
+                raise UnsafePath(f"the upstream answered for {job.name!r} with project {project.name!r}")
+            if not self.filters.filter_project(project):
+                logger.debug("%s: dropped by filters", job.name)
+                self._report(Skipped(job.name))
+                return
+            job.project = project
+            downloads = plan_downloads(project, self.config, self.storage)
+        except LocalIOError as exc:
+            self._stop_local(job, exc)
+            return
+        except Exception as exc:  # every failure must be reported, or the run never ends
+            self._report(Failed(job.name, reason(exc)))
+            return
+        if not downloads:
+            self._finish(job)
+            return
+        job.pending = len(downloads)
+        assert self._pool is not None
+        for download in downloads:
+            self._pool.submit(self._file_task, job, download)
+
+    def _file_task(self, job: Job, download: Download) -> None:
+        if job.error is None and not self.stop.is_set():
+            try:
+                size = download.fetch(self.upstream, self.storage)
+                logger.debug("Downloaded %s (%d bytes)", download.path, size)
+                with self._lock:
+                    job.files += 1
+                    job.bytes += size
+                    job.written.append(download.path)
+            except (NotServed, HashMismatch) as exc:
+                if not download.sidecar:
+                    job.error = job.error or reason(exc)
+                else:
+                    logger.warning("%s: %s; mirrored without it, its pages offer no core metadata for that file", job.name, exc)
+                    with self._lock:
+                        job.missing.append(download.path)
+            except LocalIOError as exc:
+                job.local_error = job.local_error or str(exc)
+                self.stop.set()
+            except Exception as exc:
+                job.error = job.error or reason(exc)
+        else:
+            job.unfinished = True
+        with self._lock:
+            job.pending -= 1
+            last = job.pending == 0
+        if last:
+            self._finish(job)
+
+    def _stop_local(self, job: Job, exc: LocalIOError) -> None:
+        """Nothing more can be written: start no new work, and say why."""
+        self.stop.set()
+        self._report(LocalError(job.name, str(exc)))
+
+    def _finish(self, job: Job) -> None:
+        if job.local_error is not None:
+            self._report(LocalError(job.name, job.local_error))
+            return
+        if job.error is not None:
+            self._report(Failed(job.name, job.error))
+            return
+        if job.unfinished:
+            self._report(Unfinished(job.name))
+            return
+        project = job.project
+        assert project is not None
+        try:
+            unserved = unserved_metadata(project, self.config, self.storage, job.missing)
+            project.drop_metadata(f.filename for f in unserved)
+            missing = sidecars_of(unserved) if self.config.core_metadata else []
+            job.written += publish(project, self.config, self.storage)
+        except LocalIOError as exc:
+            self._stop_local(job, exc)
+            return
+        except Exception as exc:
+            self._report(Failed(job.name, reason(exc)))
+            return
+        policy = self.dependencies
+        requires = requirements_of(project, self.storage, policy.build) if policy is not None else []
+        logger.info("%s: synced at serial %d", project.name, project.serial)
+        self._report(
+            Synced(
+                job.name, project.canonical, project.name, project.serial, job.files, job.bytes, job.written, requires, missing
+            )
+        )
+
+
+class SharedCursor:
+    """The projects of a run, handed out one at a time to whichever worker process asks.
+
+    Dealing the projects out up front would end a run on its slowest process: with 3
+    threads over 2 processes, the one-thread process takes twice as long, and on a real
+    network the run ends on one connection. Every forked process inherits the list; only
+    the position is shared.
+    """
+
+    def __init__(self, items: list[Item], context: Any) -> None:
+        self._items = items
+        self._next = context.Value("q", 0)
+
+    def __iter__(self) -> Iterator[Item]:
+        while True:
+            with self._next.get_lock():
+                index = self._next.value
+                self._next.value = index + 1
+            if index >= len(self._items):
+                return
+            yield self._items[index]
+
+
+def run_worker(worker: Worker, items: Iterable[Item]) -> None:
+    """Run ``worker`` over ``items``, then say so (:class:`Exited`)."""
+    try:
+        worker.run(items)
+    finally:
+        worker.emit(Exited())
+
+
+def run_worker_process(worker: Worker, items: Iterable[Item]) -> None:
+    """Entry point of a forked worker: fresh connections, then the same thread engine.
+
+    Ctrl-C and SIGTERM are the main process's to handle: it sets ``stop``, and a worker
+    finishes what it holds. (A worker whose main process is killed outright stops too.)
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    in_worker_process()
+    worker.upstream.close()
+    threading.Thread(target=_stop_when_orphaned, args=(os.getppid(), worker.stop), daemon=True).start()
+    run_worker(worker, items)
+
+
+def _stop_when_orphaned(parent: int, stop: Any) -> None:
+    """A worker whose main process was killed finishes what it holds and starts nothing new."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    logger.error("The main process is gone; this worker stops after its downloads in flight")
+    stop.set()
+
+
+def reason(exc: BaseException) -> str:
+    """One line on why a project failed: the exception's type and first line."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
