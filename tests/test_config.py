@@ -61,7 +61,7 @@ def test_every_key_is_read(tmp_path):
         ("compare-method = mtime", ["compare-method", "hash, stat"]),
         ("api-method = soap", ["api-method", "auto, xmlrpc, simple, html"]),
         ("json = maybe", ["json", "'maybe'", "true or false"]),
-        ("storage-backend = s3", ["storage-backend", "not built yet"]),
+        ("storage-backend = gcs", ["storage-backend", "filesystem, s3"]),
     ],
 )
 def test_bad_values_name_key_value_and_choices(tmp_path, line, words):

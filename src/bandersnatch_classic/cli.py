@@ -21,7 +21,7 @@ from packaging.utils import canonicalize_name
 from . import __version__, config as configuration, layout, preflight
 from .errors import BandersnatchError, ConfigError, LocalIOError, LockHeld, StateError, UpstreamError
 from .progress import StatusLineHandler
-from .sync import Mirror, Report, mirror_lock
+from .sync import Mirror, Report
 
 logger = logging.getLogger("bandersnatch_classic")
 
@@ -171,6 +171,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from .serve import serve
 
+        if mirror.storage_backend != "filesystem":
+            raise ConfigError("serve reads a mirror directory; serve a bucket with a web server or a CDN "
+                              "in front of it (docs/object-storage.md)")
         return serve(mirror.directory / layout.WEB, args.bind, args.port, mirror.hash_index)
     with Mirror.from_config(loaded) as engine:
         if args.command == "status":
@@ -179,12 +182,12 @@ def _run(args: argparse.Namespace) -> int:
             return status_command(engine.storage, mirror, engine.upstream, engine.filters.allowlist() is not None, args.json)
         if args.command in ("mirror", "sync"):
             logger.debug("Syncing %s from %s", mirror.directory, mirror.master)
-            with mirror_lock(mirror.directory):
+            with engine.lock():
                 return _sync_command(args, engine)
         elif args.command == "verify":
             from .verify import verify
 
-            with mirror_lock(mirror.directory):
+            with engine.lock():
                 result = verify(
                     engine,
                     delete=args.delete, dry_run=args.dry_run, json_update=args.json_update, workers=args.workers,
@@ -196,7 +199,7 @@ def _run(args: argparse.Namespace) -> int:
         else:  # delete
             from .verify import delete_projects
 
-            with mirror_lock(mirror.directory):
+            with engine.lock():
                 removed = delete_projects(engine, args.names, args.dry_run)
             for path in removed:
                 logger.info("%s %s", "Would remove" if args.dry_run else "Removed", path)

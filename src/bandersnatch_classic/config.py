@@ -47,8 +47,16 @@ FILTER_SECTIONS = frozenset(
         "version_range_release_file_metadata",
     }
 )
-#: Sections the reference tool knows that we accept but do not use (yet).
+#: Sections read outside this module ([s3]: :mod:`bandersnatch_classic.s3`).
 IGNORED_SECTIONS = frozenset({"s3"})
+
+
+def _importable(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,10 +295,9 @@ def _read_mirror(section: configparser.SectionProxy, path: Path) -> MirrorConfig
         _check_url("root_uri", root_uri, allow_non_https=True)
 
     storage_backend = r.choice("storage-backend", "filesystem", ("filesystem", "s3"))
-    if storage_backend != "filesystem":
-        raise ConfigError(
-            f"[mirror] storage-backend = {storage_backend!r} is not built yet; use filesystem"
-        )
+    if storage_backend == "s3" and not _importable("boto3"):
+        raise ConfigError("[mirror] storage-backend = s3 needs boto3, which is not installed: "
+                          "pip install 'bandersnatch-classic[s3]'")
 
     config = MirrorConfig(
         directory=directory,

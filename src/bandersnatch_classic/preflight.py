@@ -31,7 +31,8 @@ def check(config: MirrorConfig, writes: bool = True) -> None:
         check_log_config(Path(config.log_config))
     if not writes:
         return
-    check_mirror_directory(config.directory)
+    if config.storage_backend == "filesystem":  # a bucket is checked by its storage (one HEAD)
+        check_mirror_directory(config.directory)
     if config.diff_file:
         check_diff_file(Path(config.diff_file), config.diff_append_epoch)
     if config.metrics_file:

@@ -167,8 +167,20 @@ class Mirror:
                 "needs an allowlist "
                 "(allowlist_project or project_requirements with packages listed)"
             )
-        storage = FilesystemStorage(config.directory, config.storage_filesystem_manage_permissions)
+        storage: Storage
+        if config.storage_backend == "s3":
+            from .s3 import S3Storage
+
+            storage = S3Storage.from_config(config, loaded.parser)
+        else:
+            storage = FilesystemStorage(config.directory, config.storage_filesystem_manage_permissions)
         return cls(config, Upstream.from_config(config, retry), storage, filters, dependencies)
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """The run lock: the backend's own when it has one (a bucket's lock object), else
+        :func:`mirror_lock` on the mirror directory."""
+        own = getattr(self.storage, "lock", None)
+        return own() if callable(own) else mirror_lock(self.config.directory)
 
     def close(self) -> None:
         """Close the upstream's connections."""
