@@ -8,7 +8,11 @@ made, and the upstream's own CPU seconds. Each mirror is then checked file by fi
 against the upstream, so that a fast wrong mirror cannot win.
 
 usage: python benchmarks/bench.py CORPUS [--scale F] [--workers N] [--tools ours,reference]
-                                  [--latency-ms N] [--display-names]
+                                  [--latency-ms N] [--display-names] [--backend s3]
+
+With ``--backend s3`` this project also runs against a local S3 server (moto's standalone
+server, ``pip install -e '.[test]'``) as the tool ``ours-s3``, in the same run as the
+filesystem backend; its mirror is copied out of the bucket to be checked.
 
 With ``--latency-ms`` every answer of the upstream is delayed by that round trip, and each
 run is also given as a ratio to its latency bound, ``requests x round trip / workers``:
@@ -75,10 +79,11 @@ def ours_command() -> list[str]:
     return [sys.executable, "-m", "bandersnatch_classic"]
 
 
-def write_config(path: Path, directory: Path, master: str, workers: int, tool: str) -> None:
+def write_config(path: Path, directory: Path, master: str, workers: int, tool: str, s3: str = "") -> None:
+    """``s3``: the endpoint of the S3 server; the mirror then goes to the bucket ``bench``."""
     lines = [
         "[mirror]",
-        f"directory = {directory}",
+        f"directory = {f'/bench/{tool}' if s3 else directory}",
         f"master = {master}",
         "timeout = 30",
         "global-timeout = 18000",
@@ -92,9 +97,12 @@ def write_config(path: Path, directory: Path, master: str, workers: int, tool: s
         "digest_name = sha256",
         "keep_index_versions = 0",
         "simple-format = ALL",
-        "storage-backend = filesystem",
+        f"storage-backend = {'s3' if s3 else 'filesystem'}",
         "allow-non-https = true",
     ]
+    if s3:
+        lines += ["[s3]", f"endpoint_url = {s3}", "region_name = us-east-1",
+                  "aws_access_key_id = bench", "aws_secret_access_key = bench"]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -186,6 +194,43 @@ def check_mirror(directory: Path, manifest: dict) -> str:
     return "ok"
 
 
+def start_s3_server() -> tuple[subprocess.Popen[bytes], str]:
+    """moto's standalone S3 server on a free port of 127.0.0.1, with the bucket ``bench``."""
+    import socket
+
+    import boto3
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="bench", aws_secret_access_key="bench")
+    for _ in range(100):
+        try:
+            client.create_bucket(Bucket="bench")
+            return proc, endpoint
+        except Exception:  # noqa: BLE001  # not listening yet
+            time.sleep(0.1)
+    proc.terminate()
+    raise SystemExit("the moto S3 server did not start")
+
+
+def copy_bucket_out(endpoint: str, prefix: str, directory: Path) -> None:
+    """Every object under ``prefix`` of the bucket ``bench``, written to ``directory``."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="bench", aws_secret_access_key="bench")
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket="bench", Prefix=f"{prefix}/"):
+        for item in page.get("Contents", []):
+            path = directory / item["Key"][len(prefix) + 1:]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(client.get_object(Bucket="bench", Key=item["Key"])["Body"].read())
+
+
 def canonical(name: str) -> str:
     """PEP 503's normalised name: the page directory of a project."""
     return re.sub(r"[-_.]+", "-", name).lower()
@@ -202,11 +247,16 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=0.0, help="round trip added to every upstream answer")
     parser.add_argument("--display-names", action="store_true",
                         help="projects with non-canonical names, whose JSON API redirects other spellings")
+    parser.add_argument("--backend", choices=["filesystem", "s3"], default="filesystem",
+                        help="s3: also run this project against a local S3 server (the tool ours-s3)")
     args = parser.parse_args()
 
     tools = {"ours": ours_command, "reference": reference_command}
     chosen = [t.strip() for t in args.tools.split(",") if t.strip()]
     commands = {t: tools[t]() for t in chosen}
+    s3_server, s3_endpoint = start_s3_server() if args.backend == "s3" else (None, "")
+    if s3_server is not None:
+        commands["ours-s3"] = ours_command()
     root = Path(args.dir or tempfile.mkdtemp(prefix="bench-"))
     root.mkdir(parents=True, exist_ok=True)
 
@@ -227,7 +277,8 @@ def main() -> None:
             directory = root / tool
             shutil.rmtree(directory, ignore_errors=True)
             conf = root / f"{tool}.conf"
-            write_config(conf, directory / "mirror", master, args.workers, tool)
+            s3 = s3_endpoint if tool == "ours-s3" else ""
+            write_config(conf, directory / "mirror", master, args.workers, tool, s3)
             results[tool] = {}
             for phase in ("full", "10 changed", "no change"):
                 if phase == "10 changed":
@@ -244,10 +295,14 @@ def main() -> None:
                 print(f"  {tool:9} {phase:10}  wall {run['wall']:8.2f}s  cpu {run['cpu']:8.2f}s  "
                       f"rss {run['rss_mb']:7.1f}MB  requests {run['requests']:7d}  upstream cpu {run['upstream_cpu']:6.2f}s"
                       f"  exit {run['exit']}{bound}", flush=True)
+            if s3:
+                copy_bucket_out(s3_endpoint, tool, directory / "mirror")
             results[tool]["check"] = check_mirror(directory / "mirror", http_json(f"{master}/_manifest"))  # type: ignore[assignment]
             print(f"  {tool:9} mirror check: {results[tool]['check']}", flush=True)
     finally:
         server.terminate()
+        if s3_server is not None:
+            s3_server.terminate()
 
     if "ours" in results and "reference" in results:
         print("ratios (ours / reference; below 1 is better):")
@@ -255,6 +310,12 @@ def main() -> None:
             o, r = results["ours"][phase], results["reference"][phase]
             print(f"  {phase:10}  wall {o['wall'] / r['wall']:.2f}  cpu {o['cpu'] / max(r['cpu'], 1e-9):.2f}  "
                   f"rss {o['rss_mb'] / max(r['rss_mb'], 1e-9):.2f}  requests {o['requests'] / max(r['requests'], 1):.2f}")
+    if "ours" in results and "ours-s3" in results:
+        print("ratios (ours-s3 / ours: the S3 backend against the filesystem backend):")
+        for phase in ("full", "10 changed", "no change"):
+            o, r = results["ours-s3"][phase], results["ours"][phase]
+            print(f"  {phase:10}  wall {o['wall'] / r['wall']:.2f}  cpu {o['cpu'] / max(r['cpu'], 1e-9):.2f}  "
+                  f"rss {o['rss_mb'] / max(r['rss_mb'], 1e-9):.2f}")
     if machine:
         print(f"machine limit: sha256 {machine['sha256_mbs']:.0f} MB/s, curl loopback to disk {machine['curl_mbs']:.0f} MB/s")
         for tool, runs in results.items():

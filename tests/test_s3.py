@@ -258,3 +258,16 @@ def test_unreachable_bucket_and_missing_boto3_exit_2(s3h: MirrorHarness, bucket:
     errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "pip install 'bandersnatch-classic[s3]'" in errors[0]
     assert s3h.main("serve").returncode == 2
+
+
+def test_verify_read_finds_bytes_gone_bad_under_a_right_stored_hash(s3h: MirrorHarness, bucket: Bucket) -> None:
+    assert s3h.main("mirror").returncode == 0
+    rel, sha = next(iter(s3h.expected_files().items()))
+    key = f"{bucket.prefix}/web/{rel}"
+    size = len(bucket.get(f"web/{rel}"))
+    bucket.client.put_object(Bucket=bucket.name, Key=key, Body=b"x" * size, Metadata={"sha256": sha})
+    assert s3h.main("verify").returncode == 0  # size and stored hash: it cannot see this
+    result = s3h.main("verify", "--read")
+    assert result.returncode == 1 and "1 missing or corrupt files in 1 projects (1 fixed)" in result.stderr, result.stderr
+    assert hashlib.sha256(bucket.get(f"web/{rel}")).hexdigest() == sha
+    assert s3h.main("verify", "--read").returncode == 0

@@ -83,6 +83,9 @@ class MemoryStorage:
         key = self._resolve(rel)
         return hashlib.sha256(self.blobs[key]).hexdigest() if key in self.blobs else None
 
+    def read_sha256(self, rel: str) -> str | None:
+        return self.sha256(rel)
+
     def stat(self, rel: str) -> os.stat_result | None:
         key = self._resolve(rel)
         if key not in self.blobs:

@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--dry-run", action="store_true", help="change nothing; report what would be fetched and deleted")
     verify.add_argument("--json-update", action="store_true", help="refresh every project's metadata from the upstream first")
     verify.add_argument("--workers", type=_whole(1, None), default=0, help="hashing threads, 1 or more (default: two per core)")
+    verify.add_argument("--read", action="store_true",
+                        help="hash every file's bytes, also on object storage (default there: size and stored sha256)")
 
     delete = commands.add_parser("delete", help="remove projects from the mirror")
     delete.add_argument("--dry-run", action="store_true", help="only list what would be removed")
@@ -191,6 +193,7 @@ def _run(args: argparse.Namespace) -> int:
                 result = verify(
                     engine,
                     delete=args.delete, dry_run=args.dry_run, json_update=args.json_update, workers=args.workers,
+                    read=args.read,
                 )
             for name, reason in sorted(result.unfixed.items()):
                 logger.error("Could not fix %s: %s", name, reason)

@@ -141,6 +141,9 @@ class S3Storage:
         #: One client per process: a forked worker makes its own (never shares a socket).
         self._clients: dict[int, Any] = {}
         self._client_lock = threading.Lock()
+        #: The HEAD that this thread's last :meth:`stat` made, for the :meth:`sha256` of the
+        #: same path that callers (the engine, verify) ask next: one HEAD for both.
+        self._last_head = threading.local()
 
     @classmethod
     def from_config(cls, config: MirrorConfig, parser: configparser.ConfigParser) -> S3Storage:
@@ -159,6 +162,10 @@ class S3Storage:
                 client = self._clients.get(pid) or self._factory()
                 self._clients = {pid: client}
         return client
+
+    def _forget(self) -> None:
+        """Drop the HEAD :meth:`stat` kept: this thread is changing the bucket."""
+        self._last_head.value = None
 
     def key(self, rel: str) -> str:
         return f"{self._base}{check_relative(rel)}"
@@ -224,8 +231,11 @@ class S3Storage:
             return None
 
     def sha256(self, rel: str) -> str | None:
-        """From the object's metadata (a HEAD); the bytes are read only when it has none."""
-        head = self.head(rel)
+        """From the object's metadata (a HEAD, or the one :meth:`stat` just made); the bytes
+        are read only when it has none."""
+        last = getattr(self._last_head, "value", None)
+        self._last_head.value = None
+        head = last[1] if last is not None and last[0] == rel else self.head(rel)
         if head is None:
             return None
         stored = head.get("Metadata", {}).get(META_SHA256)
@@ -244,6 +254,7 @@ class S3Storage:
 
     def stat(self, rel: str) -> os.stat_result | None:
         head = self.head(rel)
+        self._last_head.value = (rel, head)
         if head is None:
             return None
         stored = head.get("Metadata", {}).get(META_MTIME)
@@ -279,6 +290,7 @@ class S3Storage:
         from boto3.s3.transfer import TransferConfig
         from botocore.exceptions import BotoCoreError, ClientError
 
+        self._forget()
         key = self.key(rel)
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
             sink = _SpoolFile(spool, self.display(rel))  # type: ignore[arg-type]
@@ -294,6 +306,7 @@ class S3Storage:
                 raise self._error(rel, exc) from exc
 
     def write_bytes(self, rel: str, data: bytes, mtime: datetime | None = None) -> None:
+        self._forget()
         meta = self._metadata(hashlib.sha256(data).hexdigest(), mtime)
         self._request(rel, self.client.put_object, Body=data, Metadata=meta)
 
@@ -302,10 +315,12 @@ class S3Storage:
         digest = hashlib.sha256(data).hexdigest()
         if self.sha256(rel) == digest:
             return False
+        self._forget()
         self._request(rel, self.client.put_object, Body=data, Metadata=self._metadata(digest, None))
         return True
 
     def delete(self, rel: str) -> bool:
+        self._forget()
         if self.head(rel) is None:
             return False
         self._request(rel, self.client.delete_object)
@@ -314,6 +329,7 @@ class S3Storage:
     def delete_tree(self, rel: str) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        self._forget()
         keys = [f"{self._base}{path}" for path, _size in self.files(rel)]
         try:
             for start in range(0, len(keys), 1000):
@@ -325,6 +341,7 @@ class S3Storage:
 
     def symlink(self, rel: str, target_name: str) -> None:
         """A server-side copy of the target (whole, like any object) that names it in its metadata."""
+        self._forget()
         target = check_relative(posixpath.normpath(f"{posixpath.dirname(rel)}/{target_name}"))
         head = self.head(target)
         if head is None:

@@ -94,14 +94,26 @@ def _held(mirror: Mirror, expected: Expected) -> Expected:
     return {path: want for path, want in expected.items() if path.endswith(layout.METADATA_SUFFIX)}
 
 
-def _check(storage: Storage, path: str, sha256: str | None, size: int | None) -> tuple[bool, int]:
-    """(file is right, bytes hashed)."""
+def _check(storage: Storage, path: str, sha256: str | None, size: int | None, read: bool = False) -> tuple[bool, int]:
+    """(file is right, bytes hashed). ``read``: hash the bytes even where the backend keeps
+    a stored hash (an object store's metadata), which would not show bytes gone bad."""
     stat = storage.stat(path)
     if stat is None or (size is not None and stat.st_size != size):
         return False, 0
     if sha256 is None:
         return True, 0
-    return storage.sha256(path) == sha256, stat.st_size
+    return (storage.read_sha256(path) if read else storage.sha256(path)) == sha256, stat.st_size
+
+
+def _drop_hidden_corruption(storage: Storage, report: VerifyReport) -> None:
+    """Delete the broken files whose stored hash still claims them right: a re-sync, which
+    trusts the stored hash, would keep them. (On a filesystem no broken file is one.)"""
+    for canonical, paths in report.broken.items():
+        for path in paths:
+            stat = storage.stat(path)
+            if stat is not None and storage.sha256(path) != storage.read_sha256(path):
+                logger.warning("%s: %s holds other bytes than its stored hash says; replacing it", canonical, path)
+                storage.delete(path)
 
 
 def verify(
@@ -111,8 +123,10 @@ def verify(
     dry_run: bool = False,
     json_update: bool = False,
     workers: int = 0,
+    read: bool = False,
 ) -> VerifyReport:
-    """Check every file of every mirrored project; repair, and with ``delete`` reclaim."""
+    """Check every file of every mirrored project; repair, and with ``delete`` reclaim.
+    ``read``: hash every file's bytes, also where the backend stores hashes (``--read``)."""
     storage, state = mirror.storage, mirror.state
     report = VerifyReport(dry_run=dry_run)
     names = sorted(state.projects)
@@ -150,7 +164,7 @@ def verify(
                 report.projects += 1
                 if canonical not in done:
                     batch += [(canonical, path, sha, size) for path, (sha, size) in expected.items()]
-            results = pool.map(lambda item: _check(storage, item[1], item[2], item[3]), batch)
+            results = pool.map(lambda item: _check(storage, item[1], item[2], item[3], read), batch)
             for (canonical, path, _, _), (ok, hashed) in zip(batch, results):
                 report.files += 1
                 report.bytes_hashed += hashed
@@ -176,6 +190,8 @@ def verify(
         state.save_projects()
     if not dry_run and mirror.config.core_metadata:
         repair |= mirror.retry_sidecars(threads, always=True)  # served now: pages to rewrite
+    if read and not dry_run:
+        _drop_hidden_corruption(storage, report)
     if repair and not dry_run:
         logger.info("Re-syncing %d projects to repair them", len(repair))
         synced = mirror.sync_projects(sorted(repair))
