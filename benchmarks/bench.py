@@ -218,6 +218,12 @@ def start_s3_server() -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("the moto S3 server did not start")
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def copy_bucket_out(endpoint: str, prefix: str, directory: Path) -> None:
     """Every object under ``prefix`` of the bucket ``bench``, written to ``directory``."""
     import boto3
@@ -284,9 +290,12 @@ def main() -> None:
                 if phase == "10 changed":
                     http_json(f"{master}/_change?n=10")
                 http_json(f"{master}/_reset")
+                s3_cpu = process_cpu(s3_server.pid) if s3 and s3_server is not None else 0.0
                 run = timed_run([*cmd, "-c", str(conf), "mirror"], root / f"{tool}.log")
                 stats = http_json(f"{master}/_stats")
                 run.update(requests=stats["requests"], upstream_cpu=stats["cpu"])
+                if s3 and s3_server is not None:
+                    run["s3_server_cpu"] = process_cpu(s3_server.pid) - s3_cpu
                 bound = ""
                 if args.latency_ms:
                     run["bound"] = stats["requests"] * args.latency_ms / 1000 / args.workers
@@ -294,7 +303,8 @@ def main() -> None:
                 results[tool][phase] = run
                 print(f"  {tool:9} {phase:10}  wall {run['wall']:8.2f}s  cpu {run['cpu']:8.2f}s  "
                       f"rss {run['rss_mb']:7.1f}MB  requests {run['requests']:7d}  upstream cpu {run['upstream_cpu']:6.2f}s"
-                      f"  exit {run['exit']}{bound}", flush=True)
+                      f"  exit {run['exit']}{bound}"
+                      + (f"  s3 server cpu {run['s3_server_cpu']:6.2f}s" if "s3_server_cpu" in run else ""), flush=True)
             if s3:
                 copy_bucket_out(s3_endpoint, tool, directory / "mirror")
             results[tool]["check"] = check_mirror(directory / "mirror", http_json(f"{master}/_manifest"))  # type: ignore[assignment]

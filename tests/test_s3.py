@@ -14,6 +14,7 @@ import logging
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,12 +26,14 @@ import pytest
 from .conftest import MirrorHarness
 from .test_kill import check_served_paths, run_and_kill
 from .test_mirror import assert_mirror_equals_upstream
+from .test_serve import Running
 from .upstream import Corpus, UpstreamServer, bulk_corpus
 
 boto3 = pytest.importorskip("boto3", reason="boto3 is not installed (pip install -e '.[test]')")
 moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install -e '.[test]')")
 
 from bandersnatch_classic.s3 import LOCK_KEY, S3Lock, S3Storage  # noqa: E402
+from bandersnatch_classic.serve import make_storage_server  # noqa: E402
 
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
 _buckets = itertools.count()
@@ -222,6 +225,11 @@ def test_a_stale_lease_is_taken_over_and_a_taken_lease_is_lost(s3h: MirrorHarnes
     assert not lock.renew() and lock.lost.is_set()
     lock.release()
     assert json.loads(bucket.get(LOCK_KEY))["owner"] == "thief"  # not ours to delete
+    bucket.delete(LOCK_KEY)
+    lock = S3Lock(bucket.storage())
+    lock.acquire()
+    bucket.delete(LOCK_KEY)  # deleted under the holder
+    assert not lock.renew() and lock.lost.is_set()
 
 
 def test_killed_runs_leave_no_partial_object_and_resume(tmp_path: Path, bucket: Bucket) -> None:
@@ -257,7 +265,50 @@ def test_unreachable_bucket_and_missing_boto3_exit_2(s3h: MirrorHarness, bucket:
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "pip install 'bandersnatch-classic[s3]'" in errors[0]
-    assert s3h.main("serve").returncode == 2
+    result = s3h.main("serve")  # the bucket is empty
+    assert result.returncode == 2 and "no simple index yet" in result.stderr, result.stderr
+
+
+class BucketRunning(Running):
+    """``serve`` from a bucket on 127.0.0.1 on a free port, in a thread."""
+
+    def __init__(self, storage: S3Storage) -> None:
+        self.server = make_storage_server(storage, "127.0.0.1", 0)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
+        self.thread.start()
+
+
+def test_serve_from_the_bucket_answers_as_serve_from_the_directory(
+    tmp_path: Path, upstream: UpstreamServer, bucket: Bucket
+) -> None:
+    s3h = s3_harness(tmp_path / "s3", upstream, bucket)
+    (tmp_path / "disk").mkdir()
+    disk = MirrorHarness(tmp_path / "disk", upstream)
+    for h in (s3h, disk):
+        assert h.main("mirror").returncode == 0
+    package = next(iter(s3h.expected_files()))
+    from_bucket, from_disk = BucketRunning(bucket.storage()), Running(disk.dir / "web")
+    try:
+        for path, accept in [
+            ("/simple/", None), ("/simple/", "application/vnd.pypi.simple.v1+json"),
+            ("/simple/small/", "application/vnd.pypi.simple.v1+json;q=0.5, text/html"),
+            ("/simple/small/", "application/vnd.pypi.simple.v1+html"), ("/simple/Small/", None),
+            ("/simple/small/", "image/png"), ("/simple/nothing/", None), (f"/{package}", None),
+            ("/json/small", None), ("/pypi/small/json", None), ("/packages/no/such.whl", None),
+        ]:
+            got, want = from_bucket.request(path, accept), from_disk.request(path, accept)
+            assert (got[0].status, got[0].getheader("Content-Type"), got[0].getheader("Vary"), got[1]) == (
+                want[0].status, want[0].getheader("Content-Type"), want[0].getheader("Vary"), want[1]), path
+        response, body = from_bucket.request(f"/{package}", method="HEAD")
+        assert response.status == 200 and body == b"" and int(response.getheader("Content-Length")) > 0
+        stamp = response.getheader("Last-Modified")
+        response, _ = from_bucket.request(f"/{package}", headers={"If-Modified-Since": stamp})
+        assert response.status == 304
+    finally:
+        for running in (from_bucket, from_disk):
+            running.server.shutdown()
+            running.server.server_close()
 
 
 def test_verify_read_finds_bytes_gone_bad_under_a_right_stored_hash(s3h: MirrorHarness, bucket: Bucket) -> None:

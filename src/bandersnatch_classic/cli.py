@@ -173,9 +173,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from .serve import serve
 
-        if mirror.storage_backend != "filesystem":
-            raise ConfigError("serve reads a mirror directory; serve a bucket with a web server or a CDN "
-                              "in front of it (docs/object-storage.md)")
+        if mirror.storage_backend == "s3":
+            from .s3 import S3Storage
+
+            bucket = S3Storage.from_config(mirror, loaded.parser)
+            return serve(mirror.directory / layout.WEB, args.bind, args.port, mirror.hash_index, storage=bucket)
         return serve(mirror.directory / layout.WEB, args.bind, args.port, mirror.hash_index)
     with Mirror.from_config(loaded) as engine:
         if args.command == "status":

@@ -485,8 +485,11 @@ class S3Lock:
         """Extend the lease (If-Match our ETag); False, and :attr:`lost` set, when it was taken over."""
         if self.etag is None or self.lost.is_set():
             return False
-        if self._put(IfMatch=self.etag):
-            return True
+        try:
+            if self._put(IfMatch=self.etag):
+                return True
+        except FileNotFoundError:  # deleted under us: as good as taken over
+            pass
         logger.error("The lock %s was taken over by another run: this run is no longer exclusive",
                      self.storage.display(LOCK_KEY))
         self.lost.set()

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 from urllib.parse import unquote, urlsplit
 
-from .errors import UnsafePath
-from .layout import PAGE_HTML, PAGE_V1_HTML, PAGE_V1_JSON, pages_dir
+from .errors import LocalIOError, UnsafePath
+from .layout import PAGE_HTML, PAGE_V1_HTML, PAGE_V1_JSON, WEB, pages_dir
 from .models import check_project_name
 from .pages import JSON_CONTENT_TYPE as SIMPLE_JSON
+from .storage import Storage
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ _SUFFIX_TYPES = {
 }
 #: An idle keep-alive connection is closed after this many seconds.
 IDLE_TIMEOUT = 60
+#: How much of an object a bucket-backed server reads and sends at a time.
+STREAM_CHUNK = 1 << 20
 
 
 def _parse_accept(accept: str) -> list[tuple[str, float]]:
@@ -218,8 +221,8 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
             return self._error(HTTPStatus.NOT_FOUND)
         if parts[:1] == ["simple"] and len(parts) <= 2:
             return self._simple(parts[1] if len(parts) == 2 else None, body)
-        target = self._inside(Path(self.web, *parts))
-        if target is None or not target.is_file():
+        target = self._locate("/".join(parts))
+        if target is None:
             return self._error(HTTPStatus.NOT_FOUND)
         self._file(target, self._content_type(parts), body)
 
@@ -237,6 +240,11 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
                 return ctype
         return "application/octet-stream"
 
+    def _locate(self, rel: str) -> Any:
+        """The file at ``rel`` (relative to ``web/``, already checked safe), or None."""
+        target = self._inside(Path(self.web, rel))
+        return target if target is not None and target.is_file() else None
+
     def _inside(self, path: Path) -> Path | None:
         """``path`` with symlinks resolved, or None when that is not inside ``web/``."""
         try:
@@ -247,7 +255,7 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
 
     def _simple(self, name: str | None, body: bool) -> None:
         if name is None:
-            directory = self.web / "simple"
+            directory = "simple"
             if not self.path.split("?", 1)[0].endswith("/"):
                 return self._redirect("/simple/")
         else:
@@ -259,12 +267,12 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
             # the directory, so ``/simple/<name>`` redirects to ``/simple/<name>/`` too.
             if canonical != name or not self.path.split("?", 1)[0].endswith("/"):
                 return self._redirect(f"/simple/{canonical}/")
-            directory = self.web / pages_dir(canonical, self.hash_index)
-        sources: dict[str, Path] = {}
+            directory = pages_dir(canonical, self.hash_index)
+        sources: dict[str, Any] = {}
         for media, filenames in SOURCES.items():
             for filename in filenames:
-                candidate = self._inside(directory / filename)
-                if candidate is not None and candidate.is_file():
+                candidate = self._locate(f"{directory}/{filename}")
+                if candidate is not None:
                     sources[media] = candidate
                     break
         if not sources:
@@ -284,25 +292,29 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
             return self._error(HTTPStatus.NOT_FOUND)
         with fh:
             stat = os.fstat(fh.fileno())
-            self._served_type = ctype
-            if self._not_modified(stat.st_mtime):
-                self._served_size = 0
-                self.send_response(HTTPStatus.NOT_MODIFIED)
-                self.send_header("Last-Modified", email.utils.formatdate(stat.st_mtime, usegmt=True))
-                if vary:
-                    self.send_header("Vary", "Accept")
-                self.end_headers()
-                return
-            self._served_size = stat.st_size
-            self.send_response(HTTPStatus.OK)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(stat.st_size))
-            self.send_header("Last-Modified", email.utils.formatdate(stat.st_mtime, usegmt=True))
+            if self._headers(ctype, stat.st_size, stat.st_mtime, vary) and body:
+                self._send_body(fh, stat.st_size)
+
+    def _headers(self, ctype: str, size: int, mtime: float, vary: bool) -> bool:
+        """Send a 304 or a 200 with the file's headers; say whether its body follows."""
+        self._served_type = ctype
+        if self._not_modified(mtime):
+            self._served_size = 0
+            self.send_response(HTTPStatus.NOT_MODIFIED)
+            self.send_header("Last-Modified", email.utils.formatdate(mtime, usegmt=True))
             if vary:
                 self.send_header("Vary", "Accept")
             self.end_headers()
-            if body:
-                self._send_body(fh, stat.st_size)
+            return False
+        self._served_size = size
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(size))
+        self.send_header("Last-Modified", email.utils.formatdate(mtime, usegmt=True))
+        if vary:
+            self.send_header("Vary", "Accept")
+        self.end_headers()
+        return True
 
     def _not_modified(self, mtime: float) -> bool:
         since = self.headers.get("If-Modified-Since")
@@ -321,6 +333,35 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
         self.wfile.flush()
         sent = self.connection.sendfile(fh, 0, size)  # falls back to send() by itself
         if sent < size:  # the file shrank under us: the client must not wait for the rest
+            self.close_connection = True
+
+
+class StorageRequestHandler(MirrorRequestHandler):
+    """Serves ``web/`` of a mirror in any :class:`~.storage.Storage` (a bucket): a stat
+    (a HEAD) per candidate, then the bytes streamed as the storage reads them."""
+
+    storage: Storage
+
+    def _locate(self, rel: str) -> Any:
+        try:
+            stat = self.storage.stat(f"{WEB}/{rel}")
+        except (UnsafePath, LocalIOError):
+            return None
+        return (rel, stat) if stat is not None else None
+
+    def _file(self, path: Any, ctype: str, body: bool, vary: bool = False) -> None:
+        rel, stat = path
+        if not self._headers(ctype, stat.st_size, stat.st_mtime, vary) or not body:
+            return
+        sent = 0
+        try:
+            with self.storage.open(f"{WEB}/{rel}") as fh:
+                while sent < stat.st_size and (chunk := fh.read(STREAM_CHUNK)):
+                    self.wfile.write(chunk)
+                    sent += len(chunk)
+        except (FileNotFoundError, LocalIOError) as exc:
+            logger.warning("%s: %s", self.storage.display(f"{WEB}/{rel}"), exc)
+        if sent < stat.st_size:  # replaced or gone under us: the client must not wait for the rest
             self.close_connection = True
 
 
@@ -360,17 +401,27 @@ def make_server(
     return MirrorServer((bind, port), handler)
 
 
-def serve(web_dir: Path | str, bind: str, port: int, hash_index: bool = False) -> int:
-    """Serve ``web_dir`` until interrupted; the exit status for the CLI."""
-    if not Path(web_dir, "simple").is_dir():
-        logger.error("%s has no simple index yet: run `bandersnatch mirror` first", web_dir)
+def make_storage_server(storage: Storage, bind: str = "127.0.0.1", port: int = 8080, hash_index: bool = False) -> MirrorServer:
+    """A server for the ``web/`` of a mirror in ``storage`` (a bucket), not yet serving."""
+    handler = type("Handler", (StorageRequestHandler,), {"storage": storage, "hash_index": hash_index})
+    return MirrorServer((bind, port), handler)
+
+
+def serve(web_dir: Path | str, bind: str, port: int, hash_index: bool = False, storage: Storage | None = None) -> int:
+    """Serve ``web_dir`` (or, given ``storage``, its ``web/``) until interrupted; the exit status for the CLI."""
+    shown = storage.display(WEB) if storage is not None else str(web_dir)
+    if not (storage.exists(f"{WEB}/simple") if storage is not None else Path(web_dir, "simple").is_dir()):
+        logger.error("%s has no simple index yet: run `bandersnatch mirror` first", shown)
         return 2
     try:
-        server = make_server(web_dir, bind, port, hash_index)
+        if storage is not None:
+            server = make_storage_server(storage, bind, port, hash_index)
+        else:
+            server = make_server(web_dir, bind, port, hash_index)
     except OSError as exc:
         logger.error("Cannot listen on %s port %d: %s", bind, port, exc)
         return 2
-    logger.info("Serving %s at %s (hash-index %s; Ctrl-C to stop)", web_dir, server.url, "on" if hash_index else "off")
+    logger.info("Serving %s at %s (hash-index %s; Ctrl-C to stop)", shown, server.url, "on" if hash_index else "off")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
