@@ -322,3 +322,23 @@ def test_verify_read_finds_bytes_gone_bad_under_a_right_stored_hash(s3h: MirrorH
     assert result.returncode == 1 and "1 missing or corrupt files in 1 projects (1 fixed)" in result.stderr, result.stderr
     assert hashlib.sha256(bucket.get(f"web/{rel}")).hexdigest() == sha
     assert s3h.main("verify", "--read").returncode == 0
+
+
+def test_a_large_file_goes_up_as_a_completed_multipart_upload(
+    tmp_path: Path, bucket: Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bandersnatch_classic import s3
+
+    monkeypatch.setattr(s3, "MULTIPART", 5 << 20)  # S3's smallest part, instead of 64 MiB
+    data = bytes(range(256)) * (45 << 10)  # 11.25 MiB: three parts
+    corpus = Corpus()
+    corpus.add_file("large", "1.0", "large-1.0.tar.gz", data)
+    with UpstreamServer(corpus) as server:
+        h = s3_harness(tmp_path, server, bucket)
+        result = h.main("mirror")
+        assert result.returncode == 0, result.stderr
+        (rel, sha), = [(path, sha) for path, sha in h.expected_files().items() if path.endswith(".tar.gz")]
+        head = bucket.client.head_object(Bucket=bucket.name, Key=f"{bucket.prefix}/web/{rel}")
+        assert head["ETag"].endswith('-3"') and head["Metadata"]["sha256"] == sha  # three parts, completed
+        assert hashlib.sha256(bucket.get(f"web/{rel}")).hexdigest() == sha
+        assert not bucket.client.list_multipart_uploads(Bucket=bucket.name).get("Uploads")
