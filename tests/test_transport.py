@@ -68,4 +68,6 @@ def test_redirected_files_are_followed(harness: MirrorHarness) -> None:
     assert report.exit_code == 0, report.failed
     cdn = [p for _m, p in harness.upstream.requests if p.startswith("/cdn/packages/")]
     assert cdn and len(cdn) == len(harness.expected_files())
+    redirected = [p for _m, p in harness.upstream.requests if p.startswith("/packages/")]
+    assert sorted(redirected) == sorted(p.removeprefix("/cdn") for p in cdn)  # each asked once
     assert_mirror_equals_upstream(harness)

@@ -426,7 +426,8 @@ class Upstream:
         the CPU of a small file's download. Files are nearly all of a full sync's requests,
         so here the session's settings for each origin are worked out once, by the
         session itself, and every file goes through the session's adapter (its connection
-        pool and its retries). A redirect is handed to the session, which follows it.
+        pool and its retries). A redirect is followed by the session from the answer already
+        received, as ``Session.request`` would (the redirecting URL is not asked twice).
         """
         origin = url.split("/", 3)[:3]
         key = "/".join(origin)
@@ -440,13 +441,11 @@ class Upstream:
             self.requests_made += 1
         try:
             response = self._session.get_adapter(url).send(prepared, stream=True, timeout=self.timeout, **send_options)
+            if response.is_redirect:  # the session follows it from here, as Session.request would
+                hops = self._session.resolve_redirects(response, prepared, stream=True, timeout=self.timeout, **send_options)
+                *_, response = hops  # the last answer is the file's
         except requests.RequestException as exc:
             raise UpstreamError(f"{url}: {_describe(_cause(exc))}") from exc
-        if response.is_redirect:
-            response.close()
-            with self._response("GET", url) as followed:
-                yield followed
-            return
         with contextlib.closing(response):
             yield response
 
