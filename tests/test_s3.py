@@ -106,6 +106,12 @@ def s3_harness(root: Path, upstream: UpstreamServer, bucket: Bucket) -> MirrorHa
     return h
 
 
+def s3_and_disk_harnesses(tmp_path: Path, upstream: UpstreamServer, bucket: Bucket) -> tuple[MirrorHarness, MirrorHarness]:
+    """Two mirrors of the same upstream: one in the bucket, one in a directory, to compare."""
+    (tmp_path / "disk").mkdir()
+    return s3_harness(tmp_path / "s3", upstream, bucket), MirrorHarness(tmp_path / "disk", upstream)
+
+
 @pytest.fixture
 def bucket(endpoint: str) -> Bucket:
     return Bucket(endpoint)
@@ -139,9 +145,7 @@ def comparable(directory: Path) -> dict[str, Any]:
 def test_full_and_incremental_sync_copy_out_to_the_filesystem_mirror(
     tmp_path: Path, upstream: UpstreamServer, bucket: Bucket
 ) -> None:
-    s3h = s3_harness(tmp_path / "s3", upstream, bucket)
-    (tmp_path / "disk").mkdir()
-    disk = MirrorHarness(tmp_path / "disk", upstream)
+    s3h, disk = s3_and_disk_harnesses(tmp_path, upstream, bucket)
     for h in (s3h, disk):
         h.configure({"keep_index_versions": "2"})
         result = h.main("mirror")
@@ -282,9 +286,7 @@ class BucketRunning(Running):
 def test_serve_from_the_bucket_answers_as_serve_from_the_directory(
     tmp_path: Path, upstream: UpstreamServer, bucket: Bucket
 ) -> None:
-    s3h = s3_harness(tmp_path / "s3", upstream, bucket)
-    (tmp_path / "disk").mkdir()
-    disk = MirrorHarness(tmp_path / "disk", upstream)
+    s3h, disk = s3_and_disk_harnesses(tmp_path, upstream, bucket)
     for h in (s3h, disk):
         assert h.main("mirror").returncode == 0
     package = next(iter(s3h.expected_files()))
