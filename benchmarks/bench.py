@@ -45,14 +45,13 @@ REF_VERSION = "8.2.0"
 
 
 def find_python312() -> str:
-    for candidate in ("python3.13", "python3.12"):
-        path = shutil.which(candidate)
-        if path:
-            return path
     pyenv = Path.home() / ".pyenv" / "versions"
-    for version in sorted(pyenv.glob("3.1[2-9]*"), reverse=True):
-        if (version / "bin" / "python3").exists():
-            return str(version / "bin" / "python3")
+    candidates = [shutil.which("python3.13"), shutil.which("python3.12")]
+    candidates += [str(v / "bin" / "python3") for v in sorted(pyenv.glob("3.1[2-9]*"), reverse=True)]
+    for path in candidates:
+        # a pyenv shim is on PATH even where that version is not selected: it must run
+        if path and subprocess.run([path, "-c", ""], capture_output=True).returncode == 0:
+            return path
     raise SystemExit("the reference tool needs Python >= 3.12; none found (set REF_PYTHON)")
 
 
@@ -315,17 +314,9 @@ def main() -> None:
             s3_server.terminate()
 
     if "ours" in results and "reference" in results:
-        print("ratios (ours / reference; below 1 is better):")
-        for phase in ("full", "10 changed", "no change"):
-            o, r = results["ours"][phase], results["reference"][phase]
-            print(f"  {phase:10}  wall {o['wall'] / r['wall']:.2f}  cpu {o['cpu'] / max(r['cpu'], 1e-9):.2f}  "
-                  f"rss {o['rss_mb'] / max(r['rss_mb'], 1e-9):.2f}  requests {o['requests'] / max(r['requests'], 1):.2f}")
+        print_ratios("ours / reference; below 1 is better", results["ours"], results["reference"], requests=True)
     if "ours" in results and "ours-s3" in results:
-        print("ratios (ours-s3 / ours: the S3 backend against the filesystem backend):")
-        for phase in ("full", "10 changed", "no change"):
-            o, r = results["ours-s3"][phase], results["ours"][phase]
-            print(f"  {phase:10}  wall {o['wall'] / r['wall']:.2f}  cpu {o['cpu'] / max(r['cpu'], 1e-9):.2f}  "
-                  f"rss {o['rss_mb'] / max(r['rss_mb'], 1e-9):.2f}")
+        print_ratios("ours-s3 / ours: the S3 backend against the filesystem backend", results["ours-s3"], results["ours"])
     if machine:
         print(f"machine limit: sha256 {machine['sha256_mbs']:.0f} MB/s, curl loopback to disk {machine['curl_mbs']:.0f} MB/s")
         for tool, runs in results.items():
@@ -334,6 +325,18 @@ def main() -> None:
         results["machine"] = machine  # type: ignore[assignment]
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def print_ratios(title: str, a: dict, b: dict, requests: bool = False) -> None:
+    """Per phase, a's figures over b's."""
+    print(f"ratios ({title}):")
+    for phase in ("full", "10 changed", "no change"):
+        o, r = a[phase], b[phase]
+        line = (f"  {phase:10}  wall {o['wall'] / r['wall']:.2f}  cpu {o['cpu'] / max(r['cpu'], 1e-9):.2f}  "
+                f"rss {o['rss_mb'] / max(r['rss_mb'], 1e-9):.2f}")
+        if requests:
+            line += f"  requests {o['requests'] / max(r['requests'], 1):.2f}"
+        print(line)
 
 
 def machine_limits(root: Path, master: str) -> dict[str, float]:
