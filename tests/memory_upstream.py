@@ -16,6 +16,8 @@ from collections.abc import Callable
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
+from packaging.utils import canonicalize_name
+
 from bandersnatch_classic.errors import HashMismatch, NotServed, ProjectGone
 from bandersnatch_classic.models import Project
 from bandersnatch_classic.upstream import MethodUnavailable
@@ -41,12 +43,14 @@ class MemoryUpstream:
     def list_packages_with_serial(self) -> dict[str, int]:
         return {spec.name: spec.serial for spec in self.corpus.projects.values()}
 
-    def changelog_since(self, serial: int, until: int) -> dict[str, int]:
+    def changelog_since(self, serial: int, until: int) -> tuple[dict[str, int], set[str]]:
         changed: dict[str, int] = {}
-        for name, _version, _when, _action, entry_serial in self.corpus.changelog:
+        last: dict[str, str] = {}
+        for name, _version, _when, action, entry_serial in self.corpus.changelog:
             if serial < entry_serial <= until:
                 changed[name] = max(changed.get(name, 0), entry_serial)
-        return changed
+                last[canonicalize_name(name)] = action
+        return changed, {c for c, action in last.items() if action == "remove project"}
 
     def simple_listing(self) -> tuple[int, dict[str, int]]:
         raise MethodUnavailable("the memory upstream speaks XML-RPC only")

@@ -105,8 +105,9 @@ def test_an_allowlist_mirror_never_reads_a_listing(harness: MirrorHarness, metho
 
 
 @pytest.mark.parametrize("method", ["xmlrpc", "simple"])
-def test_an_upstream_answering_404_for_everything_removes_at_most_max_removals(harness: MirrorHarness, method: str) -> None:
-    """A proxy that does not forward the JSON API must not empty the mirror project by project."""
+def test_an_upstream_answering_404_for_everything_is_unusable_and_removes_nothing(harness: MirrorHarness, method: str) -> None:
+    """A proxy that does not forward the JSON API must not empty the mirror: a 404 alone is
+    no removal, and 404 for every project asked is an unusable upstream."""
     h = _mirrored(harness, method)
     h.configure({"workers": "1"})
     h.upstream.fault(r"^/pypi/[^/]+/json$", "status", times=None, status=404)
@@ -115,14 +116,15 @@ def test_an_upstream_answering_404_for_everything_removes_at_most_max_removals(h
     result = h.main("mirror")
     assert result.returncode == 4, result.stderr
     errors = [line for line in result.stderr.splitlines() if " ERROR: " in line]
-    assert len(errors) == 1 and "answers 404" in errors[0] and "--allow-mass-removal" in errors[0]
+    assert len(errors) == 1 and "Upstream unusable: " in errors[0], errors
+    assert "answers 404 for every project asked (3: foo-bar-baz, small, tiny-lib)" in errors[0]
     records = json.loads((h.dir / "projects.json").read_text())
-    assert len(records) == 2  # max-removals = 1%: at least one, and no more
+    assert len(records) == 3
     todo = (h.dir / "todo").read_text().split()
     assert set(records) <= set(todo)
     assert all(h.web(f"simple/{name}/index.html").exists() for name in records)
-    # the upstream is fixed: the kept projects are synced; the listing brings the removed one back
+    # the upstream is fixed: the projects are synced
     h.upstream.clear()
     assert h.main("mirror").returncode == 0
-    assert len(json.loads((h.dir / "projects.json").read_text())) == (3 if method == "simple" else 2)
+    assert len(json.loads((h.dir / "projects.json").read_text())) == 3
     assert not (h.dir / "todo").exists()

@@ -69,15 +69,21 @@ def test_delete_reclaims_unowned_files_and_empty_directories(harness: MirrorHarn
     assert_mirror_equals_upstream(harness)
 
 
-def test_json_update_notices_projects_gone_upstream(harness: MirrorHarness) -> None:
+def test_json_update_names_a_project_its_json_api_denies_and_keeps_it(harness: MirrorHarness) -> None:
     harness.corpus.add_file("doomed", "1.0", "doomed-1.0.tar.gz")
     harness.run()
     doomed = a_file(harness, "doomed-1.0.tar.gz")
     del harness.corpus.projects["doomed"]  # gone without a changelog entry
+    # A 404 alone is not the upstream's word: verify names the project and keeps it.
     result = harness.main("verify", "--json-update", "--delete")
     assert result.returncode == 1
-    assert not doomed.exists() and not harness.web("simple/doomed").exists()
-    assert "doomed" not in harness.web("simple/index.html").read_text()
+    assert "doomed" in result.stderr and "neither its listing nor its changelog says it was removed" in result.stderr
+    assert doomed.exists() and harness.web("simple/doomed").exists()
+    # The listing no longer naming it is that word: the next full run removes it, verify reclaims its files.
+    assert harness.main("mirror", "--force-check").returncode == 0
+    assert "doomed" not in harness.web("simple/index.html").read_text() and not harness.web("simple/doomed").exists()
+    assert harness.main("verify", "--delete").returncode == 1  # it deleted an unowned file
+    assert not doomed.exists()
 
 
 def test_pages_that_disagree_with_the_stored_metadata_are_regenerated(harness: MirrorHarness) -> None:

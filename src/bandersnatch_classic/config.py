@@ -28,6 +28,10 @@ DIGEST_NAMES = ("sha256", "md5")
 API_METHODS = ("auto", "xmlrpc", "simple", "html")
 STORAGE_BACKENDS = ("filesystem",)
 MAX_WORKERS = 64
+#: ``max-document-size``: the largest project document (JSON API, project page) read from
+#: the upstream. The public index's largest are a few MB; a larger one fails its project.
+DEFAULT_MAX_DOCUMENT_SIZE = 64 << 20
+_SIZE = re.compile(r"(\d+)\s*(?:([kmg])(?:i?b)?|b)?", re.IGNORECASE)
 #: ``max-removals``: a number of projects, or a percentage of the mirror's projects.
 _REMOVALS = re.compile(r"(\d+)|(\d+(?:\.\d+)?)%")
 
@@ -92,6 +96,7 @@ class MirrorConfig:
     storage_filesystem_manage_permissions: bool = True
     api_method: str = "auto"
     max_removals: str = "1%"
+    max_document_size: int = DEFAULT_MAX_DOCUMENT_SIZE
     progress_interval: float = 60.0
     #: Prometheus textfile written after every mirror/sync run ("" = none).
     metrics_file: str = ""
@@ -329,6 +334,7 @@ def _read_mirror(section: configparser.SectionProxy, path: Path) -> MirrorConfig
         storage_filesystem_manage_permissions=r.boolean("storage-filesystem-manage-permissions", True),
         api_method=r.choice("api-method", "auto", API_METHODS),
         max_removals=_max_removals(r.string("max-removals", "1%")),
+        max_document_size=_size("max-document-size", r.string("max-document-size"), DEFAULT_MAX_DOCUMENT_SIZE),
         progress_interval=r.number("progress-interval", 60.0, float, 0, None),
         metrics_file=r.string("metrics-file"),
         max_lag=int(r.number("max-lag", 0, int, 0, None)),
@@ -356,6 +362,29 @@ def _duration(key: str, value: str) -> float:
             f"[mirror] {key} = {value!r} is not allowed; use seconds or a number with s, m, h or d (e.g. 6h)"
         )
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def _size(key: str, value: str, default: int) -> int:
+    """``67108864``, ``65536K``, ``64M``, ``64 MiB`` or ``1G`` in bytes (powers of 1024; "" = ``default``)."""
+    if not value:
+        return default
+    match = _SIZE.fullmatch(value.strip())
+    size = int(match.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30}[(match.group(2) or "").lower()] if match else 0
+    if size < 1 << 10:
+        raise ConfigError(
+            f"[mirror] {key} = {value!r} is not allowed; use a size of at least 1 KiB in bytes or with K, M or G "
+            "(e.g. 64 MiB)"
+        )
+    return size
+
+
+def human_size(size: int) -> str:
+    """A size in binary units: ``64 MiB``, ``200.5 MiB``, ``512 bytes``."""
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= factor:
+            value = size / factor
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{size} bytes"
 
 
 def _max_removals(value: str) -> str:

@@ -29,8 +29,9 @@ from typing import Any
 
 from packaging.utils import canonicalize_name
 
-from .errors import UnsafePath, UpstreamError
+from .errors import UnsafePath, UnusableEntry, UpstreamError
 from .models import check_project_name
+from .package import check_name_fits
 from .upstream import MethodUnavailable, Upstream
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,16 @@ class Plan:
     exact_target: bool = False
     #: Methods ``auto`` tried first that the upstream does not offer, with the reason.
     unavailable: dict[str, str] = field(default_factory=dict)
+    #: Canonical names of every project the upstream's listing names in this run; None when
+    #: discovery read no listing (the XML-RPC changelog, an allowlist asked by name).
+    listed: set[str] | None = None
+    #: Canonical names the XML-RPC changelog says were removed ("remove project").
+    deleted: set[str] = field(default_factory=set)
+
+    def removal_is_said(self, canonical: str) -> bool:
+        """Whether the upstream itself says ``canonical`` is gone: its changelog removed it,
+        or its listing does not name it. A JSON API 404 alone is no such word."""
+        return canonical in self.deleted or (self.listed is not None and canonical not in self.listed)
 
 
 def discover(
@@ -102,7 +113,8 @@ def discover(
         for project in list(plan.projects):
             try:
                 check_project_name(project)
-            except UnsafePath as exc:
+                check_name_fits(project)
+            except (UnsafePath, UnusableEntry) as exc:
                 plan.rejected[project] = str(exc)
                 del plan.projects[project]
         plan.projects = {n: s for n, s in plan.projects.items() if allows(n)}
@@ -117,23 +129,27 @@ def _xmlrpc(upstream: Upstream, status: int, known: Mapping[str, tuple[str, int]
     target = upstream.changelog_last_serial()
     if full or not status:
         listing = _read_listing("xmlrpc", upstream.list_packages_with_serial, announce=True)
-        return Plan("xmlrpc", target, listing, _missing(known, listing), exact_target=True)
+        listed = _canonical(listing)
+        return Plan("xmlrpc", target, listing, _missing(known, listed), exact_target=True, listed=listed)
     if target <= status:
         return Plan("xmlrpc", status, {}, set(), exact_target=True)
-    return Plan("xmlrpc", target, upstream.changelog_since(status, target), set(), exact_target=True)
+    changed, deleted = upstream.changelog_since(status, target)
+    return Plan("xmlrpc", target, changed, set(), exact_target=True, deleted=deleted)
 
 
 def _simple(upstream: Upstream, status: int, known: Mapping[str, tuple[str, int]], full: bool) -> Plan:
     target, listing = _read_listing("simple", upstream.simple_listing, announce=full or not status)
     floor = 0 if full else status
     changed = {n: s for n, s in listing.items() if s > floor or canonicalize_name(n) not in known}
-    return Plan("simple", max(target, status), changed, _missing(known, listing), exact_target=True)
+    listed = _canonical(listing)
+    return Plan("simple", max(target, status), changed, _missing(known, listed), exact_target=True, listed=listed)
 
 
 def _html(upstream: Upstream, status: int, known: Mapping[str, tuple[str, int]], full: bool) -> Plan:
     names = _read_listing("html", upstream.html_listing, announce=full or not status)
     projects, top = _serials_by_name(upstream, names, known, full)
-    return Plan("html", max(top, status), projects, _missing(known, names))
+    listed = _canonical(names)
+    return Plan("html", max(top, status), projects, _missing(known, listed), listed=listed)
 
 
 def _by_name(
@@ -149,10 +165,10 @@ def _by_name(
         target = upstream.changelog_last_serial()
         if full or not status:
             return Plan("xmlrpc", target, dict.fromkeys(sorted(allowlist), 0), set(), exact_target=True)
-        changed = upstream.changelog_since(status, target) if target > status else {}
+        changed, deleted = upstream.changelog_since(status, target) if target > status else ({}, set())
         projects = {n: s for n, s in changed.items() if canonicalize_name(n) in allowlist}
         projects.update({n: 0 for n in allowlist if n not in known})
-        return Plan("xmlrpc", max(target, status), projects, set(), exact_target=True)
+        return Plan("xmlrpc", max(target, status), projects, set(), exact_target=True, deleted=deleted)
     projects, top = _serials_by_name(upstream, sorted(allowlist), known, full)
     return Plan(method, max(top, status), projects, set())
 
@@ -171,7 +187,12 @@ def _serials_by_name(
         if record is None or full:
             projects[name] = 0
             continue
-        serial = upstream.project_page_serial(name)
+        try:
+            serial = upstream.project_page_serial(name)
+        except UnusableEntry as exc:  # the project's sync meets it again and fails, named
+            logger.debug("%s: %s", name, exc)
+            projects[name] = 0
+            continue
         if serial is None or serial > record[1]:
             projects[name] = serial or 0
         top = max(top, serial or 0, record[1])
@@ -191,9 +212,13 @@ def _read_listing(method: str, read: Callable[[], Any], announce: bool) -> Any:
     return listing
 
 
-def _missing(known: Mapping[str, tuple[str, int]], listed: Iterable[str]) -> set[str]:
-    upstream_names = {canonicalize_name(n) for n in listed}
-    return {c for c in known if c not in upstream_names}
+def _canonical(names: Iterable[str]) -> set[str]:
+    return {canonicalize_name(n) for n in names}
+
+
+def _missing(known: Mapping[str, tuple[str, int]], listed: set[str]) -> set[str]:
+    """The mirror's projects the listing (canonical names) does not name."""
+    return {c for c in known if c not in listed}
 
 
 _DISCOVERERS = {"xmlrpc": _xmlrpc, "simple": _simple, "html": _html}

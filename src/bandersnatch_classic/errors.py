@@ -55,6 +55,23 @@ class HashMismatch(UpstreamError):
     """A downloaded file's digest differs from the one the upstream published."""
 
 
+class UnusableEntry(UpstreamError):
+    """One entry of the upstream cannot be mirrored: a name or file name longer than a file
+    name can be, a document over ``max-document-size`` or nested too deeply to parse.
+
+    The upstream's fault, never the local disk's: it fails that project only (exit 1).
+    """
+
+
+class RedirectRefused(UpstreamError):
+    """The upstream redirected an https request to plain http (``allow-non-https`` is off)."""
+
+
+class UpstreamKnowsNone(UpstreamError):
+    """Every project a run asked for was answered with 404: a wrong ``master`` or allowlist,
+    or a proxy that does not forward the JSON API (exit 4)."""
+
+
 class UnsafeListing(UpstreamError):
     """The upstream's listing would remove too much of the mirror at once (exit 4)."""
 

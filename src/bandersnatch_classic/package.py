@@ -16,11 +16,36 @@ from datetime import datetime, timezone
 
 from . import layout, pages
 from .config import MirrorConfig
+from .errors import UnusableEntry
 from .models import Project, ReleaseFile
-from .storage import Storage
+from .storage import TEMP_SUFFIX, Storage
 from .upstream import Upstream
 
 logger = logging.getLogger(__name__)
+
+#: The longest path segment an upstream entry may give (a project name, a file name): a file
+#: system holds 255 bytes per name, and the mirror adds a file's ``.metadata`` suffix and the
+#: temporary's ``.`` and ``.tmp`` to it. Checked before anything is written, so a name too
+#: long fails its project as the upstream's entry, never as a local I/O error.
+MAX_SEGMENT_BYTES = 255 - len(layout.METADATA_SUFFIX) - len("." + TEMP_SUFFIX)
+
+
+def check_name_fits(name: str) -> None:
+    """Refuse a project name no file system can hold as a directory name (:class:`UnusableEntry`)."""
+    _check_segment(name, "project name", name)
+
+
+def _check_segment(segment: str, what: str, entry: str) -> None:
+    size = len(segment.encode("utf-8", "surrogateescape"))
+    if size > MAX_SEGMENT_BYTES:
+        raise UnusableEntry(
+            f"the upstream's entry {_shorten(entry)} is a {what} of {size} bytes, longer than a file name "
+            f"can be ({MAX_SEGMENT_BYTES} bytes with the mirror's suffixes); it cannot be mirrored"
+        )
+
+
+def _shorten(text: str, keep: int = 40) -> str:
+    return repr(text) if len(text) <= keep else repr(text[:keep]) + "..."
 
 
 @dataclass(frozen=True)
@@ -42,11 +67,14 @@ def plan_downloads(project: Project, config: MirrorConfig, storage: Storage) -> 
     """The release files and ``.metadata`` files of ``project`` the mirror lacks.
 
     Raises :class:`~bandersnatch_classic.errors.UnsafePath` for a file URL that would
-    leave ``web/packages``.
+    leave ``web/packages``, :class:`~bandersnatch_classic.errors.UnusableEntry` for one
+    with a name longer than a file system holds.
     """
     downloads = []
     for file in project.files():
         path = layout.file_path(file)  # refuses an unsafe path before any byte is fetched
+        for segment in path.split("/"):
+            _check_segment(segment, "file name" if segment == file.filename else "file URL path segment", segment)
         if config.release_files and not is_current(storage, path, file, config.compare_method):
             downloads.append(Download(file.url, path, file.sha256, file.upload_time))
         if config.core_metadata and file.metadata_sha256:

@@ -41,7 +41,7 @@ from . import layout, pages
 from .config import Config, MirrorConfig
 from .dependencies import DependencyPolicy
 from .discovery import Plan, discover
-from .errors import ConfigError, LocalIOError, LockHeld, UnsafeListing
+from .errors import ConfigError, LocalIOError, LockHeld, UnsafeListing, UpstreamKnowsNone
 from .filters import FilterSet
 from .models import Project
 from .package import publish
@@ -149,6 +149,20 @@ class Mirror:
         self._removal_limit: int | None = None
         #: Why the run stopped removing projects the upstream answers 404 for (raised at the end).
         self._refused: str | None = None
+        #: What the upstream said in this run besides the projects (its listing, its changelog's
+        #: removals): the word a removal needs. ``sync`` reads none: no 404 removes there.
+        self._word = Plan("", 0, {}, set())
+        #: Projects whose JSON API answered 404 without the upstream's word for a removal:
+        #: name -> why it fails (None: nothing to fail, the mirror never held it).
+        self._not_found: dict[str, str | None] = {}
+        #: Projects the upstream answered for (synced, filtered, failed otherwise, removed).
+        self._answered = 0
+        #: Set when every project asked was answered with 404 (raised at the end).
+        self._knows_none: str | None = None
+        #: A resumed XML-RPC run: the changelog span (status, todo target) its todo came from,
+        #: and (asked once, when a 404 needs it) the removals that span holds.
+        self._earlier_span: tuple[int, int] | None = None
+        self._earlier_removals: set[str] | None = None
 
     @classmethod
     def from_config(cls, loaded: Config, retry: RetryPolicy | None = None) -> Mirror:
@@ -230,6 +244,9 @@ class Mirror:
             remembered if fresh else "",
         )
         report.method, removed = plan.method, plan.removed
+        self._word = plan
+        if plan.listed is None and plan.method == "xmlrpc" and since > status:
+            self._earlier_span = (status, since)
         if removed and not allow_mass_removal:
             self._check_removals(plan.method, removed, len(known))
         for name, reason in plan.rejected.items():
@@ -258,6 +275,7 @@ class Mirror:
             self._unpublish(canonical)
         self._sync(todo)
         self._sync_dependencies(todo, set(work))
+        self._settle_not_found(every_404_is_unusable=True)
         self._raise_stop_reason()
 
         if not plan.exact_target:  # serials were learnt from the projects themselves
@@ -313,6 +331,7 @@ class Mirror:
         self.report.serial = todo.target
         self._sync(todo, checkpoint=False)
         self._sync_dependencies(todo, set(work), checkpoint=False)
+        self._settle_not_found(every_404_is_unusable=False)
         self._raise_stop_reason()
         if write_root:
             self._write_root(self.state.status)
@@ -449,6 +468,8 @@ class Mirror:
     def _apply(self, result: Result, stop: Any) -> bool:
         """Apply one worker result; return True when the project is done with (not failed)."""
         report = self.report
+        if isinstance(result, (Synced, Skipped, Failed)):
+            self._answered += 1
         if isinstance(result, Synced):
             self.state.record(result.canonical, result.display, result.serial)
             self.sidecars.set(result.canonical, result.missing)
@@ -463,17 +484,7 @@ class Mirror:
         elif isinstance(result, Skipped):
             self.sidecars.forget(canonicalize_name(result.name))
         elif isinstance(result, Gone):
-            canonical = result.canonical
-            report.gone.add(canonical)
-            if canonical not in self.state.projects and not layout.is_mirrored(self.storage, canonical, self.config.hash_index):
-                allowlist = self.filters.allowlist()
-                if allowlist is not None and canonical in allowlist:
-                    logger.warning("%s: allowlisted, but the upstream has no such project; check its spelling", result.name)
-                return True
-            if not self._may_remove(stop):
-                return False  # stays in todo
-            logger.info("%s: deleted upstream; removing it from the index", result.name)
-            self._unpublish(canonical)
+            return self._apply_gone(result, stop)
         elif isinstance(result, Unfinished):
             return False  # stays in todo
         elif isinstance(result, LocalError):
@@ -490,6 +501,82 @@ class Mirror:
                 stop.set()
             return False
         return True
+
+    def _apply_gone(self, result: Gone, stop: Any) -> bool:
+        """A project whose JSON API answered 404: a removal only on the upstream's word.
+
+        The changelog removing it, or the listing no longer naming it, is that word; a 404
+        alone is not (a proxy, a broken API, a name the API spells differently). Otherwise a
+        project the listing names, or the mirror holds, fails and stays in todo.
+        """
+        canonical = result.canonical
+        self.report.gone.add(canonical)
+        held = canonical in self.state.projects or layout.is_mirrored(self.storage, canonical, self.config.hash_index)
+        asked = " and ".join(result.asked) or result.name
+        if self._removal_is_said(canonical):
+            self._answered += 1
+            if not held:
+                return True
+            if not self._may_remove(stop):
+                return False  # stays in todo
+            logger.info("%s: deleted upstream; removing it from the index", result.name)
+            self._unpublish(canonical)
+            return True
+        if self._word.listed is not None:
+            why: str | None = f"the upstream lists it but its JSON API answers 404 (asked as {asked})"
+        elif held:
+            why = (
+                f"the upstream's JSON API answers 404 (asked as {asked}), but neither its listing nor its "
+                "changelog says it was removed: the mirror keeps it (`bandersnatch delete` removes it)"
+            )
+        else:
+            self._not_found[result.name] = None  # never mirrored: nothing to fail or remove
+            return True
+        self._not_found[result.name] = why
+        if self.config.stop_on_error and not self._stopped:
+            logger.error("Stopping at the first failure (stop-on-error = true): %s: %s", result.name, why)
+            self._stopped = True
+            stop.set()
+        return False  # stays in todo
+
+    def _removal_is_said(self, canonical: str) -> bool:
+        """Whether the upstream's listing or changelog says ``canonical`` was removed; for a
+        resumed run, the changelog its todo came from counts too (asked once, when needed)."""
+        if self._word.removal_is_said(canonical):
+            return True
+        if self._earlier_span is None:
+            return False
+        if self._earlier_removals is None:
+            _changed, self._earlier_removals = self.upstream.changelog_since(*self._earlier_span)
+        return canonical in self._earlier_removals
+
+    def _settle_not_found(self, every_404_is_unusable: bool) -> None:
+        """At the end of the syncing: the projects answered with 404 fail, named (or, for names
+        the mirror never held, are warned about when allowlisted). When every project asked was
+        a 404, the upstream may be unusable instead (``mirror`` only; ``sync`` names each)."""
+        if not self._not_found:
+            return
+        allowlist = self.filters.allowlist()
+        # Nothing but 404s is an unusable upstream when it denies what it lists or what the
+        # mirror holds, or when the mirror holds nothing it ever answered for (a wrong master or
+        # allowlist); a new allowlisted name it lacks, beside a mirror that works, is a warning.
+        denied = any(why is not None for why in self._not_found.values())
+        if every_404_is_unusable and not self._answered and (denied or not len(self.state.projects)):
+            names = sorted(self._not_found)
+            examples = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            also = " and the allowlist's names" if allowlist is not None else ""
+            self._knows_none = (
+                f"the upstream's JSON API answers 404 for every project asked ({len(names)}: {examples}); "
+                f"nothing was removed; check [mirror] master = {self.upstream.master}{also}"
+            )
+            self._stopped = True
+            return
+        for name, why in sorted(self._not_found.items()):
+            if why is not None:
+                self.report.failed[name] = why
+                logger.error("%s: failed: %s", name, why)
+            elif allowlist is not None and canonicalize_name(name) in allowlist:
+                logger.warning("%s: allowlisted, but the upstream has no such project; check its spelling", name)
 
     def _unpublish(self, canonical: str) -> None:
         """Take a project the upstream no longer has out of the index (files stay unless
@@ -510,18 +597,19 @@ class Mirror:
             return True
         if self._refused is None:
             self._refused = (
-                f"the upstream answers 404 (no such project) for more of the mirror's projects than max-removals = "
-                f"{self.config.max_removals} allows in one run ({self._removal_limit}); the run stopped and removed no "
-                "more (they stay in todo). If the upstream really deleted them, run once with "
-                "`bandersnatch mirror --allow-mass-removal`"
+                f"the upstream removes more of the mirror's projects (its JSON API answers 404, its changelog or "
+                f"listing agrees) than max-removals = {self.config.max_removals} allows in one run "
+                f"({self._removal_limit}); the run stopped and removed no more (they stay in todo). If the upstream "
+                "really deleted them, run once with `bandersnatch mirror --allow-mass-removal`"
             )
             self._stopped = True
             stop.set()
         return False
 
     def _raise_stop_reason(self) -> None:
-        """After a local I/O error or too many 404s, keep what was done (root index, records; todo is kept) and stop."""
-        if self.local_error is None and self._refused is None:
+        """After a local I/O error, too many removals or nothing but 404s, keep what was done
+        (root index, records; todo is kept) and stop."""
+        if self.local_error is None and self._refused is None and self._knows_none is None:
             return
         with contextlib.suppress(LocalIOError):  # the disk that failed may refuse this too
             self._write_root(self.state.status)
@@ -529,7 +617,9 @@ class Mirror:
             self.state.save_projects()
         if self.local_error is not None:
             raise LocalIOError(self.local_error)
-        raise UnsafeListing(self._refused)
+        if self._refused is not None:
+            raise UnsafeListing(self._refused)
+        raise UpstreamKnowsNone(self._knows_none)
 
     def _checkpoint(self, todo: Todo, finished: list[str]) -> None:
         """Record finished projects: their records first, then the shorter todo."""

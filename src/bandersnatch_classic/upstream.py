@@ -13,6 +13,13 @@ stall mid-body, a file whose digest is wrong, a page older than the serial we we
 promised -- is retried here, with the same exponential backoff. A local error (the disk
 is full, a write is refused) is none of these: it comes from the storage layer as
 ``LocalIOError``, and is neither retried nor turned into an ``UpstreamError``.
+
+Nothing the upstream sends is trusted further than it must be. With ``allow-non-https``
+off, no redirect from https to anything else is followed, on any request (the session
+refuses it where requests looks for the next hop, see :class:`_Session`). Project
+documents and pages are read in chunks and refused past ``max-document-size``, and a
+document nested too deeply to parse is refused too: each fails its project only
+(:class:`UnusableEntry`). A listing that cannot be parsed makes the upstream unusable.
 """
 
 from __future__ import annotations
@@ -28,16 +35,19 @@ import xmlrpc.client
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 import requests
+from packaging.utils import canonicalize_name
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from . import __version__
-from .config import MirrorConfig
-from .errors import HashMismatch, NotServed, ProjectGone, StaleResponse, UpstreamError
+from .config import DEFAULT_MAX_DOCUMENT_SIZE, MirrorConfig, human_size
+from .errors import (
+    HashMismatch, NotServed, ProjectGone, RedirectRefused, StaleResponse, UnusableEntry, UpstreamError,
+)
 from .models import Project
 from .pages import JSON_CONTENT_TYPE as SIMPLE_JSON
 
@@ -45,8 +55,13 @@ logger = logging.getLogger(__name__)
 
 USER_AGENT = f"bandersnatch-classic/{__version__} (requests/{requests.__version__})"
 RETRY_STATUSES = (429, 500, 502, 503, 504)
+#: The XML-RPC changelog's action for a deleted project.
+REMOVE_PROJECT = "remove project"
 _HTML_SERIAL = re.compile(rb"<!--SERIAL (\d+)-->")
 CHUNK = 1 << 20
+#: The rest of an error page is read (so that the connection can be reused) up to this size;
+#: a longer one is dropped with its connection.
+ERROR_PAGE_LIMIT = 64 << 10
 #: A hostile or confused upstream must not park us for hours with Retry-After.
 MAX_RETRY_AFTER = 60.0
 #: Errors of a body in flight (cut short, reset, stalled, undecodable): the adapter has
@@ -62,6 +77,29 @@ BODY_ERRORS = (
 
 class MethodUnavailable(UpstreamError):
     """The upstream does not offer this discovery method (405, 404, or not JSON)."""
+
+
+class _Session(requests.Session):
+    """A session that refuses to follow a redirect from https to anything but https.
+
+    requests follows redirects itself (``Session.send`` and ``resolve_redirects``, which
+    the file downloads call directly); every hop's target is asked of
+    :meth:`get_redirect_target`, so refusing there covers every request.
+    """
+
+    allow_non_https = False
+
+    def get_redirect_target(self, resp: requests.Response) -> str | None:
+        target = super().get_redirect_target(resp)
+        if target is None or self.allow_non_https or urlsplit(resp.url).scheme != "https":
+            return target
+        following = urljoin(resp.url, target)
+        if urlsplit(following).scheme != "https":
+            resp.close()
+            raise RedirectRefused(
+                f"{resp.url}: redirected to {following}, not https; refused (allow-non-https = false)"
+            )
+        return target
 
 
 class _CappedRetry(Retry):
@@ -110,6 +148,8 @@ class Upstream:
             download_mirror_no_fallback=config.download_mirror_no_fallback,
             retry=retry or RetryPolicy(),
             pool_size=config.workers,
+            allow_non_https=config.allow_non_https,
+            max_document_size=config.max_document_size,
         )
 
     def __init__(
@@ -123,6 +163,8 @@ class Upstream:
         download_mirror_no_fallback: bool = False,
         retry: RetryPolicy = RetryPolicy(),
         pool_size: int = 10,
+        allow_non_https: bool = False,
+        max_document_size: int = DEFAULT_MAX_DOCUMENT_SIZE,
     ) -> None:
         self.master = master.rstrip("/")
         self.timeout = timeout
@@ -130,6 +172,9 @@ class Upstream:
         self.download_mirror = download_mirror.rstrip("/")
         self.download_mirror_no_fallback = download_mirror_no_fallback
         self.retry = retry
+        self.allow_non_https = allow_non_https
+        #: The largest project document (JSON API, project page) read, in bytes.
+        self.max_document_size = max_document_size
         self._lock = threading.Lock()
         self.requests_made = 0
         self._proxy = proxy
@@ -148,7 +193,8 @@ class Upstream:
             raise_on_status=False,
         )
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self._pool_size, max_retries=retries)
-        session = requests.Session()
+        session = _Session()
+        session.allow_non_https = self.allow_non_https
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         session.headers["User-Agent"] = USER_AGENT
@@ -181,16 +227,33 @@ class Upstream:
         with contextlib.closing(response):
             yield response
 
-    def _read_body(self, response: requests.Response, url: str, deadline: float) -> bytes:
+    def _read_body(self, response: requests.Response, url: str, deadline: float, limit: int | None = None) -> bytes:
+        """The body, read in chunks; past ``limit`` bytes it is refused (:class:`UnusableEntry`)
+        without reading more (before reading anything when ``Content-Length`` says so)."""
+        declared = response.headers.get("Content-Length", "")
+        if limit is not None and declared.isdigit() and int(declared) > limit:
+            raise self._too_large(url, limit, int(declared))
         parts = []
+        size = 0
         for chunk in response.iter_content(CHUNK):
             parts.append(chunk)
+            size += len(chunk)
+            if limit is not None and size > limit:
+                raise self._too_large(url, limit)
             if time.monotonic() > deadline:
                 raise UpstreamError(f"{url}: took longer than global-timeout ({self.global_timeout:g}s)")
         return b"".join(parts)
 
-    def _request(self, method: str, url: str, accept_status: tuple[int, ...] = (200,), **kwargs: Any) -> Response:
-        """One request with body-level retries; the body is read only for ``accept_status``."""
+    @staticmethod
+    def _too_large(url: str, limit: int, declared: int | None = None) -> UnusableEntry:
+        size = f"{human_size(declared)}, " if declared is not None else ""
+        return UnusableEntry(f"{url}: the document is larger ({size}more than max-document-size = {human_size(limit)})")
+
+    def _request(
+        self, method: str, url: str, accept_status: tuple[int, ...] = (200,), limit: int | None = None, **kwargs: Any
+    ) -> Response:
+        """One request with body-level retries; the body is read only for ``accept_status``,
+        and refused past ``limit`` bytes."""
         last_error: Exception | None = None
         for attempt in range(self.retry.attempts):
             if attempt:
@@ -202,9 +265,9 @@ class Upstream:
                         if response.status_code in RETRY_STATUSES:
                             # the adapter has already spent the retries on this status
                             raise UpstreamError(f"{url}: HTTP {response.status_code} after {self.retry.attempts} attempts")
-                        response.content  # the rest of an error page, so the connection can be reused
+                        _drain(response)
                         return Response(response.status_code, response.headers)
-                    body = self._read_body(response, url, deadline)
+                    body = self._read_body(response, url, deadline, limit)
                     return Response(response.status_code, response.headers, body, response.url)
             except BODY_ERRORS as exc:
                 last_error = exc
@@ -231,20 +294,29 @@ class Upstream:
     def list_packages_with_serial(self) -> dict[str, int]:
         return {str(k): int(v) for k, v in self.xmlrpc("list_packages_with_serial").items()}
 
-    def changelog_since(self, serial: int, until: int) -> dict[str, int]:
-        """Project -> highest serial of every change after ``serial``, paging until ``until``."""
+    def changelog_since(self, serial: int, until: int) -> tuple[dict[str, int], set[str]]:
+        """Every change after ``serial``, paging until ``until``: project -> highest serial,
+        and the canonical names whose last change is their removal ("remove project")."""
         changed: dict[str, int] = {}
+        last_action: dict[str, tuple[int, str]] = {}
         while serial < until:
             entries = self.xmlrpc("changelog_since_serial", serial)
             if not entries:
                 break
-            for name, _version, _when, _action, entry_serial in entries:
-                changed[name] = max(changed.get(name, 0), int(entry_serial))
-            newest = max(int(e[4]) for e in entries)
+            try:
+                for name, _version, _when, action, entry_serial in entries:
+                    changed[str(name)] = max(changed.get(str(name), 0), int(entry_serial))
+                    canonical = canonicalize_name(str(name))
+                    if int(entry_serial) >= last_action.get(canonical, (0, ""))[0]:
+                        last_action[canonical] = (int(entry_serial), str(action or ""))
+                newest = max(int(e[4]) for e in entries)
+            except (TypeError, ValueError, IndexError) as exc:
+                raise UpstreamError(f"XML-RPC changelog_since_serial: unusable answer ({_describe(exc)})") from exc
             if newest <= serial:
                 break
             serial = newest
-        return changed
+        removed = {c for c, (_, action) in last_action.items() if action.startswith(REMOVE_PROJECT)}
+        return changed, removed
 
     # -- simple API ------------------------------------------------------------------
     def simple_listing(self) -> tuple[int, dict[str, int]]:
@@ -252,7 +324,7 @@ class Upstream:
         url = f"{self.master}/simple/"
         doc = self._json_or_unavailable(self._request("GET", url, headers={"Accept": SIMPLE_JSON}), url)
         try:
-            projects = {p["name"]: int(p["_last-serial"]) for p in doc["projects"]}
+            projects = {_string(p["name"]): int(p["_last-serial"]) for p in doc["projects"]}
             return int(doc["meta"]["_last-serial"]), projects
         except (KeyError, TypeError, ValueError) as exc:
             raise MethodUnavailable(f"{url}: PEP 691 listing without serials") from exc
@@ -279,6 +351,8 @@ class Upstream:
                 return int(json.loads(body)["meta"]["_last-serial"])
             except BODY_ERRORS as exc:
                 raise UpstreamError(f"{url}: {_describe(exc)}") from exc
+            except RecursionError as exc:
+                raise UpstreamError(f"{url}: the listing is nested too deeply to parse") from exc
             except (ValueError, KeyError, TypeError) as exc:
                 raise MethodUnavailable(f"{url}: no serial in the header or the PEP 691 listing") from exc
 
@@ -300,7 +374,9 @@ class Upstream:
         carries none of them, the JSON API document's ``last_serial``.
         """
         url = f"{self.master}/simple/{quote(name)}/"
-        response = self._request("GET", url, accept_status=(200, 404), headers={"Accept": SIMPLE_JSON})
+        response = self._request(
+            "GET", url, accept_status=(200, 404), limit=self.max_document_size, headers={"Accept": SIMPLE_JSON}
+        )
         if response.status == 404:
             return None
         header = response.header("X-PyPI-Last-Serial")
@@ -309,8 +385,8 @@ class Upstream:
         if "json" in response.header("Content-Type"):
             try:
                 return int(json.loads(response.body)["meta"]["_last-serial"])
-            except (ValueError, KeyError, TypeError):
-                pass
+            except (ValueError, KeyError, TypeError, RecursionError):
+                pass  # the JSON API document says, or fails the project
         else:
             match = _HTML_SERIAL.search(response.body[-200:])
             if match:
@@ -326,10 +402,13 @@ class Upstream:
             raise MethodUnavailable(f"{url}: HTTP {response.status}")
         if "json" not in response.header("Content-Type"):
             raise MethodUnavailable(f"{url}: answered {response.header('Content-Type')!r}, not JSON")
+        # It claims JSON: a body that does not parse is a broken upstream, not a missing method.
         try:
             return json.loads(response.body)
+        except RecursionError as exc:
+            raise UpstreamError(f"{url}: the listing is nested too deeply to parse") from exc
         except ValueError as exc:
-            raise MethodUnavailable(f"{url}: not valid JSON") from exc
+            raise UpstreamError(f"{url}: the listing is not valid JSON ({_describe(exc)})") from exc
 
     # -- JSON API --------------------------------------------------------------------
     def project(self, name: str, expected_serial: int = 0) -> Project:
@@ -343,7 +422,7 @@ class Upstream:
         for attempt in range(self.retry.attempts):
             if attempt:
                 self.retry.sleep(attempt)
-            response = self._request("GET", url, accept_status=(200, 404))
+            response = self._request("GET", url, accept_status=(200, 404), limit=self.max_document_size)
             if response.status == 404:
                 raise ProjectGone(f"{name}: the upstream has no such project (HTTP 404)")
             if response.status != 200:
@@ -353,6 +432,8 @@ class Upstream:
                 header = response.header("X-PyPI-Last-Serial")
                 serial = int(header) if header.isdigit() else int(doc.get("last_serial") or 0)
                 project = Project.from_json(doc, serial, response.url or url)
+            except RecursionError as exc:
+                raise UnusableEntry(f"{url}: the document is nested too deeply to parse") from exc
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise UpstreamError(f"{name}: malformed JSON API document ({_describe(exc)})") from exc
             if serial >= expected_serial:
@@ -372,7 +453,7 @@ class Upstream:
 
     def fetch(self, url: str) -> bytes:
         """A small document (e.g. a ``.metadata`` file), retried like everything else."""
-        response = self._request("GET", url)
+        response = self._request("GET", url, limit=self.max_document_size)
         if response.status != 200:
             raise UpstreamError(f"{url}: HTTP {response.status}")
         return response.body
@@ -401,8 +482,8 @@ class Upstream:
                 except UpstreamError as exc:
                     last = exc
                     break  # an HTTP error status or a dead connection: the adapter has retried it
-        if isinstance(last, (HashMismatch, NotServed)):
-            raise type(last)(f"{url}: {last}")
+        if isinstance(last, (HashMismatch, NotServed, RedirectRefused)):
+            raise type(last)(str(last) if isinstance(last, RedirectRefused) else f"{url}: {last}")
         raise UpstreamError(f"{url}: {_describe(_cause(last))}")
 
     def _download_once(
@@ -477,6 +558,21 @@ class Upstream:
             if digest.hexdigest() != sha256:
                 raise HashMismatch(f"sha256 {digest.hexdigest()} does not match the expected {sha256}")
         return written
+
+
+def _drain(response: requests.Response) -> None:
+    """Read the rest of a small error page, so that its connection can be reused; a large
+    or unsized one is left unread (its connection is then closed, not reused)."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) <= ERROR_PAGE_LIMIT:
+        response.content
+
+
+def _string(value: Any) -> str:
+    """``value`` if it is a string: a listing's names must be."""
+    if not isinstance(value, str):
+        raise TypeError(f"a name that is not a string: {value!r:.60}")
+    return value
 
 
 def _status_error(status: int) -> UpstreamError:

@@ -30,7 +30,7 @@ from .dependencies import DependencyPolicy, requirements_of
 from .errors import HashMismatch, LocalIOError, NotServed, ProjectGone, UnsafePath
 from .filters import FilterSet
 from .models import Project, check_project_name
-from .package import Download, plan_downloads, publish, unserved_metadata
+from .package import Download, check_name_fits, plan_downloads, publish, unserved_metadata
 from .progress import in_worker_process
 from .sidecars import Sidecar, sidecars_of
 from .storage import Storage
@@ -68,10 +68,16 @@ class Skipped:
 
 @dataclass(frozen=True)
 class Gone:
-    """The upstream answers 404 for the project: the main process removes it, within max-removals."""
+    """The upstream's JSON API answers 404 for the project, however it was asked.
+
+    The main process decides what that means: a removal when the upstream's listing or
+    changelog says so too (within max-removals), else a failure.
+    """
 
     name: str
     canonical: str
+    #: The spellings asked, in order (the display name, then the normalized one).
+    asked: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -178,10 +184,9 @@ class Worker:
     def _project_task(self, job: Job) -> None:
         try:
             canonical = check_project_name(job.name)
-            try:
-                project = self.upstream.project(job.asked, job.serial)
-            except ProjectGone:
-                self._report(Gone(job.name, canonical))
+            check_name_fits(job.name)
+            project = self._fetch_project(job, canonical)
+            if project is None:
                 return
             if check_project_name(project.name) != canonical:
                 raise UnsafePath(f"the upstream answered for {job.name!r} with project {project.name!r}")
@@ -204,6 +209,21 @@ class Worker:
         assert self._pool is not None
         for download in downloads:
             self._pool.submit(self._file_task, job, download)
+
+    def _fetch_project(self, job: Job, canonical: str) -> Project | None:
+        """The project's JSON API document; on a 404 for a display name, asked again by the
+        normalized name (as some upstreams answer only that). None when both say 404: it is
+        reported as :class:`Gone`."""
+        asked = [job.asked]
+        if job.asked != canonical:
+            asked.append(canonical)
+        for spelling in asked:
+            try:
+                return self.upstream.project(spelling, job.serial)
+            except ProjectGone:
+                logger.debug("%s: the upstream's JSON API answers 404 for %r", job.name, spelling)
+        self._report(Gone(job.name, canonical, tuple(asked)))
+        return None
 
     def _file_task(self, job: Job, download: Download) -> None:
         if job.error is None and not self.stop.is_set():
