@@ -11,7 +11,9 @@ It serves a :class:`Corpus` the tests define and change between runs:
 Switches make it behave like the upstreams met in the wild (``xmlrpc_enabled``,
 ``simple_json_enabled``, ``root_json_enabled``, ``serial_header``, ``relative_urls``,
 ``unserved_sidecars``, ``bad_sidecars``, ``whole_second_times``, ``redirect_to_display_name``,
-``redirect_files``, ``credentials``), and :meth:`UpstreamServer.fault` injects
+``redirect_files``, ``credentials``, ``downgrade_to``, ``canonical_json_api_only``,
+``padded_documents``, ``nested_documents``, ``listing_body``, ``send_content_length``;
+over TLS with ``tls=``), and :meth:`UpstreamServer.fault` injects
 faults (error statuses with ``Retry-After``, connection resets, truncated and corrupted
 bodies, hung and trickled answers, stale JSON pages) on chosen paths. Every request is logged, so tests can
 count what a run asked for.
@@ -30,6 +32,7 @@ import io
 import json
 import re
 import socket
+import ssl
 import threading
 import time
 import xmlrpc.client
@@ -257,8 +260,10 @@ class Fault:
 class UpstreamServer:
     """The test upstream. Use as a context manager or call :meth:`start` / :meth:`stop`."""
 
-    def __init__(self, corpus: Corpus | None = None) -> None:
+    def __init__(self, corpus: Corpus | None = None, tls: TestCertificate | None = None) -> None:
         self.corpus = corpus or Corpus()
+        #: Served over https with this certificate (trusted through ``REQUESTS_CA_BUNDLE``).
+        self.tls = tls
         self.xmlrpc_enabled = True
         self.simple_json_enabled = True
         self.serial_header = True
@@ -283,6 +288,21 @@ class UpstreamServer:
         self.redirect_files = False
         #: (user, password) that every request must carry as HTTP Basic auth, or get a 401.
         self.credentials: tuple[str, str] | None = None
+        #: (base URL, path pattern): requests whose path matches are redirected to the same
+        #: path under the base URL (an http twin of a TLS upstream: a downgrade), with 302
+        #: (307 for XML-RPC's POST).
+        self.downgrade_to: tuple[str, str] | None = None
+        #: The JSON API answers only the normalized spelling of a name (404 for the display
+        #: name), as an upstream that is itself a mirror may.
+        self.canonical_json_api_only = False
+        #: Canonical name -> bytes of padding in its JSON API document (``info.description``).
+        self.padded_documents: dict[str, int] = {}
+        #: Canonical names whose JSON API document is nested thousands of levels deep.
+        self.nested_documents: set[str] = set()
+        #: The root listing's body (JSON and HTML alike) instead of the real one.
+        self.listing_body: bytes | None = None
+        #: False: answers carry no Content-Length and end when the connection closes.
+        self.send_content_length = True
         #: Requests that came in absolute form (``GET http://host/path``), as a proxy gets them.
         self.proxied_requests = 0
         #: Root listings (XML-RPC ``list_packages_with_serial``, ``/simple/`` in JSON and HTML)
@@ -305,11 +325,16 @@ class UpstreamServer:
         handler = type("Handler", (_Handler,), {"upstream": self})
         self._server = _QuietServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(tls.cert, tls.key)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
 
     def start(self) -> UpstreamServer:
         # A short poll: stopping waits for the next one, and every test stops a server.
@@ -415,7 +440,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- plumbing --------------------------------------------------------------------
     def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None, fault: Fault | None = None) -> None:
-        head = [f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}", f"Content-Type: {ctype}", f"Content-Length: {len(body)}"]
+        head = [f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}", f"Content-Type: {ctype}"]
+        if self.upstream.send_content_length:
+            head.append(f"Content-Length: {len(body)}")
+        else:
+            head.append("Connection: close")
+            self.close_connection = True
         head += [f"{k}: {v}" for k, v in (headers or {}).items()]
         payload = body if self.command != "HEAD" else b""
         if fault is not None and fault.kind == "corrupt" and payload:
@@ -468,6 +498,8 @@ class _Handler(BaseHTTPRequestHandler):
         fault = self._apply_fault("POST " + path)
         if fault is not None and fault.kind in ("reset", "status", "hang"):
             return
+        if self._downgrade(path, 307):
+            return
         if path.rstrip("/") != "/pypi" or not self.upstream.xmlrpc_enabled:
             self._send(405, b"XML-RPC is not available here\n", "text/plain")
             return
@@ -501,6 +533,8 @@ class _Handler(BaseHTTPRequestHandler):
         fault = self._apply_fault(path)
         if fault is not None and fault.kind in ("reset", "status", "hang"):
             return
+        if self._downgrade(path, 302):
+            return
         corpus = self.upstream.corpus
         base = self.upstream.url
         with corpus._lock:
@@ -514,19 +548,35 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._file(path, fault)
         self._send(404, b"not found\n", "text/plain")
 
+    def _downgrade(self, path: str, status: int) -> bool:
+        """Redirect to the http twin when ``downgrade_to`` says so."""
+        if self.upstream.downgrade_to is None:
+            return False
+        base, pattern = self.upstream.downgrade_to
+        if not re.search(pattern, path):
+            return False
+        self._send(status, b"", "text/plain", {"Location": base + path})
+        return True
+
     def _serial_headers(self, serial: int) -> dict[str, str]:
         return {"X-PyPI-Last-Serial": str(serial)} if self.upstream.serial_header else {}
 
     def _json_api(self, name: str, base: str, fault: Fault | None) -> None:
         spec = self.upstream.corpus.get(name)
-        if spec is None:
+        if spec is None or (self.upstream.canonical_json_api_only and name != canonicalize_name(name)):
             return self._send(404, b'{"message": "Not Found"}', "application/json")
+        canonical = canonicalize_name(spec.name)
+        if canonical in self.upstream.nested_documents:
+            deep = b'{"info": {"name": "' + spec.name.encode() + b'", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}"
+            return self._send(200, deep, "application/json", self._serial_headers(spec.serial), fault)
         if self.upstream.redirect_to_display_name and name != spec.name:
             return self._send(301, b"", "text/plain", {"Location": f"{base}/pypi/{spec.name}/json"}, fault)
         doc = self.upstream.corpus.json_doc(spec, "../.." if self.upstream.relative_urls else base)
         if self.upstream.whole_second_times:
             for entry in (e for files in doc["releases"].values() for e in files):
                 entry["upload_time_iso_8601"] = entry["upload_time_iso_8601"].replace(".000000Z", "Z")
+        if canonical in self.upstream.padded_documents:
+            doc["info"]["description"] = "x" * self.upstream.padded_documents[canonical]
         serial = spec.serial
         if fault is not None and fault.kind == "stale":
             serial -= 1
@@ -538,6 +588,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _simple_root(self, fault: Fault | None) -> None:
         corpus = self.upstream.corpus
+        if self.upstream.listing_body is not None:
+            ctype = SIMPLE_JSON if self._wants_json() else "text/html"
+            return self._send(200, self.upstream.listing_body, ctype, self._serial_headers(corpus.serial), fault)
         specs = sorted(corpus.projects.values(), key=lambda s: canonicalize_name(s.name))[: self.upstream.listing_limit]
         if self._wants_json() and self.upstream.root_json_enabled:
             doc = {
@@ -580,6 +633,48 @@ class _Handler(BaseHTTPRequestHandler):
         elif path in files:
             return self._send(200, files[path].content, "application/octet-stream", fault=fault)
         self._send(404, b"not found\n", "text/plain")
+
+
+# -- TLS ---------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class TestCertificate:
+    """A self-signed certificate for 127.0.0.1: its own CA, so ``REQUESTS_CA_BUNDLE=cert`` trusts it."""
+
+    cert: str
+    key: str
+
+    __test__ = False  # not a test class, for pytest
+
+    @classmethod
+    def create(cls, directory: Any) -> TestCertificate:
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+        now = datetime.now(timezone.utc)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256())
+        )
+        cert_path, key_path = f"{directory}/upstream-cert.pem", f"{directory}/upstream-key.pem"
+        with open(cert_path, "wb") as fh:
+            fh.write(cert.public_bytes(serialization.Encoding.PEM))
+        with open(key_path, "wb") as fh:
+            fh.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        return cls(cert_path, key_path)
 
 
 # -- building blocks for corpora ---------------------------------------------------------

@@ -29,7 +29,7 @@ from typing import Any
 
 from packaging.utils import canonicalize_name
 
-from .errors import UnsafePath, UnusableEntry, UpstreamError
+from .errors import RedirectRefused, UnsafePath, UnusableEntry, UpstreamError
 from .models import check_project_name
 from .package import check_name_fits
 from .upstream import MethodUnavailable, Upstream
@@ -189,7 +189,7 @@ def _serials_by_name(
             continue
         try:
             serial = upstream.project_page_serial(name)
-        except UnusableEntry as exc:  # the project's sync meets it again and fails, named
+        except (UnusableEntry, RedirectRefused) as exc:  # the JSON API document decides, or fails the project
             logger.debug("%s: %s", name, exc)
             projects[name] = 0
             continue

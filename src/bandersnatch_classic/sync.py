@@ -557,11 +557,15 @@ class Mirror:
         if not self._not_found:
             return
         allowlist = self.filters.allowlist()
-        # Nothing but 404s is an unusable upstream when it denies what it lists or what the
-        # mirror holds, or when the mirror holds nothing it ever answered for (a wrong master or
-        # allowlist); a new allowlisted name it lacks, beside a mirror that works, is a warning.
-        denied = any(why is not None for why in self._not_found.values())
-        if every_404_is_unusable and not self._answered and (denied or not len(self.state.projects)):
+        # Nothing but 404s is an unusable upstream when the mirror holds nothing it ever answered
+        # for (a wrong master or allowlist), or when it denies more of what it lists or the
+        # mirror holds than max-removals would let go (a proxy that does not forward the JSON
+        # API). One project denied, or an allowlisted name it lacks, is that project's failure
+        # or a warning.
+        held = len(self.state.projects)
+        denied = sum(why is not None for why in self._not_found.values())
+        too_many = not held or denied > self.config.removal_limit(held)
+        if every_404_is_unusable and not self._answered and too_many:
             names = sorted(self._not_found)
             examples = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
             also = " and the allowlist's names" if allowlist is not None else ""
