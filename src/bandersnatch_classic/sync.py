@@ -41,7 +41,7 @@ from . import layout, pages
 from .config import Config, MirrorConfig
 from .dependencies import DependencyPolicy
 from .discovery import Plan, discover
-from .errors import ConfigError, LocalIOError, LockHeld, UnsafeListing, UpstreamKnowsNone
+from .errors import ConfigError, LocalIOError, LockHeld, UnsafeListing, UpstreamError, UpstreamKnowsNone
 from .filters import FilterSet
 from .models import Project
 from .package import publish
@@ -547,7 +547,11 @@ class Mirror:
         if self._earlier_span is None:
             return False
         if self._earlier_removals is None:
-            _changed, self._earlier_removals = self.upstream.changelog_since(*self._earlier_span)
+            try:
+                _changed, self._earlier_removals = self.upstream.changelog_since(*self._earlier_span)
+            except UpstreamError as exc:  # no word, then: the project fails and is asked again next run
+                logger.warning("Could not read the changelog again to tell removals from failures: %s", exc)
+                self._earlier_removals = set()
         return canonical in self._earlier_removals
 
     def _settle_not_found(self, every_404_is_unusable: bool) -> None:
