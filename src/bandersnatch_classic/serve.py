@@ -189,6 +189,9 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
         self._serve(body=False)
 
     def _not_allowed(self) -> None:
+        # The request's body (an XML-RPC call) is not read: the connection closes after the
+        # answer, so the body is never taken for the next request.
+        self.close_connection = True
         self._error(HTTPStatus.METHOD_NOT_ALLOWED, allow=True)
 
     def __getattr__(self, name: str) -> Callable[[], None]:
@@ -206,6 +209,8 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         if allow:
             self.send_header("Allow", "GET, HEAD")
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
