@@ -291,6 +291,8 @@ def test_serve_answers_the_json_api_as_the_public_index(tier1: MirrorHarness, or
         assert doc["info"]["name"] == "Foo.Bar_Baz" and doc["last_serial"] == spec.serial
         urls = [e["url"] for files in doc["releases"].values() for e in files]
         assert urls and all(u.startswith(f"{base}/packages/") for u in urls)  # absolute, on this server
+        proxied = json.loads(get(base, "/pypi/Foo.Bar_Baz/json", Host="pypi.example", **{"X-Forwarded-Proto": "https"})[1])
+        assert proxied["urls"][0]["url"].startswith("https://pypi.example/packages/")  # behind a TLS proxy
         stored = json.loads((tier1.dir / "web/json/foo-bar-baz").read_text())
         assert all(e["url"].startswith("../../packages/") for e in stored["urls"])  # relative on disk
 
@@ -329,3 +331,35 @@ def test_root_uri_is_what_stored_documents_point_at(tmp_path: Path, origin: Upst
         "https://mirror.example"
     }
     assert harness.main("verify").returncode == 0  # the stored documents still say where each file is
+
+
+# -- the reference tool downstream ----------------------------------------------------------
+REFERENCE = Path(__file__).resolve().parent.parent / "benchmarks" / ".ref-venv" / "bin" / "bandersnatch"
+
+
+@pytest.mark.skipif(
+    not REFERENCE.exists(),
+    reason="the reference tool (bandersnatch 8.2.0) is not installed; benchmarks/bench.py installs it "
+    "into benchmarks/.ref-venv (tests never reach the package registry)",
+)
+def test_reference_tool_mirrors_from_serve(tier1: MirrorHarness, origin: UpstreamServer, tmp_path: Path) -> None:
+    """bandersnatch 8.2.0 (the PEP 691 listing, then the JSON API with its serial header) from ``serve``."""
+    with through_serve(tier1) as (master, requests):
+        conf = tmp_path / "reference.conf"
+        conf.write_text(
+            f"[mirror]\ndirectory = {tmp_path / 'reference'}\nmaster = {master}\nallow-non-https = true\n"
+            "timeout = 10\nglobal-timeout = 120\nworkers = 3\nhash-index = false\nstop-on-error = true\n"
+            "json = true\nrelease-files = true\ncleanup = false\nsimple-format = ALL\n"
+        )
+        origin.clear()
+        run = subprocess.run([str(REFERENCE), "-c", str(conf), "mirror"], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert origin.count() == 0
+        assert requests() > 0
+    reference = MirrorHarness.__new__(MirrorHarness)
+    reference.dir = tmp_path / "reference"
+    assert reference.package_files() == tier1.package_files()
+    for name in ("foo-bar-baz", "small", "tiny-lib"):
+        ours, theirs = tier1.json_page(name), reference.json_page(name)
+        assert sorted(f["filename"] for f in theirs["files"]) == sorted(f["filename"] for f in ours["files"])
+        assert theirs["meta"]["_last-serial"] == ours["meta"]["_last-serial"]

@@ -362,12 +362,14 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
         return doc
 
     def _origin(self) -> str:
-        """``http://<host>`` as this request reached the server (its ``Host``, when sane)."""
+        """``http://<host>`` as this request reached the server (its ``Host``, when sane);
+        ``https://`` when a proxy in front says so (``X-Forwarded-Proto: https``)."""
         host = self.headers.get("Host") or ""
         if not _HOST.match(host):
             address, port = self.server.server_address[:2]
             host = f"[{address}]:{port}" if ":" in str(address) else f"{address}:{port}"
-        return f"http://{host}"
+        https = (self.headers.get("X-Forwarded-Proto") or "").strip().lower() == "https"
+        return f"{'https' if https else 'http'}://{host}"
 
     # -- reading what is served ---------------------------------------------------------
     def _read(self, path: Path) -> bytes:
