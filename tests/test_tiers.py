@@ -322,6 +322,23 @@ def test_serve_answers_the_json_api_as_the_public_index(tier1: MirrorHarness, or
             assert get(base, path)[0].status == 404, path
 
 
+def test_serve_answers_old_documents_with_its_own_urls(tier1: MirrorHarness, origin: UpstreamServer) -> None:
+    """A document stored with the upstream's URLs (by an earlier version, or the reference tool)
+    is answered with this server's URL for every file the mirror holds; others stay."""
+    stored = tier1.dir / "web/json/small"
+    doc = json.loads(stored.read_text())
+    for entries in doc["releases"].values():
+        for entry in entries:
+            entry["url"] = origin.url + "/" + entry["url"].removeprefix("../../")
+    doc["releases"]["0.1"][0]["url"] = "https://elsewhere.example/packages/aa/bb/not-held.tar.gz"
+    stored.write_text(json.dumps(doc))
+    with through_serve(tier1) as (base, _):
+        answer = json.loads(get(base, "/pypi/small/json")[1])
+    urls = sorted(e["url"] for entries in answer["releases"].values() for e in entries)
+    assert urls[-1] == "https://elsewhere.example/packages/aa/bb/not-held.tar.gz"
+    assert all(u.startswith(f"{base}/packages/") for u in urls[:-1]) and len(urls) == 3
+
+
 def test_root_uri_is_what_stored_documents_point_at(tmp_path: Path, origin: UpstreamServer) -> None:
     harness = MirrorHarness(tmp_path, origin)
     harness.configure({"root_uri": "https://mirror.example"})

@@ -25,7 +25,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 from packaging.version import InvalidVersion, Version
 
 from .errors import LocalIOError, UnsafePath
-from .layout import PAGE_HTML, PAGE_V1_HTML, PAGE_V1_JSON, WEB, pages_dir
+from .layout import PAGE_HTML, PAGE_V1_HTML, PAGE_V1_JSON, WEB, pages_dir, release_path, served_path
 from .models import check_project_name
 from .pages import JSON_CONTENT_TYPE as SIMPLE_JSON
 from .storage import Storage
@@ -341,13 +341,37 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
         if name != own_name or version != own_version:
             return self._redirect(_api_path(own_name, own_version))
         answer = doc if own_version is None else _release_document(doc, own_name, own_version)
-        _absolute_urls(answer, f"{self._origin()}{_api_path(own_name, own_version)}")
+        self._answer_urls(answer, f"{self._origin()}{_api_path(own_name, own_version)}")
         serial = doc.get("last_serial")
         payload = json.dumps(answer).encode()
         etag = f'"{hashlib.blake2b(payload, digest_size=12).hexdigest()}"'
         mtime = self._mtime(located)
         if self._headers("application/json", len(payload), mtime, False, serial if isinstance(serial, int) else None, etag) and body:
             self.wfile.write(payload)
+
+    def _answer_urls(self, doc: dict[str, Any], base: str) -> None:
+        """Every file URL of a JSON API answer made absolute and on this server, in place.
+
+        Stored relative URLs resolve against ``base``. An absolute one (``root_uri``, or the
+        upstream's in a document an earlier version or the reference tool stored) is
+        answered on this server too when the mirror holds the file at the path the layout
+        gives it, so a downstream mirror never reaches around this one; otherwise it stays.
+        """
+        origin = self._origin()
+        for entries in [doc.get("urls") or [], *(doc.get("releases") or {}).values()]:
+            for entry in entries if isinstance(entries, list) else []:
+                url = entry.get("url") if isinstance(entry, dict) else None
+                if not isinstance(url, str):
+                    continue
+                if not url.startswith(("http://", "https://")):
+                    entry["url"] = urljoin(base, url)
+                    continue
+                try:
+                    local = served_path(release_path(url))
+                except UnsafePath:
+                    continue
+                if self._locate(local) is not None:
+                    entry["url"] = f"{origin}/{quote(local)}"
 
     def _document(self, located: Any, canonical: str) -> dict[str, Any] | None:
         """A stored JSON API document, parsed; None (logged) when it is not one."""
@@ -553,15 +577,6 @@ def _release_document(doc: dict[str, Any], name: str, version: str) -> dict[str,
         "yanked_reason": next((f["yanked_reason"] for f in yanked if f.get("yanked_reason")), None),
     }
     return {"info": short, "last_serial": doc.get("last_serial"), "urls": files}
-
-
-def _absolute_urls(doc: dict[str, Any], base: str) -> None:
-    """Resolve every file URL of a JSON API document against ``base``, in place."""
-    lists = [doc.get("urls") or [], *(doc.get("releases") or {}).values()]
-    for entries in lists:
-        for entry in entries if isinstance(entries, list) else []:
-            if isinstance(entry, dict) and isinstance(entry.get("url"), str):
-                entry["url"] = urljoin(base, entry["url"])
 
 
 class MirrorServer(ThreadingHTTPServer):
