@@ -339,15 +339,15 @@ def test_serve_answers_old_documents_with_its_own_urls(tier1: MirrorHarness, ori
     assert all(u.startswith(f"{base}/packages/") for u in urls[:-1]) and len(urls) == 3
 
 
-def test_root_uri_is_what_stored_documents_point_at(tmp_path: Path, origin: UpstreamServer) -> None:
+@pytest.mark.parametrize("root_uri", ["https://mirror.example", "https://mirror.example/pypi"])
+def test_root_uri_is_what_stored_documents_point_at(tmp_path: Path, origin: UpstreamServer, root_uri: str) -> None:
     harness = MirrorHarness(tmp_path, origin)
-    harness.configure({"root_uri": "https://mirror.example"})
+    harness.configure({"root_uri": root_uri})
     assert harness.main("mirror").returncode == 0
     doc = json.loads((harness.dir / "web/json/small").read_text())
-    assert {e["url"].split("/packages/")[0] for files in doc["releases"].values() for e in files} == {
-        "https://mirror.example"
-    }
-    assert harness.main("verify").returncode == 0  # the stored documents still say where each file is
+    assert {e["url"].split("/packages/")[0] for files in doc["releases"].values() for e in files} == {root_uri}
+    run = harness.main("verify")  # the stored documents still say where each file is
+    assert run.returncode == 0 and "Verify: clean" in run.stderr, run.stderr
 
 
 # -- the reference tool downstream ----------------------------------------------------------
