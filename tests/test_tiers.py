@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import io
 import json
 import re
 import shutil
@@ -215,6 +216,14 @@ def test_tier2_mirrors_tier1_whole_and_incrementally(
         before = requests()
         assert tier2.main("mirror").returncode == 0
         assert requests() - before == listing
+
+        # status asks tier 1 for its serial: healthy, no lag
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            status = tier2.main("status", "--json")
+        assert status.returncode == 0, status.stderr
+        health = json.loads(out.getvalue())
+        assert (health["serial"], health["upstream_serial"]) == (corpus.serial, corpus.serial), health
 
 
 def test_plain_path_master_is_a_tree(tier1: MirrorHarness, origin: UpstreamServer, tmp_path: Path) -> None:

@@ -286,7 +286,8 @@ class Upstream:
         """The index's serial from one request for the PEP 691 root listing.
 
         The ``X-PyPI-Last-Serial`` header when the upstream sends it: the (large) body is
-        then not read. Otherwise the listing's ``meta._last-serial``.
+        then not read. Otherwise the listing's ``meta._last-serial``; from a static server
+        over a mirror's ``web/`` (an HTML answer, unread), that of ``/simple/index.v1_json``.
         """
         url = f"{self.master}/simple/"
         with self._response("GET", url, headers={"Accept": SIMPLE_JSON}) as response:
@@ -295,17 +296,23 @@ class Upstream:
             header = response.headers.get("X-PyPI-Last-Serial", "")
             if header.isdigit():
                 return int(header)
-            if "json" not in response.headers.get("Content-Type", ""):  # do not read a large HTML listing
-                raise MethodUnavailable(
-                    f"{url}: no X-PyPI-Last-Serial header, and answered {response.headers.get('Content-Type')!r}, not JSON"
-                )
-            try:
-                body = self._read_body(response, url, time.monotonic() + self.global_timeout)
-                return int(json.loads(body)["meta"]["_last-serial"])
-            except BODY_ERRORS as exc:
-                raise UpstreamError(f"{url}: {_describe(exc)}") from exc
-            except (ValueError, KeyError, TypeError) as exc:
-                raise MethodUnavailable(f"{url}: no serial in the header or the PEP 691 listing") from exc
+            answered = response.headers.get("Content-Type", "")
+            if "json" in answered:  # do not read a large HTML listing
+                try:
+                    body = self._read_body(response, url, time.monotonic() + self.global_timeout)
+                    return int(json.loads(body)["meta"]["_last-serial"])
+                except BODY_ERRORS as exc:
+                    raise UpstreamError(f"{url}: {_describe(exc)}") from exc
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise MethodUnavailable(f"{url}: no serial in the header or the PEP 691 listing") from exc
+        # A static server over a mirror's web/ (no negotiation): the listing file has the serial.
+        static = self._request("GET", f"{self.master}/{served_path(ROOT_JSON)}", accept_status=(200, 404))
+        try:
+            if static.status == 200:
+                return int(json.loads(static.body)["meta"]["_last-serial"])
+        except (ValueError, KeyError, TypeError):
+            pass
+        raise MethodUnavailable(f"{url}: no X-PyPI-Last-Serial header, and answered {answered!r}, not JSON")
 
     def html_listing(self) -> list[str]:
         """Project names from the HTML root listing (PEP 503): the link texts."""
