@@ -290,6 +290,12 @@ def test_serve_answers_the_json_api_as_the_public_index(tier1: MirrorHarness, or
             expected = origin.corpus.serial if path == "/simple/" else spec.serial
             assert response.status == 200 and response.getheader("X-PyPI-Last-Serial") == str(expected), (path, accept)
 
+        # a mirror without PEP 691 pages: the serial from the HTML page's SERIAL comment
+        (tier1.dir / "web/simple/small/index.v1_json").unlink()
+        response, _ = get(base, "/simple/small/", Accept="application/vnd.pypi.simple.v1+json, text/html;q=0.1")
+        assert response.getheader("Content-Type").startswith("text/html")
+        assert response.getheader("X-PyPI-Last-Serial") == str(origin.corpus.get("small").serial)  # type: ignore[union-attr]
+
         # any spelling of the name redirects to the project's own, whose answer is the document
         for spelling in ("foo-bar-baz", "FOO.BAR.BAZ", "foo_bar_baz"):
             response, _ = get(base, f"/pypi/{spelling}/json")

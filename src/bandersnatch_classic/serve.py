@@ -1,8 +1,10 @@
 """``bandersnatch serve``: the mirror's ``web/`` over HTTP, with PEP 691 content negotiation.
 
-Meant for small sites, tests and trying a mirror out; a big site puts a web server in front
-(docs/serving.md has an nginx configuration doing the same negotiation). Read-only: GET
-and HEAD, nothing outside ``web/``, no directory listings. Standard library only.
+Meant for small sites, tests, trying a mirror out, and as the upstream of other mirrors: the
+JSON API (``/pypi/<name>/json``, ``/pypi/<name>/<version>/json``) answers any spelling of a
+name as the public index does, and every API answer carries ``X-PyPI-Last-Serial``. A big
+site puts a web server in front (docs/serving.md has an nginx configuration doing the same
+negotiation). Read-only: GET and HEAD, nothing outside ``web/``, no directory listings.
 """
 
 from __future__ import annotations
