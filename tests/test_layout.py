@@ -34,6 +34,8 @@ def test_an_unsafe_file_url_has_no_local_path(url: str) -> None:
 
 def test_a_file_url_maps_below_web_packages() -> None:
     assert layout.release_path("https://files.example/packages/ab/cd/a%2Bb-1.0.tar.gz#sha256=00") == "web/packages/ab/cd/a+b-1.0.tar.gz"
+    # a mirror served below a path prefix (or a root_uri with a path)
+    assert layout.release_path("https://mirror.example/pypi/packages/ab/cd/x.whl") == "web/packages/ab/cd/x.whl"
     assert layout.metadata_path("web/packages/ab/x.whl") == "web/packages/ab/x.whl.metadata"
     assert layout.simple_dir("foo", hash_index=True) == "web/simple/f/foo"
     assert layout.linked_path("../../packages/ab/x.whl#sha256=00") == "web/packages/ab/x.whl"

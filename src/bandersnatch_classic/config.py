@@ -290,8 +290,12 @@ def _read_mirror(section: configparser.SectionProxy, path: Path) -> MirrorConfig
 
     allow_non_https = r.boolean("allow-non-https", False)
     master = r.string("master") or default_master()
-    _check_url("master", master, allow_non_https)
-    master = _upstream_root(master)
+    from .tree import tree_url  # a copied mirror tree: file:///path or /path
+
+    tree = tree_url(master)
+    if tree is None:
+        _check_url("master", master, allow_non_https)
+    master = tree or _upstream_root(master)
     download_mirror = r.string("download-mirror")
     if download_mirror:
         _check_url("download-mirror", download_mirror, allow_non_https)

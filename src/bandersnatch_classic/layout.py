@@ -76,12 +76,15 @@ def pypi_json_target(canonical: str) -> str:
 
 
 def release_path(url: str) -> str:
-    """The local path (``web/packages/...``) of an upstream file URL.
+    """The local path (``web/packages/...``) of an upstream file URL: its path from the first
+    ``/packages/`` segment on, which is where the public index's paths begin, and a mirror's
+    below a path prefix (``https://host/pypi/packages/...``, or a ``root_uri`` with a path).
 
     Raises :class:`UnsafePath` for anything that could land outside ``web/packages``.
     """
     path = unquote(urlsplit(url).path)
-    if not path.startswith("/packages/") or path.count("/") < 3:
+    path = path[path.find("/packages/"):] if "/packages/" in path else ""
+    if path.count("/") < 3:
         raise UnsafePath(f"file URL {url!r} is not below /packages/")
     try:
         return check_relative(f"{WEB}{path}")

@@ -135,7 +135,7 @@ def publish(project: Project, config: MirrorConfig, storage: Storage) -> list[st
         if storage.write_if_changed(f"{simple_dir}/{layout.PAGE_V1_JSON}", page_json):
             written.append(f"{simple_dir}/{layout.PAGE_V1_JSON}")
     if config.json:
-        document = json.dumps(project.document()).encode()
+        document = json.dumps(pages.json_document(project, config.root_uri, config.links_upstream)).encode()
         if storage.write_if_changed(layout.json_path(project.canonical), document):
             written.append(layout.json_path(project.canonical))
         link = layout.pypi_json_link(project.canonical)

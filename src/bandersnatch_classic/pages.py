@@ -40,6 +40,28 @@ def file_href(file: ReleaseFile, root_uri: str = "", upstream: bool = False) -> 
     return file.url if upstream else f"{root_uri or '../..'}/{served_path(file_path(file))}"
 
 
+def json_document(project: Project, root_uri: str = "", upstream: bool = False) -> dict[str, Any]:
+    """The JSON API document the mirror stores and serves (``web/json/<name>``).
+
+    The upstream's document trimmed to what is mirrored (:meth:`Project.document`), with
+    every file URL pointing at the mirror's own copy, as the pages do: relative to
+    ``/pypi/<name>/json`` (``../../packages/...``), or below ``root_uri`` when it is set.
+    A mirror downstream then asks this one for every byte, never the origin. With
+    ``upstream`` (a mirror without release files) the upstream's URLs stay.
+    """
+    doc = project.document()
+    if upstream:
+        return doc
+    hrefs = {file.filename: file_href(file, root_uri) for file in project.files()}
+
+    def local(entries: list[Any]) -> list[Any]:
+        return [{**entry, "url": hrefs.get(entry.get("filename"), entry.get("url"))} for entry in entries]
+
+    doc["releases"] = {version: local(entries) for version, entries in doc["releases"].items()}
+    doc["urls"] = local(doc["urls"])
+    return doc
+
+
 def _digest(file: ReleaseFile, digest_name: str) -> str:
     if digest_name == "sha256":
         return file.sha256

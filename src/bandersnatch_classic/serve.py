@@ -1,15 +1,20 @@
 """``bandersnatch serve``: the mirror's ``web/`` over HTTP, with PEP 691 content negotiation.
 
-Meant for small sites, tests and trying a mirror out; a big site puts a web server in front
-(docs/serving.md has an nginx configuration doing the same negotiation). Read-only: GET
-and HEAD, nothing outside ``web/``, no directory listings. Standard library only.
+Meant for small sites, tests, trying a mirror out, and as the upstream of other mirrors: the
+JSON API (``/pypi/<name>/json``, ``/pypi/<name>/<version>/json``) answers any spelling of a
+name as the public index does, and every API answer carries ``X-PyPI-Last-Serial``. A big
+site puts a web server in front (docs/serving.md has an nginx configuration doing the same
+negotiation). Read-only: GET and HEAD, nothing outside ``web/``, no directory listings.
 """
 
 from __future__ import annotations
 
 import email.utils
+import hashlib
+import json
 import logging
 import os
+import re
 import socket
 import sys
 from datetime import timezone
@@ -17,10 +22,12 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
+
+from packaging.version import InvalidVersion, Version
 
 from .errors import LocalIOError, UnsafePath
-from .layout import PAGE_HTML, PAGE_V1_HTML, PAGE_V1_JSON, WEB, pages_dir
+from .layout import PAGE_HTML, PAGE_V1_HTML, PAGE_V1_JSON, WEB, pages_dir, release_path, served_path
 from .models import check_project_name
 from .pages import JSON_CONTENT_TYPE as SIMPLE_JSON
 from .storage import Storage
@@ -53,6 +60,14 @@ _SUFFIX_TYPES = {
 IDLE_TIMEOUT = 60
 #: How much of an object a bucket-backed server reads and sends at a time.
 STREAM_CHUNK = 1 << 20
+#: The serial of a page: ``_last-serial`` near the start of a PEP 691 page (the root's is a
+#: number, a project's a string), ``<!--SERIAL N-->`` at the end of an HTML page.
+_JSON_SERIAL = re.compile(rb'"_last-serial": "?(\d+)')
+_HTML_SERIAL = re.compile(rb"<!--SERIAL (\d+)-->")
+#: How much of a page's head or tail holds its serial.
+_SERIAL_SPAN = 256
+#: A ``Host`` header fit to build absolute URLs from.
+_HOST = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 
 
 def _parse_accept(accept: str) -> list[tuple[str, float]]:
@@ -176,6 +191,9 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
         self._serve(body=False)
 
     def _not_allowed(self) -> None:
+        # The request's body (an XML-RPC call) is not read: the connection closes after the
+        # answer, so the body is never taken for the next request.
+        self.close_connection = True
         self._error(HTTPStatus.METHOD_NOT_ALLOWED, allow=True)
 
     def __getattr__(self, name: str) -> Callable[[], None]:
@@ -193,6 +211,8 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         if allow:
             self.send_header("Allow", "GET, HEAD")
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -221,6 +241,8 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
             return self._error(HTTPStatus.NOT_FOUND)
         if parts[:1] == ["simple"] and len(parts) <= 2:
             return self._simple(parts[1] if len(parts) == 2 else None, body)
+        if parts[:1] == ["pypi"] and parts[-1] == "json" and len(parts) in (3, 4):
+            return self._json_api(parts[1], parts[2] if len(parts) == 4 else None, body)
         target = self._locate("/".join(parts))
         if target is None:
             return self._error(HTTPStatus.NOT_FOUND)
@@ -283,42 +305,163 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
                 HTTPStatus.NOT_ACCEPTABLE, f"Available: {', '.join(m for m in _SERVER_ORDER if m in sources)}"
             )
         ctype = "text/html; charset=utf-8" if media == TEXT_HTML else media
-        self._file(sources[media], ctype, body, vary=True)
+        self._file(sources[media], ctype, body, vary=True, serial=self._page_serial(sources))
 
-    def _file(self, path: Path, ctype: str, body: bool, vary: bool = False) -> None:
+    def _page_serial(self, sources: dict[str, Any]) -> int | None:
+        """The serial a simple page carries, for ``X-PyPI-Last-Serial``: the head of the PEP 691
+        page (the root's and the projects'), else the ``<!--SERIAL N-->`` at the end of the HTML."""
+        if SIMPLE_JSON in sources:
+            match = _JSON_SERIAL.search(self._peek(sources[SIMPLE_JSON], head=True))
+        else:
+            html = sources.get(TEXT_HTML) or sources.get(SIMPLE_HTML)
+            match = _HTML_SERIAL.search(self._peek(html, head=False)) if html is not None else None
+        return int(match.group(1)) if match else None
+
+    # -- the JSON API ----------------------------------------------------------------------
+    def _json_api(self, name: str, version: str | None, body: bool) -> None:
+        """``/pypi/<name>/json`` and ``/pypi/<name>/<version>/json``, from the stored document.
+
+        As the public index answers: any spelling of the name but the project's own (its
+        ``info.name``) is a 301 to the project's own, and so is a version spelt otherwise
+        (``1.0.0`` for ``1.0``); the answer carries ``X-PyPI-Last-Serial`` from the
+        document's ``last_serial``. The stored document's file URLs are relative to
+        ``/pypi/<name>/json`` (or below ``root_uri``); they are answered absolute, resolved
+        against this request's URL, since clients of the JSON API expect that.
+        """
+        try:
+            canonical = check_project_name(name)
+        except UnsafePath:
+            return self._error(HTTPStatus.NOT_FOUND)
+        located = self._locate(f"pypi/{canonical}/json")
+        doc = self._document(located, canonical) if located is not None else None
+        if doc is None:
+            return self._error(HTTPStatus.NOT_FOUND)
+        own_name = _own_name(doc, canonical)
+        own_version = _own_version(version, doc["releases"]) if version is not None else None
+        if version is not None and own_version is None:
+            return self._error(HTTPStatus.NOT_FOUND)
+        if name != own_name or version != own_version:
+            return self._redirect(_api_path(own_name, own_version))
+        answer = doc if own_version is None else _release_document(doc, own_name, own_version)
+        self._answer_urls(answer, f"{self._origin()}{_api_path(own_name, own_version)}")
+        serial = doc.get("last_serial")
+        payload = json.dumps(answer).encode()
+        etag = f'"{hashlib.blake2b(payload, digest_size=12).hexdigest()}"'
+        mtime = self._mtime(located)
+        if self._headers("application/json", len(payload), mtime, False, serial if isinstance(serial, int) else None, etag) and body:
+            self.wfile.write(payload)
+
+    def _answer_urls(self, doc: dict[str, Any], base: str) -> None:
+        """Every file URL of a JSON API answer made absolute and on this server, in place.
+
+        Stored relative URLs resolve against ``base``. An absolute one (``root_uri``, or the
+        upstream's in a document an earlier version or the reference tool stored) is
+        answered on this server too when the mirror holds the file at the path the layout
+        gives it, so a downstream mirror never reaches around this one; otherwise it stays.
+        """
+        origin = self._origin()
+        for entries in [doc.get("urls") or [], *(doc.get("releases") or {}).values()]:
+            for entry in entries if isinstance(entries, list) else []:
+                url = entry.get("url") if isinstance(entry, dict) else None
+                if not isinstance(url, str):
+                    continue
+                if not url.startswith(("http://", "https://")):
+                    entry["url"] = urljoin(base, url)
+                    continue
+                try:
+                    local = served_path(release_path(url))
+                except UnsafePath:
+                    continue
+                if self._locate(local) is not None:
+                    entry["url"] = f"{origin}/{quote(local)}"
+
+    def _document(self, located: Any, canonical: str) -> dict[str, Any] | None:
+        """A stored JSON API document, parsed; None (logged) when it is not one."""
+        try:
+            doc = json.loads(self._read(located))
+        except (OSError, LocalIOError, ValueError) as exc:
+            logger.warning("The stored JSON document of %s is unreadable: %s", canonical, exc)
+            return None
+        if not isinstance(doc, dict) or not isinstance(doc.setdefault("releases", {}), dict):
+            logger.warning("The stored JSON document of %s is not a JSON API document", canonical)
+            return None
+        return doc
+
+    def _origin(self) -> str:
+        """``http://<host>`` as this request reached the server (its ``Host``, when sane);
+        ``https://`` when a proxy in front says so (``X-Forwarded-Proto: https``)."""
+        host = self.headers.get("Host") or ""
+        if not _HOST.match(host):
+            address, port = self.server.server_address[:2]
+            host = f"[{address}]:{port}" if ":" in str(address) else f"{address}:{port}"
+        https = (self.headers.get("X-Forwarded-Proto") or "").strip().lower() == "https"
+        return f"{'https' if https else 'http'}://{host}"
+
+    # -- reading what is served ---------------------------------------------------------
+    def _read(self, path: Path) -> bytes:
+        return path.read_bytes()
+
+    def _peek(self, path: Path, head: bool) -> bytes:
+        """The first or last few hundred bytes of a file (where a page keeps its serial)."""
+        try:
+            with open(path, "rb") as fh:
+                if not head:
+                    fh.seek(max(0, os.fstat(fh.fileno()).st_size - _SERIAL_SPAN))
+                return fh.read(_SERIAL_SPAN)
+        except OSError:
+            return b""
+
+    def _mtime(self, path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    def _file(self, path: Path, ctype: str, body: bool, vary: bool = False, serial: int | None = None) -> None:
         try:
             fh = open(path, "rb")
         except OSError:
             return self._error(HTTPStatus.NOT_FOUND)
         with fh:
             stat = os.fstat(fh.fileno())
-            if self._headers(ctype, stat.st_size, stat.st_mtime, vary) and body:
+            if self._headers(ctype, stat.st_size, stat.st_mtime, vary, serial) and body:
                 self._send_body(fh, stat.st_size)
 
-    def _headers(self, ctype: str, size: int, mtime: float, vary: bool) -> bool:
-        """Send a 304 or a 200 with the file's headers; say whether its body follows."""
+    def _headers(
+        self, ctype: str, size: int, mtime: float, vary: bool, serial: int | None = None, etag: str | None = None
+    ) -> bool:
+        """Send a 304 or a 200 with the answer's headers; say whether its body follows.
+
+        The ``ETag`` of a file is made of its modification time, size and the type it is
+        served as (a page's formats differ); a generated answer brings its own.
+        """
         self._served_type = ctype
-        if self._not_modified(mtime):
-            self._served_size = 0
-            self.send_response(HTTPStatus.NOT_MODIFIED)
-            self.send_header("Last-Modified", email.utils.formatdate(mtime, usegmt=True))
-            if vary:
-                self.send_header("Vary", "Accept")
-            self.end_headers()
-            return False
-        self._served_size = size
-        self.send_response(HTTPStatus.OK)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(size))
+        if etag is None:
+            tag = f"{int(mtime * 1_000_000)}-{size}-{ctype}".encode()
+            etag = f'"{hashlib.blake2b(tag, digest_size=12).hexdigest()}"'
+        not_modified = self._not_modified(mtime, etag)
+        self._served_size = 0 if not_modified else size
+        self.send_response(HTTPStatus.NOT_MODIFIED if not_modified else HTTPStatus.OK)
+        if not not_modified:
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(size))
         self.send_header("Last-Modified", email.utils.formatdate(mtime, usegmt=True))
+        self.send_header("ETag", etag)
+        if serial is not None:
+            self.send_header("X-PyPI-Last-Serial", str(serial))
         if vary:
             self.send_header("Vary", "Accept")
         self.end_headers()
-        return True
+        return not not_modified
 
-    def _not_modified(self, mtime: float) -> bool:
+    def _not_modified(self, mtime: float, etag: str) -> bool:
+        """``If-None-Match`` (weak comparison, ``*``) when sent, else ``If-Modified-Since``."""
+        match = self.headers.get("If-None-Match")
+        if match:
+            tags = {t.strip().removeprefix("W/") for t in match.split(",")}
+            return "*" in tags or etag in tags
         since = self.headers.get("If-Modified-Since")
-        if not since or self.headers.get("If-None-Match"):
+        if not since:
             return False
         try:
             when = email.utils.parsedate_to_datetime(since)
@@ -349,9 +492,22 @@ class StorageRequestHandler(MirrorRequestHandler):
             return None
         return (rel, stat) if stat is not None else None
 
-    def _file(self, path: Any, ctype: str, body: bool, vary: bool = False) -> None:
+    def _read(self, path: Any) -> bytes:
+        return self.storage.read_bytes(f"{WEB}/{path[0]}")
+
+    def _peek(self, path: Any, head: bool) -> bytes:
+        try:
+            with self.storage.open(f"{WEB}/{path[0]}") as fh:
+                return fh.read(_SERIAL_SPAN) if head else fh.read()[-_SERIAL_SPAN:]
+        except (FileNotFoundError, LocalIOError):
+            return b""
+
+    def _mtime(self, path: Any) -> float:
+        return float(path[1].st_mtime)
+
+    def _file(self, path: Any, ctype: str, body: bool, vary: bool = False, serial: int | None = None) -> None:
         rel, stat = path
-        if not self._headers(ctype, stat.st_size, stat.st_mtime, vary) or not body:
+        if not self._headers(ctype, stat.st_size, stat.st_mtime, vary, serial) or not body:
             return
         sent = 0
         try:
@@ -363,6 +519,66 @@ class StorageRequestHandler(MirrorRequestHandler):
             logger.warning("%s: %s", self.storage.display(f"{WEB}/{rel}"), exc)
         if sent < stat.st_size:  # replaced or gone under us: the client must not wait for the rest
             self.close_connection = True
+
+
+def _own_name(doc: dict[str, Any], canonical: str) -> str:
+    """The project's own spelling of its name (``info.name``), when it is one of ``canonical``."""
+    info = doc.get("info")
+    name = info.get("name") if isinstance(info, dict) else None
+    try:
+        if isinstance(name, str) and check_project_name(name) == canonical:
+            return name
+    except UnsafePath:
+        pass
+    return canonical
+
+
+def _own_version(version: str, releases: dict[str, Any]) -> str | None:
+    """The release key ``version`` names: itself, or one equal to it as a PEP 440 version."""
+    if version in releases:
+        return version
+    try:
+        wanted = Version(version)
+    except InvalidVersion:
+        return None
+    for key in releases:
+        try:
+            if Version(key) == wanted:
+                return key
+        except InvalidVersion:
+            continue
+    return None
+
+
+def _api_path(name: str, version: str | None) -> str:
+    return f"/pypi/{quote(name)}/json" if version is None else f"/pypi/{quote(name)}/{quote(version)}/json"
+
+
+def _release_document(doc: dict[str, Any], name: str, version: str) -> dict[str, Any]:
+    """``/pypi/<name>/<version>/json`` from the project's stored document.
+
+    The mirror stores one document per project, whose ``info`` (and ``vulnerabilities``)
+    describe its latest release: for that release they are given whole; for an earlier one
+    ``info`` holds only what the document says of it (name, version, the files'
+    ``requires_python`` and yanked state), nothing made up.
+    """
+    files = list(doc["releases"].get(version) or [])
+    info = doc.get("info") if isinstance(doc.get("info"), dict) else {}
+    answer: dict[str, Any]
+    if info.get("version") == version:
+        answer = {"info": info, "last_serial": doc.get("last_serial"), "urls": files}
+        if "vulnerabilities" in doc:
+            answer["vulnerabilities"] = doc["vulnerabilities"]
+        return answer
+    yanked = [f for f in files if f.get("yanked")]
+    short = {
+        "name": name,
+        "version": version,
+        "requires_python": next((f["requires_python"] for f in files if f.get("requires_python")), None),
+        "yanked": bool(files) and len(yanked) == len(files),
+        "yanked_reason": next((f["yanked_reason"] for f in yanked if f.get("yanked_reason")), None),
+    }
+    return {"info": short, "last_serial": doc.get("last_serial"), "urls": files}
 
 
 class MirrorServer(ThreadingHTTPServer):

@@ -48,8 +48,10 @@ from .config import DEFAULT_MAX_DOCUMENT_SIZE, MirrorConfig, human_size
 from .errors import (
     HashMismatch, NotServed, ProjectGone, RedirectRefused, StaleResponse, UnusableEntry, UpstreamError,
 )
+from .layout import ROOT_JSON, served_path
 from .models import Project
 from .pages import JSON_CONTENT_TYPE as SIMPLE_JSON
+from .tree import SCHEME as TREE_SCHEME, TreeAdapter, is_tree
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +181,9 @@ class Upstream:
         self.requests_made = 0
         self._proxy = proxy
         self._pool_size = max(1, pool_size)
+        #: The upstream is a mirror's web/ on a static server (no negotiation): its listing is
+        #: a file, its JSON API documents live at the normalized names (see simple_listing).
+        self.static_tree = False
         self._session = self._new_session()
         #: origin -> the session's settings for it (see _file_response).
         self._origins: dict[str, tuple[dict[str, Any], dict[str, str], Any]] = {}
@@ -200,6 +205,8 @@ class Upstream:
         session.headers["User-Agent"] = USER_AGENT
         if self._proxy:
             session.proxies = {"http": self._proxy, "https": self._proxy}
+        if is_tree(self.master):
+            session.mount(TREE_SCHEME, TreeAdapter(self.master))
         return session
 
     def close(self) -> None:
@@ -250,10 +257,17 @@ class Upstream:
         return UnusableEntry(f"{url}: the document is larger ({size}more than max-document-size = {human_size(limit)})")
 
     def _request(
-        self, method: str, url: str, accept_status: tuple[int, ...] = (200,), limit: int | None = None, **kwargs: Any
+        self,
+        method: str,
+        url: str,
+        accept_status: tuple[int, ...] = (200,),
+        limit: int | None = None,
+        only_type: str = "",
+        **kwargs: Any,
     ) -> Response:
-        """One request with body-level retries; the body is read only for ``accept_status``,
-        and refused past ``limit`` bytes."""
+        """One request with body-level retries; the body is read only for ``accept_status``
+        (and, with ``only_type``, only when the Content-Type contains it), and refused past
+        ``limit`` bytes."""
         last_error: Exception | None = None
         for attempt in range(self.retry.attempts):
             if attempt:
@@ -267,6 +281,8 @@ class Upstream:
                             raise UpstreamError(f"{url}: HTTP {response.status_code} after {self.retry.attempts} attempts")
                         _drain(response)
                         return Response(response.status_code, response.headers)
+                    if only_type not in response.headers.get("Content-Type", ""):
+                        return Response(response.status_code, response.headers)  # closed unread
                     body = self._read_body(response, url, deadline, limit)
                     return Response(response.status_code, response.headers, body, response.url)
             except BODY_ERRORS as exc:
@@ -320,9 +336,21 @@ class Upstream:
 
     # -- simple API ------------------------------------------------------------------
     def simple_listing(self) -> tuple[int, dict[str, int]]:
-        """The PEP 691 root listing: (last serial, {name: serial})."""
+        """The PEP 691 root listing: (last serial, {name: serial}).
+
+        A static server over a mirror's ``web/`` cannot negotiate and answers HTML (its body
+        is not read): the listing is then asked as the file it is there,
+        ``/simple/index.v1_json``, whatever its content type.
+        """
         url = f"{self.master}/simple/"
-        doc = self._json_or_unavailable(self._request("GET", url, headers={"Accept": SIMPLE_JSON}), url)
+        response = self._request("GET", url, headers={"Accept": SIMPLE_JSON}, only_type="json")
+        if response.status == 200 and "json" not in response.header("Content-Type"):
+            url = f"{self.master}/{served_path(ROOT_JSON)}"
+            response = self._request("GET", url, accept_status=(200, 404))
+            if response.status == 200:
+                response.headers = {"Content-Type": SIMPLE_JSON}
+                self.static_tree = True
+        doc = self._json_or_unavailable(response, url)
         try:
             projects = {_string(p["name"]): int(p["_last-serial"]) for p in doc["projects"]}
             return int(doc["meta"]["_last-serial"]), projects
@@ -333,7 +361,8 @@ class Upstream:
         """The index's serial from one request for the PEP 691 root listing.
 
         The ``X-PyPI-Last-Serial`` header when the upstream sends it: the (large) body is
-        then not read. Otherwise the listing's ``meta._last-serial``.
+        then not read. Otherwise the listing's ``meta._last-serial``; from a static server
+        over a mirror's ``web/`` (an HTML answer, unread), that of ``/simple/index.v1_json``.
         """
         url = f"{self.master}/simple/"
         with self._response("GET", url, headers={"Accept": SIMPLE_JSON}) as response:
@@ -342,19 +371,25 @@ class Upstream:
             header = response.headers.get("X-PyPI-Last-Serial", "")
             if header.isdigit():
                 return int(header)
-            if "json" not in response.headers.get("Content-Type", ""):  # do not read a large HTML listing
-                raise MethodUnavailable(
-                    f"{url}: no X-PyPI-Last-Serial header, and answered {response.headers.get('Content-Type')!r}, not JSON"
-                )
-            try:
-                body = self._read_body(response, url, time.monotonic() + self.global_timeout)
-                return int(json.loads(body)["meta"]["_last-serial"])
-            except BODY_ERRORS as exc:
-                raise UpstreamError(f"{url}: {_describe(exc)}") from exc
-            except RecursionError as exc:
-                raise UpstreamError(f"{url}: the listing is nested too deeply to parse") from exc
-            except (ValueError, KeyError, TypeError) as exc:
-                raise MethodUnavailable(f"{url}: no serial in the header or the PEP 691 listing") from exc
+            answered = response.headers.get("Content-Type", "")
+            if "json" in answered:  # do not read a large HTML listing
+                try:
+                    body = self._read_body(response, url, time.monotonic() + self.global_timeout)
+                    return int(json.loads(body)["meta"]["_last-serial"])
+                except BODY_ERRORS as exc:
+                    raise UpstreamError(f"{url}: {_describe(exc)}") from exc
+                except RecursionError as exc:
+                    raise UpstreamError(f"{url}: the listing is nested too deeply to parse") from exc
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise MethodUnavailable(f"{url}: no serial in the header or the PEP 691 listing") from exc
+        # A static server over a mirror's web/ (no negotiation): the listing file has the serial.
+        static = self._request("GET", f"{self.master}/{served_path(ROOT_JSON)}", accept_status=(200, 404))
+        try:
+            if static.status == 200:
+                return int(json.loads(static.body)["meta"]["_last-serial"])
+        except (ValueError, KeyError, TypeError, RecursionError):
+            pass
+        raise MethodUnavailable(f"{url}: no X-PyPI-Last-Serial header, and answered {answered!r}, not JSON")
 
     def html_listing(self) -> list[str]:
         """Project names from the HTML root listing (PEP 503): the link texts."""
@@ -417,7 +452,7 @@ class Upstream:
         The serial is ``X-PyPI-Last-Serial`` when present, else ``last_serial`` in the body:
         proxies that strip the header do not make a page stale.
         """
-        url = f"{self.master}/pypi/{quote(name)}/json"
+        url = f"{self.master}/pypi/{quote(canonicalize_name(name) if self.static_tree else name)}/json"
         serial = 0
         for attempt in range(self.retry.attempts):
             if attempt:
@@ -431,7 +466,7 @@ class Upstream:
                 doc = json.loads(response.body)
                 header = response.header("X-PyPI-Last-Serial")
                 serial = int(header) if header.isdigit() else int(doc.get("last_serial") or 0)
-                project = Project.from_json(doc, serial, response.url or url)
+                project = Project.from_json(doc, serial, self._below_root(response.url or url))
             except RecursionError as exc:
                 raise UnusableEntry(f"{url}: the document is nested too deeply to parse") from exc
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -441,9 +476,19 @@ class Upstream:
             logger.debug("%s: page at serial %d, expected %d; retrying", name, serial, expected_serial)
         raise StaleResponse(f"{name}: upstream keeps serving serial {serial}, older than the expected {expected_serial}")
 
+    def _below_root(self, url: str) -> str:
+        """A tree's document URL as a path below the tree (``/pypi/<name>/json``): the relative
+        file URLs in it then resolve to ``/packages/...``, the path a file has in every mirror."""
+        if is_tree(self.master) and url.startswith(f"{self.master}/"):
+            return url[len(self.master):]
+        return url
+
     # -- files -----------------------------------------------------------------------
     def file_urls(self, url: str) -> list[str]:
-        """Where to fetch a file from: the download mirror first (unless disabled), then ``url``."""
+        """Where to fetch a file from: the download mirror first (unless disabled), then ``url``
+        (a path, as a tree's documents give them, below the upstream's root)."""
+        if url.startswith("/"):
+            url = f"{self.master}{url}"
         if not self.download_mirror:
             return [url]
         parts = urlsplit(url)
