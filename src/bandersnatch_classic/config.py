@@ -225,8 +225,9 @@ def load(path: Path) -> Config:
         raise ConfigError(_ini_error(path, exc)) from exc
     if not parser.has_section("mirror"):
         raise ConfigError(f"config {path} has no [mirror] section")
+    referenced = {m.group(1) for m in _SECTION_REFERENCE.finditer(parser.get("mirror", "diff-file", raw=True, fallback=""))}
     for section in parser.sections():
-        if section != "mirror" and section not in FILTER_SECTIONS | IGNORED_SECTIONS:
+        if section != "mirror" and section not in FILTER_SECTIONS | IGNORED_SECTIONS | referenced:
             logger.warning("Unknown section [%s] in %s is ignored", section, path)
     return Config(path=path, mirror=_read_mirror(parser["mirror"], path), parser=parser)
 
@@ -280,6 +281,15 @@ class _Reader:
         self.seen.add(key)
         value = self.section.get(key)
         return None if value is None else value.strip()
+
+    def spelling(self, key: str, *others: str) -> str:
+        """The one of ``key`` and its ``others`` spellings the section sets (``key`` when it sets
+        none or several): the reference tool's own files spell some keys two ways."""
+        self.seen.update((key, *others))
+        for name in (key, *others):
+            if name in self.section:
+                return name
+        return key
 
     def string(self, key: str, default: str = "") -> str:
         value = self.raw(key)
@@ -354,7 +364,7 @@ def _read_mirror(section: configparser.SectionProxy, path: Path) -> MirrorConfig
         simple_format=r.choice("simple-format", "ALL", SIMPLE_FORMATS, str.upper),
         compare_method=r.choice("compare-method", "hash", COMPARE_METHODS),
         digest_name=r.choice("digest_name", "sha256", DIGEST_NAMES),
-        keep_index_versions=int(r.number("keep_index_versions", 0, int, 0, None)),
+        keep_index_versions=int(r.number(r.spelling("keep_index_versions", "keep-index-versions"), 0, int, 0, None)),
         verifiers=int(r.number("verifiers", 0, int, 1, MAX_WORKERS)),
         root_uri=root_uri.rstrip("/"),
         diff_file=_diff_file(section.parser, r.string("diff-file")),
