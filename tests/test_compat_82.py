@@ -91,6 +91,9 @@ def test_the_diff_file_is_rewritten_each_run(harness: MirrorHarness, value: str,
     assert any(line.endswith("/small-0.4.tar.gz") for line in listed)
     assert not any("tiny" in line for line in listed) and len(listed) < len(first)
 
+    assert harness.main("sync", "small").returncode == 0  # a sync run that changed nothing
+    assert diff.read_text() == ""
+
 
 def test_diff_append_epoch_writes_one_file_per_run(harness: MirrorHarness, tmp_path: Path) -> None:
     harness.configure({"diff-file": str(tmp_path / "new-files"), "diff-append-epoch": "true"})

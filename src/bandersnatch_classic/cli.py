@@ -251,6 +251,7 @@ def _sync_run(args: argparse.Namespace, engine: Mirror) -> int:
             )
         else:
             engine.sync_projects(args.names, write_root=not args.skip_simple_root)
+            engine.write_diff_file()
             for name in args.names:
                 if not engine.filters.allows_name(name):
                     report.failed[name] = "not synced: the filters of this mirror exclude it"

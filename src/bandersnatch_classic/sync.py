@@ -243,7 +243,7 @@ class Mirror:
             self._remember_method(plan, changed=plan.method != remembered)
         if not work and not removed and target == status and self.storage.exists("status"):
             logger.debug("Nothing to do: the mirror is at serial %d", status)
-            self._write_diff_file()  # empty: this run wrote nothing
+            self.write_diff_file()  # empty: this run wrote nothing
             return report
 
         logger.info(
@@ -278,7 +278,7 @@ class Mirror:
             self.state.write_todo(todo)
         if not report.failed and not self._stopped:
             self.storage.write_bytes(layout.LAST_MODIFIED, report.started_at.strftime("%Y%m%dT%H:%M:%S\n").encode())
-        self._write_diff_file()
+        self.write_diff_file()
         return report
 
     def _check_removals(self, method: str, removed: set[str], mirrored: int) -> None:
@@ -319,7 +319,6 @@ class Mirror:
             self._write_root(self.state.status)
         else:
             self.state.save_projects()
-        self._write_diff_file()
         return self.report
 
     def _sync_dependencies(self, todo: Todo, attempted: set[str], checkpoint: bool = True) -> None:
@@ -599,8 +598,9 @@ class Mirror:
             self.storage.delete_tree(legacy)
             logger.info("%s: removed the legacy page directory %s (cleanup = true)", display, legacy)
 
-    def _write_diff_file(self) -> None:
-        """``diff-file``: the paths this run wrote, one per line, replacing the last run's list
+    def write_diff_file(self) -> None:
+        """``diff-file``, after a ``mirror`` or ``sync`` run (not the syncs of ``verify
+        --json-update``): the paths the run wrote, one per line, replacing the last run's list
         (a run that wrote nothing leaves it empty), as the reference tool does; offline-copy
         scripts feed it to ``rsync --files-from``. ``diff-append-epoch``: a new file per run,
         ``<diff-file>-<unix time>``. Written to a temporary name and renamed into place, so a
