@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, BinaryIO
 
-from .config import MirrorConfig
+from .config import MirrorConfig, parse_bool
 from .errors import ConfigError, LocalIOError, LockHeld
 from .storage import check_relative
 
@@ -159,7 +159,7 @@ def _add_write_params(client: Any, params: dict[str, str]) -> None:
             )
         kind = put[name].type_name
         if kind == "boolean":
-            typed[name] = _param(value) if isinstance(_param(value), bool) else value
+            typed[name] = parse_bool(value, f"[s3] {CONFIG_PARAM}{name}", False)
         elif kind in ("integer", "long"):
             typed[name] = _param(value)
         else:
