@@ -158,7 +158,7 @@ def referenced_files(storage: Storage, canonical: str, hash_index: bool, project
 _PROJECT_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
 
 
-def legacy_dirs(display: str, canonical: str, hash_index: bool) -> list[str]:
+def legacy_dirs(display: str, hash_index: bool) -> list[str]:
     """The page directories bandersnatch before 4.0 kept beside the normalized one
     (``cleanup = true``): the name as the upstream spells it (``Foo.Bar``) and its
     setuptools "safe name" (runs of anything but letters, digits and ``.`` as one ``-``,
@@ -170,7 +170,7 @@ def legacy_dirs(display: str, canonical: str, hash_index: bool) -> list[str]:
     return [
         f"{SIMPLE}/{name[0]}/{name}" if hash_index else f"{SIMPLE}/{name}"
         for name in names
-        if name != canonical and canonicalize_name(name) != name
+        if canonicalize_name(name) != name
     ]
 
 

@@ -92,7 +92,7 @@ def publish(project: Project, config: MirrorConfig, storage: Storage) -> list[st
 
     The caller records the project (in the main process: see :class:`~bandersnatch_classic.sync.Mirror`).
     """
-    written = []
+    written: list[str] = []
     simple_dir = layout.simple_dir(project.canonical, config.hash_index)
     keep = config.keep_index_versions
     if config.write_html:
@@ -109,7 +109,7 @@ def publish(project: Project, config: MirrorConfig, storage: Storage) -> list[st
             written += _write_versioned_page(storage, simple_dir, page_json, project.serial, JSON_VERSION)
         elif storage.write_if_changed(f"{simple_dir}/{layout.PAGE_V1_JSON}", page_json):
             written.append(f"{simple_dir}/{layout.PAGE_V1_JSON}")
-    if keep:
+    if keep and written:  # a new version: the oldest beyond ``keep`` go
         _prune_versions(storage, simple_dir, keep, config.write_html, config.write_json)
     if config.json:
         document = json.dumps(project.document()).encode()

@@ -592,7 +592,7 @@ class Mirror:
         (non-normalized names), as the reference tool does for each project it syncs. One that
         is the current directory under another spelling (a case-insensitive file system) stays."""
         current = layout.simple_dir(canonical, self.config.hash_index)
-        for legacy in layout.legacy_dirs(display, canonical, self.config.hash_index):
+        for legacy in layout.legacy_dirs(display, self.config.hash_index):
             if not self.storage.exists(legacy) or _same_dir(self.storage, legacy, current):
                 continue
             self.storage.delete_tree(legacy)
