@@ -111,12 +111,6 @@ def test_unknown_keys_and_sections_warn(tmp_path, caplog):
     assert "[mystery]" in text
 
 
-def test_unbuilt_features_warn(tmp_path, caplog):
-    caplog.set_level(logging.WARNING)
-    load(tmp_path, "cleanup = true")
-    assert "cleanup is not implemented" in caplog.text
-
-
 def test_default_master_is_pips_default(tmp_path):
     from pip._internal.models.index import PyPI
 

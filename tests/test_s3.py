@@ -137,7 +137,7 @@ def comparable(directory: Path) -> dict[str, Any]:
     for path in sorted(directory.rglob("*")):
         rel = path.relative_to(directory).as_posix()
         if path.is_file() and rel not in volatile:
-            rel = re.sub(r"/index_(\d+)_[^/]+\.html$", r"/index_\1.html", rel)
+            rel = re.sub(r"/index_(\d+)_[^/]+\.(html|v1_json)$", r"/index_\1.\2", rel)
             out[rel] = json.loads(path.read_bytes()) if rel == "projects.json" else path.read_bytes()
     return out
 

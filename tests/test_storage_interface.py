@@ -169,8 +169,9 @@ def test_kept_index_versions_in_memory(harness: MirrorHarness) -> None:
         harness.corpus.add_file("small", version, f"small-{version}.tar.gz")
         with memory_mirror(harness, storage) as mirror:
             assert mirror.run().exit_code == 0
-    versions = [path for path, _ in storage.files("web/simple/small/versions")]
+    versions = [path for path, _ in storage.files("web/simple/small/versions") if path.endswith(".html")]
     assert len(versions) == 2 and storage.is_link("web/simple/small/index.html")
+    assert len([path for path, _ in storage.files("web/simple/small/versions") if path.endswith(".v1_json")]) == 2
     page = storage.read_text("web/simple/small/index.html")
     assert page is not None and "small-0.6.tar.gz" in page
     assert page == storage.read_text(max(versions, key=lambda p: int(p.split("_")[1])))

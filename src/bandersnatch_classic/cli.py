@@ -57,12 +57,20 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--delete", action="store_true", help="delete files no mirrored project references")
     verify.add_argument("--dry-run", action="store_true", help="change nothing; report what would be fetched and deleted")
     verify.add_argument("--json-update", action="store_true", help="refresh every project's metadata from the upstream first")
-    verify.add_argument("--workers", type=_whole(1, None), default=0, help="hashing threads, 1 or more (default: two per core)")
+    verify.add_argument(
+        "--workers", type=_whole(1, None), default=0,
+        help="hashing threads, 1 or more (default: [mirror] verifiers, else two per core)",
+    )
     verify.add_argument("--read", action="store_true",
                         help="hash every file's bytes, also on object storage (default there: size and stored sha256)")
 
     delete = commands.add_parser("delete", help="remove projects from the mirror")
     delete.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    # bandersnatch 8.x's delete fetches each project's JSON document first (--workers at a
+    # time, none with --skip-json-fetch); this one reads what the mirror holds and fetches
+    # nothing, so both are accepted for its scripts and change nothing.
+    delete.add_argument("--workers", type=_whole(0, None), default=0, help="accepted for bandersnatch 8.x; delete fetches nothing")
+    delete.add_argument("--skip-json-fetch", action="store_true", help="accepted for bandersnatch 8.x; delete fetches nothing")
     delete.add_argument("names", nargs="+", metavar="NAME")
 
     status = commands.add_parser("status", help="report the mirror's health: serial, lag, last run, failures")
@@ -194,7 +202,8 @@ def _run(args: argparse.Namespace) -> int:
             with engine.lock():
                 result = verify(
                     engine,
-                    delete=args.delete, dry_run=args.dry_run, json_update=args.json_update, workers=args.workers,
+                    delete=args.delete, dry_run=args.dry_run, json_update=args.json_update,
+                    workers=args.workers or mirror.verifiers,
                     read=args.read,
                 )
             for name, reason in sorted(result.unfixed.items()):
@@ -242,6 +251,7 @@ def _sync_run(args: argparse.Namespace, engine: Mirror) -> int:
             )
         else:
             engine.sync_projects(args.names, write_root=not args.skip_simple_root)
+            engine.write_diff_file()
             for name in args.names:
                 if not engine.filters.allows_name(name):
                     report.failed[name] = "not synced: the filters of this mirror exclude it"

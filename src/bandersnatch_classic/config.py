@@ -14,6 +14,7 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError, effective_user
@@ -82,6 +83,8 @@ class MirrorConfig:
     compare_method: str = "hash"
     digest_name: str = "sha256"
     keep_index_versions: int = 0
+    #: ``verify`` threads when ``--workers`` is not given (0: two per core).
+    verifiers: int = 0
     root_uri: str = ""
     diff_file: str = ""
     diff_append_epoch: bool = False
@@ -172,8 +175,45 @@ def write_default_config(path: Path) -> None:
         ) from exc
 
 
+class PercentInterpolation(configparser.Interpolation):
+    """``%(key)s`` names another key of the same section (or of ``[DEFAULT]``), and ``%%`` is
+    a ``%``, as in the reference tool's parser (configparser's basic interpolation).
+
+    Unlike that parser, a ``%`` followed by anything else is kept as it is (``max-removals =
+    1%``), so that a value written for this tool before it read references still means the same.
+    """
+
+    _REFERENCE = re.compile(r"%(?:%|\(([^)]*)\)s)")
+    _DEPTH = 10
+
+    def before_get(self, parser: Any, section: str, option: str, value: str, defaults: Any) -> str:
+        return self._expand(parser, section, option, value, defaults, 1)
+
+    def _expand(self, parser: Any, section: str, option: str, value: str, defaults: Any, depth: int) -> str:
+        if "%" not in value:
+            return value
+        if depth > self._DEPTH:
+            raise ConfigError(f"[{section}] {option}: %(...)s references nest more than {self._DEPTH} deep (a loop?)")
+
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name is None:
+                return "%"
+            key = parser.optionxform(name.strip())
+            if key not in defaults:
+                raise ConfigError(
+                    f"[{section}] {option} refers to %({name})s, which is not a key of [{section}]; "
+                    "set it, or write %% for a literal %"
+                )
+            return self._expand(parser, section, key, defaults[key], defaults, depth + 1)
+
+        return self._REFERENCE.sub(replace, value)
+
+
 def new_parser() -> configparser.ConfigParser:
-    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=None, delimiters=("=",))
+    parser = configparser.ConfigParser(
+        interpolation=PercentInterpolation(), inline_comment_prefixes=None, delimiters=("=",)
+    )
     parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive
     return parser
 
@@ -190,8 +230,9 @@ def load(path: Path) -> Config:
         raise ConfigError(_ini_error(path, exc)) from exc
     if not parser.has_section("mirror"):
         raise ConfigError(f"config {path} has no [mirror] section")
+    referenced = {m.group(1) for m in _SECTION_REFERENCE.finditer(parser.get("mirror", "diff-file", raw=True, fallback=""))}
     for section in parser.sections():
-        if section != "mirror" and section not in FILTER_SECTIONS | IGNORED_SECTIONS:
+        if section != "mirror" and section not in FILTER_SECTIONS | IGNORED_SECTIONS | referenced:
             logger.warning("Unknown section [%s] in %s is ignored", section, path)
     return Config(path=path, mirror=_read_mirror(parser["mirror"], path), parser=parser)
 
@@ -245,6 +286,15 @@ class _Reader:
         self.seen.add(key)
         value = self.section.get(key)
         return None if value is None else value.strip()
+
+    def spelling(self, key: str, *others: str) -> str:
+        """The one of ``key`` and its ``others`` spellings the section sets (``key`` when it sets
+        none or several): the reference tool's own files spell some keys two ways."""
+        self.seen.update((key, *others))
+        for name in (key, *others):
+            if name in self.section:
+                return name
+        return key
 
     def string(self, key: str, default: str = "") -> str:
         value = self.raw(key)
@@ -323,15 +373,16 @@ def _read_mirror(section: configparser.SectionProxy, path: Path) -> MirrorConfig
         simple_format=r.choice("simple-format", "ALL", SIMPLE_FORMATS, str.upper),
         compare_method=r.choice("compare-method", "hash", COMPARE_METHODS),
         digest_name=r.choice("digest_name", "sha256", DIGEST_NAMES),
-        keep_index_versions=int(r.number("keep_index_versions", 0, int, 0, None)),
+        keep_index_versions=int(r.number(r.spelling("keep_index_versions", "keep-index-versions"), 0, int, 0, None)),
+        verifiers=int(r.number("verifiers", 0, int, 1, MAX_WORKERS)),
         root_uri=root_uri.rstrip("/"),
-        diff_file=r.string("diff-file"),
+        diff_file=_diff_file(section.parser, r.string("diff-file")),
         diff_append_epoch=r.boolean("diff-append-epoch", False),
         cleanup=r.boolean("cleanup", False),
         cleanup_todo=r.boolean("cleanup_todo", False),
         delete_missing_packages=r.boolean("delete_missing_packages", False),
         allow_non_https=allow_non_https,
-        proxy=r.string("proxy"),
+        proxy=_proxy(r.string("proxy")),
         download_mirror=download_mirror.rstrip("/"),
         download_mirror_no_fallback=r.boolean("download-mirror-no-fallback", False),
         log_config=r.string("log-config"),
@@ -347,9 +398,49 @@ def _read_mirror(section: configparser.SectionProxy, path: Path) -> MirrorConfig
     for key in section:
         if key not in r.seen:
             logger.warning("Unknown key %r in [mirror] of %s is ignored%s", key, path, did_you_mean(key, r.seen))
-    if config.cleanup:
-        logger.warning("[mirror] cleanup is not implemented by this version and is ignored")
     return config
+
+
+#: ``diff-file = {{mirror_directory}}/new-files``: the reference tool's ``{{<section>_<key>}}``
+#: (the section name has no ``_``; spaces inside the braces are allowed).
+_SECTION_REFERENCE = re.compile(r"\{\{\s*([^_\s](?:[^_]*[^_\s])?)\s*_\s*(\S(?:.*?\S)?)\s*\}\}")
+#: The file name used when ``diff-file`` names a directory (as the reference tool does).
+DIFF_FILE_NAME = "mirrored-files"
+
+
+def _diff_file(parser: configparser.ConfigParser, value: str) -> str:
+    """``diff-file`` with ``{{section_key}}`` replaced; a directory gets ``mirrored-files`` in it."""
+    if "{{" in value:
+        match = _SECTION_REFERENCE.search(value)
+        if match is None:
+            raise ConfigError(
+                f"[mirror] diff-file = {value!r}: '{{{{...}}}}' is not a reference; write {{{{<section>_<key>}}}}, "
+                "e.g. {{mirror_directory}}/mirrored-files"
+            )
+        section, key = match.group(1), match.group(2)
+        if not parser.has_option(section, key):
+            raise ConfigError(
+                f"[mirror] diff-file = {value!r} refers to [{section}] {key}, which is not set; "
+                "write {{mirror_directory}}/mirrored-files or an absolute path"
+            )
+        value = value[: match.start()] + parser.get(section, key).strip() + value[match.end() :]
+    if value and Path(value).is_dir():
+        value = str(Path(value) / DIFF_FILE_NAME)
+    return value
+
+
+#: Proxy schemes requests reaches through PySocks (the ``socks`` extra).
+SOCKS_SCHEMES = ("socks4", "socks4a", "socks5", "socks5h")
+
+
+def _proxy(value: str) -> str:
+    """``proxy``; a SOCKS proxy needs PySocks, named here rather than at the first request."""
+    if urlsplit(value).scheme.lower() in SOCKS_SCHEMES and not _importable("socks"):
+        raise ConfigError(
+            f"[mirror] proxy = {value!r} is a SOCKS proxy, which needs PySocks: "
+            "pip install 'bandersnatch-classic[socks]'"
+        )
+    return value
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")

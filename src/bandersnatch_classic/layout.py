@@ -17,6 +17,8 @@ from html import unescape
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
+from packaging.utils import canonicalize_name
+
 from .errors import UnsafePath
 from .storage import Storage, check_relative
 
@@ -152,6 +154,27 @@ def referenced_files(storage: Storage, canonical: str, hash_index: bool, project
             if core:
                 out[metadata_path(path)] = (core.group(1), None)
     return out
+
+
+#: A valid project name (the core metadata specification): the only display names
+#: ``cleanup`` turns into directory names.
+_PROJECT_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
+
+
+def legacy_dirs(display: str, hash_index: bool) -> list[str]:
+    """The page directories bandersnatch before 4.0 kept beside the normalized one
+    (``cleanup = true``): the name as the upstream spells it (``Foo.Bar``) and its
+    setuptools "safe name" (runs of anything but letters, digits and ``.`` as one ``-``,
+    lower-cased: ``foo.bar``). A name that is normalized is some project's current
+    directory and never one of these."""
+    if not _PROJECT_NAME.fullmatch(display):
+        return []
+    names = dict.fromkeys((display, re.sub(r"[^A-Za-z0-9.]+", "-", display).lower()))
+    return [
+        f"{SIMPLE}/{name[0]}/{name}" if hash_index else f"{SIMPLE}/{name}"
+        for name in names
+        if canonicalize_name(name) != name
+    ]
 
 
 def is_mirrored(storage: Storage, canonical: str, hash_index: bool) -> bool:

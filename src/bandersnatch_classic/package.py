@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -119,21 +120,25 @@ def publish(project: Project, config: MirrorConfig, storage: Storage) -> list[st
 
     The caller records the project (in the main process: see :class:`~bandersnatch_classic.sync.Mirror`).
     """
-    written = []
+    written: list[str] = []
     simple_dir = layout.simple_dir(project.canonical, config.hash_index)
+    keep = config.keep_index_versions
     if config.write_html:
         html = pages.project_html(project, config.root_uri, config.digest_name, config.links_upstream).encode()
-        page = f"{simple_dir}/{layout.PAGE_HTML}"
-        if config.keep_index_versions:
-            written += _write_versioned_page(storage, simple_dir, html, project.serial, config.keep_index_versions)
-        elif storage.write_if_changed(page, html):
-            written.append(page)
-        if storage.write_if_changed(f"{simple_dir}/{layout.PAGE_V1_HTML}", html):
-            written.append(f"{simple_dir}/{layout.PAGE_V1_HTML}")
+        if keep:
+            written += _write_versioned_page(storage, simple_dir, html, project.serial, HTML_VERSION)
+        else:
+            for name in (layout.PAGE_HTML, layout.PAGE_V1_HTML):
+                if storage.write_if_changed(f"{simple_dir}/{name}", html):
+                    written.append(f"{simple_dir}/{name}")
     if config.write_json:
         page_json = pages.project_json(project, config.root_uri, config.links_upstream).encode()
-        if storage.write_if_changed(f"{simple_dir}/{layout.PAGE_V1_JSON}", page_json):
+        if keep:
+            written += _write_versioned_page(storage, simple_dir, page_json, project.serial, JSON_VERSION)
+        elif storage.write_if_changed(f"{simple_dir}/{layout.PAGE_V1_JSON}", page_json):
             written.append(f"{simple_dir}/{layout.PAGE_V1_JSON}")
+    if keep and written:  # a new version: the oldest beyond ``keep`` go
+        _prune_versions(storage, simple_dir, keep, config.write_html, config.write_json)
     if config.json:
         document = json.dumps(pages.json_document(project, config.root_uri, config.links_upstream)).encode()
         if storage.write_if_changed(layout.json_path(project.canonical), document):
@@ -144,26 +149,51 @@ def publish(project: Project, config: MirrorConfig, storage: Storage) -> list[st
     return written
 
 
-def _write_versioned_page(storage: Storage, simple_dir: str, html: bytes, serial: int, keep: int) -> list[str]:
-    """``keep_index_versions``: keep the last ``keep`` pages in ``versions/``, index.html a link.
+#: ``keep_index_versions``: the suffix of a kept page version, and the page files that link it.
+HTML_VERSION = ("html", (layout.PAGE_HTML, layout.PAGE_V1_HTML))
+JSON_VERSION = ("v1_json", (layout.PAGE_V1_JSON,))
+#: ``versions/index_<serial>_<time>.<suffix>``; ``v1_html`` only the reference tool writes.
+_VERSION_NAME = re.compile(r"index_(\d*)_(.+)\.(html|v1_html|v1_json)")
+
+
+def _write_versioned_page(storage: Storage, simple_dir: str, page: bytes, serial: int, kind: tuple[str, tuple[str, ...]]) -> list[str]:
+    """``keep_index_versions``: write ``page`` as a new version, its page files linking it.
 
     A safeguard the reference tool offers against an upstream that suddenly serves an
-    empty project: the previous pages stay on disk to go back to.
+    empty project: the previous pages stay on disk to go back to. Both HTML page files
+    (``index.html``, ``index.v1_html``) link the one HTML version; ``index.v1_json`` links
+    a JSON version. Nothing is written when the links already show ``page``.
     """
-    current = f"{simple_dir}/{layout.PAGE_HTML}"
-    if storage.is_link(current) and _read(storage, current) == html:
+    suffix, names = kind
+    links = [f"{simple_dir}/{name}" for name in names]
+    if all(storage.is_link(link) for link in links) and _read(storage, links[0]) == page:
         return []
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    name = f"index_{serial}_{stamp}.html"
-    versions = f"{simple_dir}/{layout.VERSIONS}"
-    storage.write_bytes(f"{versions}/{name}", html)
-    storage.symlink(current, f"{layout.VERSIONS}/{name}")
-    kept = sorted(
-        (path for path, _ in storage.files(versions) if _is_version(path.rsplit("/", 1)[-1])), key=_version_order
-    )
-    for old in kept[:-keep]:
-        storage.delete(old)
-    return [f"{versions}/{name}", current]
+    name = f"index_{serial}_{stamp}.{suffix}"
+    version = f"{simple_dir}/{layout.VERSIONS}/{name}"
+    storage.write_bytes(version, page)
+    for link in links:
+        storage.symlink(link, f"{layout.VERSIONS}/{name}")
+    return [version, *links]
+
+
+def _prune_versions(storage: Storage, simple_dir: str, keep: int, html: bool, json_pages: bool) -> None:
+    """Keep the newest ``keep`` versions of each format written; drop the reference tool's
+    ``.v1_html`` versions once ``index.v1_html`` links an HTML version instead."""
+    found: dict[str, list[tuple[tuple[int, str], str]]] = {}
+    for path, _ in storage.files(f"{simple_dir}/{layout.VERSIONS}"):
+        match = _VERSION_NAME.fullmatch(path.rsplit("/", 1)[-1])
+        if match:
+            order = (int(match.group(1) or 0), match.group(2))
+            found.setdefault(match.group(3), []).append((order, path))
+    stale: list[str] = []
+    for suffix, written in (("html", html), ("v1_json", json_pages)):
+        if written:
+            stale += [path for _, path in sorted(found.get(suffix, []))[:-keep]]
+    if html:
+        stale += [path for _, path in found.get("v1_html", [])]
+    for path in stale:
+        storage.delete(path)
 
 
 def _read(storage: Storage, rel: str) -> bytes | None:
@@ -171,12 +201,3 @@ def _read(storage: Storage, rel: str) -> bytes | None:
         return storage.read_bytes(rel)
     except FileNotFoundError:
         return None
-
-
-def _is_version(name: str) -> bool:
-    return name.startswith("index_") and name.endswith(".html")
-
-
-def _version_order(path: str) -> tuple[int, str]:
-    _, serial, stamp = path.rsplit("/", 1)[-1][: -len(".html")].split("_", 2)
-    return (int(serial) if serial.isdigit() else 0, stamp)

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, BinaryIO
 
-from .config import MirrorConfig
+from .config import MirrorConfig, parse_bool
 from .errors import ConfigError, LocalIOError, LockHeld
 from .storage import check_relative
 
@@ -47,7 +47,8 @@ logger = logging.getLogger(__name__)
 
 #: The ``[s3]`` keys handed to ``boto3.client("s3", ...)`` as they are.
 CLIENT_KEYS = ("region_name", "aws_access_key_id", "aws_secret_access_key", "endpoint_url")
-#: ``[s3] config_param_<name> = value`` becomes ``botocore.config.Config(<name>=value)``.
+#: ``[s3] config_param_<name> = value``: ``botocore.config.Config(<name>=value)``, or a
+#: parameter of every write call (see :func:`make_client`).
 CONFIG_PARAM = "config_param_"
 #: A writer keeps this much in memory before spooling to a temporary file.
 SPOOL_IN_MEMORY = 8 << 20
@@ -90,7 +91,15 @@ def _param(value: str) -> Any:
 
 
 def make_client(parser: configparser.ConfigParser) -> Any:
-    """The boto3 S3 client the ``[s3]`` section describes."""
+    """The boto3 S3 client the ``[s3]`` section describes.
+
+    ``config_param_<name>`` that botocore's ``Config`` knows (``connect_timeout``,
+    ``max_pool_connections``...) configures the client; any other ``<name>`` is a parameter
+    of S3's PutObject (``ServerSideEncryption``, ``SSEKMSKeyId``, ``StorageClass``...), which
+    every object written carries, as the reference tool passes them: to PutObject,
+    CreateMultipartUpload and CopyObject. ``max_attempts``: botocore's adaptive retry mode
+    with that many retries (the reference tool's key).
+    """
     try:
         import boto3
         from botocore.config import Config as BotoConfig
@@ -98,13 +107,72 @@ def make_client(parser: configparser.ConfigParser) -> Any:
         raise ConfigError("storage-backend = s3 needs boto3: pip install 'bandersnatch-classic[s3]'") from exc
     section = parser["s3"] if parser.has_section("s3") else {}
     kwargs = {key: section[key] for key in CLIENT_KEYS if section.get(key)}
-    options = {key[len(CONFIG_PARAM):]: _param(value) for key, value in section.items() if key.startswith(CONFIG_PARAM)}
+    options: dict[str, Any] = {}
+    write_params: dict[str, str] = {}
+    for key, value in section.items():
+        if key.startswith(CONFIG_PARAM):
+            name = key[len(CONFIG_PARAM):]
+            if name in BotoConfig.OPTION_DEFAULTS:
+                options[name] = _param(value)
+            else:
+                write_params[name] = value.strip()
     if section.get("signature_version"):
         options["signature_version"] = section["signature_version"]
+    if section.get("max_attempts"):
+        options["retries"] = {"max_attempts": _max_attempts(section["max_attempts"]), "mode": "adaptive"}
     try:
-        return boto3.session.Session().client("s3", config=BotoConfig(**options), **kwargs)
+        client = boto3.session.Session().client("s3", config=BotoConfig(**options), **kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"[s3] {exc}") from exc
+    _add_write_params(client, write_params)
+    return client
+
+
+#: The write calls ``config_param_*`` parameters go to.
+WRITE_OPERATIONS = ("PutObject", "CreateMultipartUpload", "CopyObject")
+#: PutObject parameters this tool sets itself.
+OWN_PARAMETERS = frozenset({"Body", "Bucket", "Key", "Metadata", "IfMatch", "IfNoneMatch", "ContentLength", "ContentMD5"})
+
+
+def _max_attempts(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise ConfigError(f"[s3] max_attempts = {value!r} is not allowed; use a whole number, 0 or more")
+    return number
+
+
+def _add_write_params(client: Any, params: dict[str, str]) -> None:
+    """Have every write call of ``client`` carry ``params`` (checked against S3's PutObject)."""
+    if not params:
+        return
+    model = client.meta.service_model
+    put = model.operation_model("PutObject").input_shape.members
+    typed: dict[str, Any] = {}
+    for name, value in params.items():
+        if name not in put or name in OWN_PARAMETERS:
+            raise ConfigError(
+                f"[s3] {CONFIG_PARAM}{name} is neither an option of botocore's Config nor a PutObject "
+                "parameter this tool leaves to the config (e.g. config_param_ServerSideEncryption = AES256)"
+            )
+        kind = put[name].type_name
+        if kind == "boolean":
+            typed[name] = parse_bool(value, f"[s3] {CONFIG_PARAM}{name}", False)
+        elif kind in ("integer", "long"):
+            typed[name] = _param(value)
+        else:
+            typed[name] = value
+    for operation in WRITE_OPERATIONS:
+        members = model.operation_model(operation).input_shape.members
+        extra = {name: value for name, value in typed.items() if name in members}
+
+        def add(params: dict[str, Any], extra: dict[str, Any] = extra, **_: Any) -> None:
+            for name, value in extra.items():
+                params.setdefault(name, value)
+
+        client.meta.events.register(f"before-parameter-build.s3.{operation}", add)
 
 
 def _code(exc: BaseException) -> str:

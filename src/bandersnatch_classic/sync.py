@@ -260,6 +260,7 @@ class Mirror:
             self._remember_method(plan, changed=plan.method != remembered)
         if not work and not removed and target == status and self.storage.exists("status"):
             logger.debug("Nothing to do: the mirror is at serial %d", status)
+            self.write_diff_file()  # empty: this run wrote nothing
             return report
 
         logger.info(
@@ -295,7 +296,7 @@ class Mirror:
             self.state.write_todo(todo)
         if not report.failed and not self._stopped:
             self.storage.write_bytes(layout.LAST_MODIFIED, report.started_at.strftime("%Y%m%dT%H:%M:%S\n").encode())
-        self._write_diff_file()
+        self.write_diff_file()
         return report
 
     def _check_removals(self, method: str, removed: set[str], mirrored: int) -> None:
@@ -481,6 +482,8 @@ class Mirror:
             report.bytes += result.bytes
             if self.config.diff_file:
                 report.written += result.written
+            if self.config.cleanup:
+                self._remove_legacy_dirs(result.display, result.canonical)
         elif isinstance(result, Skipped):
             self.sidecars.forget(canonicalize_name(result.name))
         elif isinstance(result, Gone):
@@ -682,17 +685,38 @@ class Mirror:
                 self.report.written.append(layout.ROOT_JSON)
         self.state.save_projects()
 
-    def _write_diff_file(self) -> None:
+    def _remove_legacy_dirs(self, display: str, canonical: str) -> None:
+        """``cleanup = true``: remove the project's page directories of bandersnatch before 4.0
+        (non-normalized names), as the reference tool does for each project it syncs. One that
+        is the current directory under another spelling (a case-insensitive file system) stays."""
+        current = layout.simple_dir(canonical, self.config.hash_index)
+        for legacy in layout.legacy_dirs(display, self.config.hash_index):
+            if not self.storage.exists(legacy) or _same_dir(self.storage, legacy, current):
+                continue
+            self.storage.delete_tree(legacy)
+            logger.info("%s: removed the legacy page directory %s (cleanup = true)", display, legacy)
+
+    def write_diff_file(self) -> None:
+        """``diff-file``, after a ``mirror`` or ``sync`` run (not the syncs of ``verify
+        --json-update``): the paths the run wrote, one per line, replacing the last run's list
+        (a run that wrote nothing leaves it empty), as the reference tool does; offline-copy
+        scripts feed it to ``rsync --files-from``. ``diff-append-epoch``: a new file per run,
+        ``<diff-file>-<unix time>``. Written to a temporary name and renamed into place, so a
+        reader never sees half a list."""
         if not self.config.diff_file:
             return
         path = self.config.diff_file
         if self.config.diff_append_epoch:
             path = f"{path}-{int(time.time())}"
         lines = "".join(f"{self.storage.display(p)}\n" for p in sorted(set(self.report.written)))
+        temporary = f"{path}.{os.getpid()}.tmp"
         try:
-            with open(path, "a", encoding="utf-8") as fh:
+            with open(temporary, "w", encoding="utf-8") as fh:
                 fh.write(lines)
+            os.replace(temporary, path)
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
             raise LocalIOError.of(path, exc) from exc
 
 
@@ -710,6 +734,15 @@ class _Records(Mapping[str, tuple[str, int]]):
 
     def __len__(self) -> int:
         return len(self._state.projects)
+
+
+def _same_dir(storage: Storage, one: str, other: str) -> bool:
+    """Whether two mirror paths are one directory (on a case-insensitive file system);
+    never for object storage, whose keys are case-sensitive."""
+    try:
+        return os.path.samefile(storage.display(one), storage.display(other))
+    except (OSError, ValueError):
+        return False
 
 
 def _process_count(workers: int, projects: int) -> int:

@@ -143,6 +143,7 @@ def verify(
     #: Projects whose files are unknown: nothing may be deleted as unreferenced then.
     unreadable: set[str] = set()
     threads = workers or (os.cpu_count() or 1) * 2
+    logger.debug("Verifying %d projects with %d threads", len(names), threads)
     last_save = time.monotonic()
     with ThreadPoolExecutor(threads, thread_name_prefix="verify") as pool:
         # Projects go in batches, so that the pool hashes many files at once even when

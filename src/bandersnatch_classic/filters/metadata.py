@@ -81,7 +81,15 @@ class Condition:
         self.mode = mode
         self.nulls_match = nulls_match
         self.key = key or path  # as the config wrote it, for the log
-        self._test = (lambda p, s: p.search(s) is not None) if search else (lambda p, s: p.match(s) is not None)
+        self.search = search
+
+    def use_search(self) -> None:
+        """Find the regexes anywhere in a value (``search = true`` in the section)."""
+        self.search = True
+
+    def _test(self, pattern: re.Pattern[str], value: str) -> bool:
+        found = pattern.search(value) if self.search else pattern.match(value)
+        return found is not None
 
     @classmethod
     def parse(cls, key: str, values: list[str], section: str) -> Condition:
@@ -118,6 +126,11 @@ class Condition:
 _TAG_WORDS = frozenset({"any", "all", "none", "match-null", "not-null", "search"})
 
 
+#: ``search = true`` in a regex metadata section: every line of it finds its regexes anywhere
+#: in a value (``re.search``), as the reference tool's key of that name does.
+SEARCH_KEY = "search"
+
+
 def _tagged_items(parser: configparser.ConfigParser, section: str) -> list[tuple[str, list[str]]]:
     """The ``[tag:...]dotted.path = values`` keys of a section, with their value lines.
 
@@ -129,7 +142,7 @@ def _tagged_items(parser: configparser.ConfigParser, section: str) -> list[tuple
     defaults = parser.defaults()
     items = []
     for key in parser[section]:
-        if key in defaults:
+        if key in defaults or key == SEARCH_KEY:
             continue
         value = parser.get(section, key, fallback="") or ""
         if key.strip().lower() in _TAG_WORDS:
@@ -139,7 +152,12 @@ def _tagged_items(parser: configparser.ConfigParser, section: str) -> list[tuple
 
 
 def _conditions(parser: configparser.ConfigParser, section: str) -> list[Condition]:
-    return [Condition.parse(key, values, section) for key, values in _tagged_items(parser, section)]
+    search = parse_bool(parser.get(section, SEARCH_KEY, fallback=None), f"[{section}] {SEARCH_KEY}", False)
+    conditions = [Condition.parse(key, values, section) for key, values in _tagged_items(parser, section)]
+    if search:
+        for condition in conditions:
+            condition.use_search()
+    return conditions
 
 
 class _RegexConditions:
