@@ -118,8 +118,8 @@ def _xmlrpc(upstream: Upstream, status: int, known: Mapping[str, tuple[str, int]
     if full or not status:
         listing = _read_listing("xmlrpc", upstream.list_packages_with_serial, announce=True)
         return Plan("xmlrpc", target, listing, _missing(known, listing), exact_target=True)
-    if target <= status:
-        return Plan("xmlrpc", status, {}, set(), exact_target=True)
+    if target <= status:  # the upstream's own serial, also when below ours (the run does not believe ours then)
+        return Plan("xmlrpc", target, {}, set(), exact_target=True)
     return Plan("xmlrpc", target, upstream.changelog_since(status, target), set(), exact_target=True)
 
 
@@ -127,7 +127,7 @@ def _simple(upstream: Upstream, status: int, known: Mapping[str, tuple[str, int]
     target, listing = _read_listing("simple", upstream.simple_listing, announce=full or not status)
     floor = 0 if full else status
     changed = {n: s for n, s in listing.items() if s > floor or canonicalize_name(n) not in known}
-    return Plan("simple", max(target, status), changed, _missing(known, listing), exact_target=True)
+    return Plan("simple", target, changed, _missing(known, listing), exact_target=True)
 
 
 def _html(upstream: Upstream, status: int, known: Mapping[str, tuple[str, int]], full: bool) -> Plan:
@@ -152,7 +152,7 @@ def _by_name(
         changed = upstream.changelog_since(status, target) if target > status else {}
         projects = {n: s for n, s in changed.items() if canonicalize_name(n) in allowlist}
         projects.update({n: 0 for n in allowlist if n not in known})
-        return Plan("xmlrpc", max(target, status), projects, set(), exact_target=True)
+        return Plan("xmlrpc", target, projects, set(), exact_target=True)
     projects, top = _serials_by_name(upstream, sorted(allowlist), known, full)
     return Plan(method, max(top, status), projects, set())
 
