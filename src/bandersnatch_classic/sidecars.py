@@ -21,8 +21,9 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from . import layout
-from .errors import UpstreamError
+from .errors import DamagedState, UpstreamError
 from .models import ReleaseFile
+from .state import read_state_text
 from .storage import Storage
 from .upstream import Upstream
 
@@ -44,6 +45,25 @@ def sidecars_of(files: Iterable[ReleaseFile]) -> list[Sidecar]:
     ]
 
 
+def read_missing(storage: Storage) -> tuple[float, dict[str, list[Sidecar]]]:
+    """``missing-metadata``: (when last asked, canonical -> sidecars); (0, {}) when there is
+    none, :class:`DamagedState` when it is not what a run writes."""
+    text = read_state_text(storage, MISSING_FILE)
+    if not text:
+        return 0.0, {}
+    try:
+        data = json.loads(text)
+        checked = float(data["checked"])
+        if not 0 <= checked < 2**33:
+            raise ValueError(f"'checked' is {checked}, not a time")
+        projects = {
+            str(k): [(str(p), str(u), str(h)) for p, u, h in v] for k, v in data["projects"].items()
+        }
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise DamagedState(storage.display(MISSING_FILE), f"is not a record of missing .metadata files ({exc!s:.60})") from None
+    return checked, projects
+
+
 class MissingSidecars:
     """canonical project name -> the sidecars of its mirrored files that the upstream did not serve."""
 
@@ -61,16 +81,19 @@ class MissingSidecars:
         return self._loaded
 
     def _load(self) -> dict[str, list[Sidecar]]:
-        text = self.storage.read_text(MISSING_FILE)
-        if not text:
-            return {}
+        """The recorded sidecars. A damaged file is removed with one warning: the pages offer
+        only sidecars the mirror holds, so nothing promised is lost; what it recorded is asked
+        for again when its project changes, or by ``mirror --force-check``."""
         try:
-            data = json.loads(text)
-            self._checked = float(data["checked"])
-            return {str(k): [(str(p), str(u), str(h)) for p, u, h in v] for k, v in data["projects"].items()}
-        except (ValueError, TypeError, AttributeError, KeyError):
-            logger.warning("Discarding corrupt %s", self.storage.display(MISSING_FILE))
+            self._checked, projects = read_missing(self.storage)
+        except DamagedState as damage:
+            logger.warning("%s", damage.named(
+                "removed it: the pages offer only the .metadata files the mirror holds; "
+                "`bandersnatch mirror --force-check` asks for the others again"
+            ))
+            self.storage.delete(MISSING_FILE)
             return {}
+        return projects
 
     def set(self, canonical: str, sidecars: Iterable[Sidecar]) -> None:
         """Record the sidecars ``canonical`` lacks after a sync (none: forget the project)."""

@@ -304,6 +304,17 @@ class MirrorState:
         return False
 
     # -- generation and status -------------------------------------------------------
+    @property
+    def generation(self) -> int | None:
+        """The number in ``generation`` (None when there is none); :class:`DamagedState` when it holds none."""
+        text = read_state_text(self.storage, "generation")
+        if text is None:
+            return None
+        try:
+            return parse_serial(text)
+        except ValueError as exc:
+            raise DamagedState(self.storage.display("generation"), str(exc).replace("serial", "generation")) from None
+
     def check_generation(self) -> bool:
         """Validate ``generation``; return True when an old layout needs a full sync.
 
@@ -311,14 +322,8 @@ class MirrorState:
         that), :class:`StateError` for a generation this tool does not know (a newer
         tool's mirror: not touched).
         """
-        text = read_state_text(self.storage, "generation")
-        if text is None:
-            return False
-        try:
-            generation = parse_serial(text)
-        except ValueError as exc:
-            raise DamagedState(self.storage.display("generation"), str(exc).replace("serial", "generation")) from None
-        if generation == GENERATION:
+        generation = self.generation
+        if generation is None or generation == GENERATION:
             return False
         if generation in OLD_GENERATIONS:
             logger.warning("Mirror generation %s is older than %s: forcing a full sync", generation, GENERATION)
@@ -341,6 +346,12 @@ class MirrorState:
             return parse_serial(text)
         except ValueError as exc:
             raise DamagedState(self.storage.display("status"), str(exc)) from None
+
+    def check_status(self) -> None:
+        """For commands that do not repair state (``verify``, ``delete``): a damaged ``status``
+        stops them before any work (exit 2; ``mirror`` repairs it), instead of halfway, at
+        the root index."""
+        self.status  # noqa: B018 - read for the DamagedState it may raise
 
     def write_status(self, serial: int) -> None:
         self.storage.write_if_changed("status", str(serial).encode())
@@ -413,25 +424,23 @@ class MirrorState:
         listed. A record set with no published root index to compare with (a new mirror,
         or one whose root index is gone) is trusted: the root index it gives is the first.
         """
-        display = self.storage.display(PROJECTS_FILE)
         try:
-            text = read_state_text(self.storage, PROJECTS_FILE)
-            if text is None:
+            records = self.stored_records()
+            if records is None:
                 records = self._scan_pages()
                 if records:
-                    logger.info("Rebuilt the records of %d projects from their pages (%s was missing)", len(records), display)
+                    logger.info(
+                        "Rebuilt the records of %d projects from their pages (%s was missing)",
+                        len(records), self.storage.display(PROJECTS_FILE),
+                    )
                 self._unsaved = True  # the rebuilt records are worth keeping
                 return records
-            try:
-                records = Records.from_json(text)
-            except ValueError as exc:  # also a truncated document
-                raise DamagedState(display, f"is not a set of project records ({exc})") from None
         except DamagedState as damage:
             records = self._scan_pages()
             logger.warning("%s", damage.named(f"rebuilt it from the project pages: {len(records)} projects"))
             self._unsaved = self.names_changed = True
             return records
-        published = self._published_count()
+        published = self.published_count()
         if published is not None and len(records) < published:
             found = self._scan_pages()
             restored = [c for c in found if c not in records]
@@ -440,12 +449,22 @@ class MirrorState:
             logger.warning(
                 "%s lists %d projects but the root index lists %d: records were lost; restored %d from the project "
                 "pages (the pages are what the mirror holds), %d projects now",
-                display, len(records) - len(restored), published, len(restored), len(records),
+                self.storage.display(PROJECTS_FILE), len(records) - len(restored), published, len(restored), len(records),
             )
             self._unsaved = self.names_changed = True  # the root index is rewritten from what the pages say
         return records
 
-    def _published_count(self) -> int | None:
+    def stored_records(self) -> Records | None:
+        """``projects.json`` as stored (None when there is none); :class:`DamagedState` when it is not a set of records."""
+        text = read_state_text(self.storage, PROJECTS_FILE)
+        if text is None:
+            return None
+        try:
+            return Records.from_json(text)
+        except ValueError as exc:  # also a truncated document
+            raise DamagedState(self.storage.display(PROJECTS_FILE), f"is not a set of project records ({exc})") from None
+
+    def published_count(self) -> int | None:
         """How many projects the published root index lists (None when there is none).
 
         Counted, not parsed: one entry per ``<a `` in the HTML root, one per ``"name":`` in
