@@ -446,11 +446,18 @@ class MirrorState:
             restored = [c for c in found if c not in records]
             for canonical in restored:
                 records.set(canonical, *found[canonical])
-            logger.warning(
-                "%s lists %d projects but the root index lists %d: records were lost; restored %d from the project "
-                "pages (the pages are what the mirror holds), %d projects now",
-                self.storage.display(PROJECTS_FILE), len(records) - len(restored), published, len(restored), len(records),
-            )
+            if restored:
+                logger.warning(
+                    "%s lists %d projects but the root index lists %d: records were lost; restored %d from the project "
+                    "pages (the pages are what the mirror holds), %d projects now",
+                    self.storage.display(PROJECTS_FILE), len(records) - len(restored), published, len(restored),
+                    len(records),
+                )
+            else:  # e.g. a run stopped after removing projects, before it rewrote the root index
+                logger.info(
+                    "The root index lists %d projects, the records and the project pages %d: writing it anew",
+                    published, len(records),
+                )
             self._unsaved = self.names_changed = True  # the root index is rewritten from what the pages say
         return records
 
