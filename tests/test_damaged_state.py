@@ -16,7 +16,7 @@ from packaging.utils import canonicalize_name
 
 from .conftest import MirrorHarness
 from .test_mirror import assert_mirror_equals_upstream
-from .upstream import bulk_corpus
+from .upstream import UpstreamServer, bulk_corpus
 
 FULL_CHECK = "not believed: the serial is set to 0 and every project is checked against the upstream (a full check)"
 
@@ -236,3 +236,29 @@ def test_status_with_every_file_damaged_names_each_and_never_crashes(mirrored: M
         assert sum(p.startswith(f"{h.dir / name} ") for p in doc["problems"]) == 1, (name, doc["problems"])
     human = h.cli("status")
     assert human.returncode == 1 and re.search(r"^serial +unreadable \(see health\)$", human.stdout, re.M), human.stdout
+
+
+def test_damaged_state_in_a_bucket_is_named_and_repaired_the_same_way(tmp_path: Path, upstream: UpstreamServer) -> None:
+    test_s3 = pytest.importorskip("tests.test_s3")  # skipped, as that module is, without boto3 and moto
+    server = test_s3.moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        bucket = test_s3.Bucket(f"http://{host}:{port}")
+        h = test_s3.s3_harness(tmp_path / "s3", upstream, bucket)
+        assert h.main("mirror").returncode == 0
+        bucket.put("status", b"\xff")
+        bucket.put("projects.json", b"{}")
+        h.corpus.add_file("small", "0.4", "small-0.4.tar.gz")
+        said = h.main("status")
+        assert said.returncode == 1 and "status is not UTF-8 text (byte 0xff at offset 0)" in said.stderr
+        assert "projects.json lists 0 projects but the root index lists 3: records were lost" in said.stderr
+        result = h.main("mirror")
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.count(f"status is not UTF-8 text (byte 0xff at offset 0); {FULL_CHECK}") == 1
+        assert result.stderr.count("records were lost; restored 3 from the project pages") == 1
+        doc = json.loads(bucket.get("web/simple/index.v1_json"))
+        assert sorted(canonicalize_name(p["name"]) for p in doc["projects"]) == sorted(h.corpus.projects)
+        assert int(bucket.get("status")) == h.corpus.serial
+    finally:
+        server.stop()
