@@ -18,7 +18,10 @@ from .conftest import MirrorHarness
 from .test_mirror import assert_mirror_equals_upstream
 from .upstream import UpstreamServer, bulk_corpus
 
-FULL_CHECK = "not believed: the serial is set to 0 and every project is checked against the upstream (a full check)"
+COMPARED = "the serial of every project the upstream lists is compared with the mirror's records"
+NOT_BELIEVED = f"not believed: the serial is set to 0 and {COMPARED}"
+#: What ``status`` says the next run does about a serial it cannot believe.
+NEXT_COMPARES = "the next mirror run compares the serial of every project the upstream lists with the mirror's records"
 
 
 @pytest.fixture
@@ -54,16 +57,16 @@ def status_line(h: MirrorHarness) -> tuple[int, str]:
 
 # (file, damaged bytes, the line `mirror` prints, what `status` says the next run does)
 DAMAGE = [
-    ("status", b"\xff\xfe1\x00", "status is not UTF-8 text (byte 0xff at offset 0); " + FULL_CHECK, "a full check"),
-    ("status", b"-12\n", "status holds '-12', not a serial; " + FULL_CHECK, "a full check"),
-    ("status", b"", "status is empty; " + FULL_CHECK, "a full check"),
-    ("status", b"99999999999999999999", "status holds '99999999999999999999', beyond any index's serial; " + FULL_CHECK,
-     "a full check"),
+    ("status", b"\xff\xfe1\x00", "status is not UTF-8 text (byte 0xff at offset 0); " + NOT_BELIEVED, NEXT_COMPARES),
+    ("status", b"-12\n", "status holds '-12', not a serial; " + NOT_BELIEVED, NEXT_COMPARES),
+    ("status", b"", "status is empty; " + NOT_BELIEVED, NEXT_COMPARES),
+    ("status", b"99999999999999999999", "status holds '99999999999999999999', beyond any index's serial; " + NOT_BELIEVED,
+     NEXT_COMPARES),
     ("generation", b"\x80", "generation is not UTF-8 text (byte 0x80 at offset 0); checking every project (a full "
      "check), then writing generation 5", "a full check"),
     ("generation", b"five", "generation holds 'five', not a generation; checking every project", "a full check"),
-    ("todo", b"108\nsmall 10\xff7\n", "todo is not UTF-8 text (byte 0xff at offset 12); discarded it; every project is "
-     "checked against the upstream (a full check), which finds what it held", "discards it"),
+    ("todo", b"108\nsmall 10\xff7\n", "todo is not UTF-8 text (byte 0xff at offset 12); discarded it; " + COMPARED
+     + ", which finds what it held", "discards it and compares"),
     ("todo", b"108\nsmall 104\nbulk-00", "todo line 3 holds 'bulk-00', not '<project> <serial>'; discarded it",
      "discards it"),
     ("todo", b"-1\n", "todo line 1 holds '-1', not a serial; discarded it", "discards it"),
@@ -102,8 +105,11 @@ def test_a_damaged_state_file_is_named_in_one_line_and_repaired(
     code, said = status_line(h)
     assert code == 1 and said.startswith("") and f"{h.dir / name} " in said and repair in said, said
 
+    h.upstream.clear()
     result = h.main("mirror")
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    if COMPARED in line:  # one listing compared with the records, not a request for every project
+        assert h.upstream.count("/pypi/small/json") == 1 and h.upstream.count("/pypi/bulk-") == 0
     named = [text for text in result.stderr.splitlines() if str(h.dir / name) in text]
     assert len(named) == 1 and line in named[0], result.stderr
     assert "WARNING" in named[0]
@@ -167,14 +173,18 @@ def test_a_serial_ahead_of_the_upstream_is_not_believed(mirrored: MirrorHarness,
     (h.dir / "status").write_text(str(ahead))
     code, said = status_line(h)
     assert code == 1 and "UNHEALTHY" not in said  # the one stderr line, not the report
-    assert f"status holds serial {ahead}, ahead of the upstream's serial {h.corpus.serial}; not believed: the next " \
-        "mirror run checks every project against the upstream (a full check)" in said
+    assert f"status holds serial {ahead}, ahead of the upstream's serial {h.corpus.serial}; not believed: " \
+        f"{NEXT_COMPARES}" in said
 
+    h.upstream.clear()
     result = h.main("mirror")
     assert result.returncode == 0, result.stderr
-    line = f"status holds serial {ahead}, ahead of the upstream's serial {h.corpus.serial}; {FULL_CHECK}"
+    line = f"status holds serial {ahead}, ahead of the upstream's serial {h.corpus.serial}; {NOT_BELIEVED}"
     assert result.stderr.count(line) == 1 and result.stderr.count("ahead of") == 1, result.stderr
     assert_everything_listed(h)  # small 0.4, added after the good serial, is mirrored
+    # One listing compared with the records: only the project that changed is asked for.
+    assert [p for _, p in h.upstream.requests if p.startswith("/pypi/")] in (
+        ["/pypi", "/pypi", "/pypi", "/pypi/small/json"], ["/pypi/small/json"])
     assert int((h.dir / "status").read_text()) == h.corpus.serial
     assert status_line(h) == (0, "")
 
@@ -255,7 +265,7 @@ def test_damaged_state_in_a_bucket_is_named_and_repaired_the_same_way(tmp_path: 
         assert "projects.json lists 0 projects but the root index lists 3: records were lost" in said.stderr
         result = h.main("mirror")
         assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
-        assert result.stderr.count(f"status is not UTF-8 text (byte 0xff at offset 0); {FULL_CHECK}") == 1
+        assert result.stderr.count(f"status is not UTF-8 text (byte 0xff at offset 0); {NOT_BELIEVED}") == 1
         assert result.stderr.count("records were lost; restored 3 from the project pages") == 1
         doc = json.loads(bucket.get("web/simple/index.v1_json"))
         assert sorted(canonicalize_name(p["name"]) for p in doc["projects"]) == sorted(h.corpus.projects)

@@ -50,7 +50,7 @@ TODO_LISTED = 1000
 
 EXIT_OK, EXIT_UNHEALTHY, EXIT_NOT_A_MIRROR, EXIT_UPSTREAM = 0, 1, 2, 4
 #: What the next ``mirror`` run does about a serial it cannot believe.
-_FULL_CHECK = "checks every project against the upstream (a full check)"
+_COMPARE = "compares the serial of every project the upstream lists with the mirror's records"
 
 T = TypeVar("T")
 
@@ -372,9 +372,9 @@ def status_report(
             return default
 
     runs = read(lambda: read_history(storage), [], "starts a new history")
-    mirror_serial: int | None = read(lambda: state.status, None, f"{_FULL_CHECK}")
-    todo = read(state.read_todo, None, f"discards it and {_FULL_CHECK}")
-    generation = read(lambda: state.generation, None, f"{_FULL_CHECK}")
+    mirror_serial: int | None = read(lambda: state.status, None, f"{_COMPARE}")
+    todo = read(state.read_todo, None, f"discards it and {_COMPARE}")
+    generation = read(lambda: state.generation, None, "checks every project (a full check)")
     records = read(state.stored_records, None, "rebuilds it from the project pages")
     published = state.published_count()
     if records is not None and published is not None and len(records) < published:
@@ -397,7 +397,7 @@ def status_report(
     if upstream_serial is not None and mirror_serial is not None and mirror_serial > upstream_serial:
         damage.append(
             f"{storage.display('status')} holds serial {mirror_serial}, ahead of the upstream's serial "
-            f"{upstream_serial}; not believed: the next mirror run {_FULL_CHECK}"
+            f"{upstream_serial}; not believed: the next mirror run {_COMPARE}"
         )
     if upstream_serial is not None and todo is not None and todo.target > upstream_serial:
         damage.append(

@@ -132,12 +132,14 @@ class StartPoint:
     status: int
     #: An unfinished run's work, if one left it.
     todo: Todo | None
-    #: Whether every project must be compared with the upstream (``--force-check``, an old
-    #: generation, damaged state).
+    #: Whether every project must be synced again (``--force-check``, an old or damaged generation).
     full: bool
     #: The discovery method ``auto`` found working last ("" if none), and whether that was recent.
     remembered: str = ""
     fresh: bool = True
+    #: Whether ``status`` (or ``todo``) could not be believed: the run reads the whole listing
+    #: and syncs what :meth:`MirrorState.behind_records` keeps of it.
+    compare: bool = False
 
     @property
     def since(self) -> int:
@@ -234,13 +236,15 @@ class MirrorState:
         Damage in any of them is named in one warning and repaired here, never believed:
 
         - ``generation`` unreadable: a full check (as for an older generation), which writes it anew;
-        - ``status`` unreadable: set to 0 at once and a full check. The serial says which
-          changes the mirror holds; with it unknown, only comparing every project is safe,
-          and a run killed during that check resumes from its ``todo`` (0 is below it);
-        - ``todo`` unreadable: discarded and a full check, which finds whatever it held;
+        - ``status`` unreadable: set to 0 at once, and the run compares the whole listing with
+          the records (:meth:`behind_records`). The serial says which changes the mirror
+          holds; with it unknown, the records say it project by project. A run killed after
+          writing its ``todo`` is resumed from it (0 is below its target);
+        - ``todo`` unreadable: discarded, and the same comparison, which finds what it held
+          (a project in it has a record older than its serial upstream, or none);
         - ``upstream-method`` unreadable: ignored, ``auto`` probes the methods again.
         """
-        full = force_check
+        full, compare = force_check, False
         try:
             full = self.check_generation() or full
         except DamagedState as damage:
@@ -251,18 +255,16 @@ class MirrorState:
         except DamagedState as damage:
             logger.warning("%s", damage.named(_DISTRUSTED))
             self.write_status(0)
-            status, full = 0, True
+            status, compare = 0, True
         if cleanup_todo:
             self.remove_todo()
         try:
             todo = self.read_todo()
         except DamagedState as damage:
-            logger.warning("%s", damage.named(
-                "discarded it; every project is checked against the upstream (a full check), which finds what it held"
-            ))
+            logger.warning("%s", damage.named(f"discarded it; {_COMPARED}, which finds what it held"))
             self.remove_todo()
-            todo, full = None, True
-        point = StartPoint(status, todo, full)
+            todo, compare = None, True
+        point = StartPoint(status, todo, full, compare=compare)
         if master is not None:
             try:
                 point.remembered, point.fresh = self.remembered_method(master)
@@ -279,7 +281,7 @@ class MirrorState:
         A mirror cannot hold changes its upstream has not made: a ``status`` above the
         upstream's serial is damage (a hand edit, a restored upstream, another upstream),
         and believing it would skip every change up to it. It is handled as an unreadable
-        ``status``: set to 0, a full check. A ``todo`` target above it is dropped: the
+        ``status``: set to 0, the listing compared with the records. A ``todo`` target above it is dropped: the
         ``status`` serial is sound, so the run asks for the changes after it and syncs the
         todo's projects.
         """
@@ -289,7 +291,7 @@ class MirrorState:
                 self.storage.display("status"), point.status, upstream_serial, _DISTRUSTED,
             )
             self.write_status(0)
-            point.status, point.full = 0, True
+            point.status, point.compare = 0, True
             if point.todo is not None:
                 point.todo.target = 0
             return True
@@ -486,6 +488,23 @@ class MirrorState:
             return data.count(b'"name":') if path == layout.ROOT_JSON else data.count(b"<a ")
         return None
 
+    def behind_records(self, listed: Mapping[str, int]) -> dict[str, int]:
+        """Of the listed projects (name -> the upstream's serial, 0 when unknown), those the
+        mirror must sync: not recorded, or recorded at a lower serial, or of unknown serial.
+
+        What a run uses instead of ``status`` when it cannot believe it: a record holds the
+        serial the project's pages were written at, with every file they link, so a project
+        listed at that serial or below has not changed since. One listing and the records,
+        instead of a request for every project.
+        """
+        records = self.projects
+        behind: dict[str, int] = {}
+        for name, serial in listed.items():
+            record = records.get(canonicalize_name(name))
+            if not serial or record is None or serial > record[1]:
+                behind[name] = serial
+        return behind
+
     def record(self, canonical: str, name: str, serial: int) -> None:
         with self._lock:
             old = self.projects.get(canonical)
@@ -526,8 +545,10 @@ class MirrorState:
         return found
 
 
+#: How a run finds what changed when it cannot believe ``status`` or ``todo``.
+_COMPARED = "the serial of every project the upstream lists is compared with the mirror's records"
 #: What a run does with a ``status`` it cannot believe.
-_DISTRUSTED = "not believed: the serial is set to 0 and every project is checked against the upstream (a full check)"
+_DISTRUSTED = f"not believed: the serial is set to 0 and {_COMPARED}"
 #: The discovery methods ``upstream-method`` may name.
 _METHODS = ("xmlrpc", "simple", "html")
 

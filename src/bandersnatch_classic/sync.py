@@ -223,13 +223,15 @@ class Mirror:
                 known,
                 self.filters.allows_name,
                 self.filters.allowlist(),
-                start.full or not start.since,
+                start.full or start.compare or not start.since,
                 start.remembered if start.fresh else "",
             )
 
         plan = ask()
         if plan.exact_target and self.state.distrust_ahead(start, plan.target):
             plan = ask()  # from where the mirror's serials can be believed
+        if start.compare and not start.full:  # status not believed: the records say what changed
+            plan.projects = self.state.behind_records(plan.projects)
         status, todo, since, full = start.status, start.todo, start.since, start.full
         remembered, fresh = start.remembered, start.fresh
         report.method, removed = plan.method, plan.removed
