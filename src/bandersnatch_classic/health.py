@@ -372,7 +372,7 @@ def status_report(
             return default
 
     runs = read(lambda: read_history(storage), [], "starts a new history")
-    mirror_serial: int | None = read(lambda: state.status, None, f"{_COMPARE}")
+    mirror_serial: int | None = read(lambda: state.status, None, _COMPARE)
     todo = read(state.read_todo, None, f"discards it and {_COMPARE}")
     generation = read(lambda: state.generation, None, "checks every project (a full check)")
     records = read(state.stored_records, None, "rebuilds it from the project pages")
