@@ -272,3 +272,22 @@ def test_damaged_state_in_a_bucket_is_named_and_repaired_the_same_way(tmp_path: 
         assert int(bucket.get("status")) == h.corpus.serial
     finally:
         server.stop()
+
+
+def test_an_ordinary_run_does_not_scan_the_pages(mirrored: MirrorHarness) -> None:
+    """The records are checked against the root index's count, not against a walk of web/simple:
+    a page no record and no root entry names (planted here) is found only once records are lost."""
+    h = mirrored
+    planted = h.web("simple/planted/index.html")
+    planted.parent.mkdir()
+    planted.write_text("<html><title>Links for planted</title></html>\n<!--SERIAL 7-->")
+    h.corpus.touch("tiny-lib")
+    result = h.main("mirror")
+    assert result.returncode == 0 and "planted" not in result.stderr and "records" not in result.stderr
+    assert "planted" not in root_names(h)[0]
+
+    (h.dir / "projects.json").write_text("{}")  # now the pages are read, all of them
+    h.corpus.touch("tiny-lib")
+    result = h.main("mirror")
+    assert "records were lost; restored 14 from the project pages" in result.stderr, result.stderr
+    assert "planted" in root_names(h)[0]
