@@ -90,6 +90,9 @@ DAMAGE = [
      "(byte 0xff at offset 44); removed it: the pages offer only the .metadata files the mirror holds", "removes it"),
     ("missing-metadata", b'{"checked": "soon", "projects": {}}', "missing-metadata is not a record of missing "
      ".metadata files (could not convert string to float: 'soon')", "removes it"),
+    ("missing-metadata", b'{"checked": 1, "projects": {"small": [["status", "http://127.0.0.1:9/x.metadata", "'
+     + b"0" * 64 + b'"]]}}', "missing-metadata is not a record of missing .metadata files ('small': 'status' is not "
+     "a .metadata file below web/packages); removed it", "removes it"),
 ]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,13 @@ MISSING_FILE = "missing-metadata"
 
 #: How long after the last try a mirror run asks for the recorded sidecars again.
 RETRY_SECONDS = 24 * 3600
+
+#: What a recorded sidecar may be: a ``.metadata`` file below ``web/packages`` (the storage
+#: refuses ``..``), its sha256, and a canonical project name. Anything else is damage: a
+#: retry writes to that path.
+_SIDECAR_RE = re.compile(rf"{layout.PACKAGES}/[^\0]+\{layout.METADATA_SUFFIX}")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_CANONICAL_RE = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
 
 #: One recorded sidecar: (path below the mirror, upstream URL, sha256).
 Sidecar = tuple[str, str, str]
@@ -59,8 +67,12 @@ def read_missing(storage: Storage) -> tuple[float, dict[str, list[Sidecar]]]:
         projects = {
             str(k): [(str(p), str(u), str(h)) for p, u, h in v] for k, v in data["projects"].items()
         }
+        for canonical, sidecars in projects.items():
+            for path, _url, sha256 in sidecars:
+                if not (_SIDECAR_RE.fullmatch(path) and _SHA256_RE.fullmatch(sha256) and _CANONICAL_RE.fullmatch(canonical)):
+                    raise ValueError(f"{canonical!r:.40}: {path!r:.60} is not a .metadata file below {layout.PACKAGES}")
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise DamagedState(storage.display(MISSING_FILE), f"is not a record of missing .metadata files ({exc!s:.60})") from None
+        raise DamagedState(storage.display(MISSING_FILE), f"is not a record of missing .metadata files ({exc!s:.120})") from None
     return checked, projects
 
 
