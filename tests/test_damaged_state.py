@@ -76,6 +76,8 @@ DAMAGE = [
      "rebuilt it from the project pages: 13 projects", "rebuilds it"),
     ("projects.json", b'{"small": 10', "projects.json is not a set of project records (Expecting ',' delimiter",
      "rebuilds it"),
+    ("projects.json", b'{"small": 104, "../../etc": 1}', "projects.json is not a set of project records ('../../etc' "
+     "is not a canonical project name); rebuilt it from the project pages: 13 projects", "rebuilds it"),
     ("run-history.json", b'{"runs": [\xc3', "run-history.json is not UTF-8 text (byte 0xc3 at offset 10); starting a "
      "new history", "starts a new history"),
     ("run-history.json", b'{"runs": [{"started": "yesterday"}]}', "run-history.json is not a run history (run 1: "

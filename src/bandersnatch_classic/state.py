@@ -54,6 +54,10 @@ _DIGITS_RE = re.compile(r"[0-9]+")
 #: A project name as ``todo`` holds it (the project-name rule of the packaging specifications).
 _NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
 _TITLE_RE = re.compile(rb"<title>Links for (.*?)</title>")
+#: A canonical project name: a record's key, and a directory name below ``web/simple``.
+_CANONICAL_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
+#: The start of a line that is not a canonical name (in the keys joined by newlines).
+_BAD_CANONICAL = re.compile(r"^(?![a-z0-9](?:[a-z0-9-]*[a-z0-9])?$)", re.MULTILINE)
 
 
 @dataclass
@@ -177,6 +181,9 @@ class Records(Mapping[str, tuple[str, int]]):
                 raise ValueError(f"bad record {canonical!r}: {str(value)[:40]}")
             if value[0] == canonical:
                 stored[canonical] = value[1]
+        if stored and _BAD_CANONICAL.search("\n".join(stored)):  # one pass in C over every name, not a call per name
+            bad = next(c for c in stored if not _CANONICAL_RE.fullmatch(c))
+            raise ValueError(f"{bad[:40]!r} is not a canonical project name")
         return cls(stored)
 
     def to_json(self) -> str:
@@ -536,12 +543,15 @@ class MirrorState:
             parts = path[len(layout.SIMPLE) + 1 :].split("/")
             if len(parts) != depth or parts[-1] != layout.PAGE_HTML:
                 continue
+            canonical = canonicalize_name(parts[-2])
+            if not _CANONICAL_RE.fullmatch(canonical):
+                continue  # not a project's directory
             try:
                 record = _read_page_record(self.storage.read_bytes(path), parts[-2])
             except (OSError, LocalIOError):
                 continue
             if record is not None:
-                found.set(canonicalize_name(parts[-2]), *record)
+                found.set(canonical, *record)
         return found
 
 
