@@ -298,8 +298,10 @@ def test_the_history_keeps_the_last_50_runs_and_survives_a_corrupt_file(harness:
 
     (harness.dir / "run-history.json").write_text("{not json")
     code, doc, result = status(harness)
-    assert code == 0 and doc["runs_recorded"] == 0 and "corrupt run history" in result.stderr
-    assert harness.cli("mirror").returncode == 0
+    assert code == 1 and doc["runs_recorded"] == 0 and "run-history.json is not a run history" in result.stderr
+    assert result.stderr.count("\n") == 1 and "the next mirror run starts a new history" in doc["problems"][0]
+    mirrored = harness.cli("mirror")
+    assert mirrored.returncode == 0 and mirrored.stderr.count("starting a new history") == 1
     assert len(history(harness)) == 1
 
 

@@ -131,8 +131,8 @@ def _xmlrpc(upstream: Upstream, status: int, known: Mapping[str, tuple[str, int]
         listing = _read_listing("xmlrpc", upstream.list_packages_with_serial, announce=True)
         listed = _canonical(listing)
         return Plan("xmlrpc", target, listing, _missing(known, listed), exact_target=True, listed=listed)
-    if target <= status:
-        return Plan("xmlrpc", status, {}, set(), exact_target=True)
+    if target <= status:  # the upstream's own serial, also when below ours (the run does not believe ours then)
+        return Plan("xmlrpc", target, {}, set(), exact_target=True)
     changed, deleted = upstream.changelog_since(status, target)
     return Plan("xmlrpc", target, changed, set(), exact_target=True, deleted=deleted)
 
@@ -142,7 +142,7 @@ def _simple(upstream: Upstream, status: int, known: Mapping[str, tuple[str, int]
     floor = 0 if full else status
     changed = {n: s for n, s in listing.items() if s > floor or canonicalize_name(n) not in known}
     listed = _canonical(listing)
-    return Plan("simple", max(target, status), changed, _missing(known, listed), exact_target=True, listed=listed)
+    return Plan("simple", target, changed, _missing(known, listed), exact_target=True, listed=listed)
 
 
 def _html(upstream: Upstream, status: int, known: Mapping[str, tuple[str, int]], full: bool) -> Plan:
@@ -168,7 +168,7 @@ def _by_name(
         changed, deleted = upstream.changelog_since(status, target) if target > status else ({}, set())
         projects = {n: s for n, s in changed.items() if canonicalize_name(n) in allowlist}
         projects.update({n: 0 for n in allowlist if n not in known})
-        return Plan("xmlrpc", max(target, status), projects, set(), exact_target=True, deleted=deleted)
+        return Plan("xmlrpc", target, projects, set(), exact_target=True, deleted=deleted)
     projects, top = _serials_by_name(upstream, sorted(allowlist), known, full)
     return Plan(method, max(top, status), projects, set())
 

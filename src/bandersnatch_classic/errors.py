@@ -80,6 +80,23 @@ class StateError(BandersnatchError):
     """The mirror's state files are unusable (e.g. an unknown generation)."""
 
 
+class DamagedState(StateError):
+    """A state file holds what no run writes: bytes that are not UTF-8, a truncated
+    document, an impossible value (docs/operations.md, "Damaged state").
+
+    ``mirror`` repairs each kind in its own way and says how (:meth:`named`); a command
+    that cannot repair it stops with exit 2 and this message, which names the fix.
+    """
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path, self.problem = path, problem
+        super().__init__(f"{path} {problem}; run `bandersnatch mirror`, which repairs it")
+
+    def named(self, action: str) -> str:
+        """The one line for this damage: the file, what is wrong, and ``action``."""
+        return f"{self.path} {self.problem}; {action}"
+
+
 class LocalIOError(BandersnatchError):
     """A local file could not be read or written (disk full, permission, read-only file system).
 

@@ -23,16 +23,17 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
+from . import layout
 from .config import MirrorConfig
-from .errors import LocalIOError, StateError, UpstreamError
+from .errors import DamagedState, LocalIOError, StateError, UpstreamError
 from .progress import human
-from .sidecars import MISSING_FILE
-from .state import GENERATION, PROJECTS_FILE, MirrorState, Todo
+from .sidecars import read_missing
+from .state import GENERATION, PROJECTS_FILE, MirrorState, read_state_text
 from .storage import Storage
 from .sync import Report
 from .upstream import Upstream
@@ -48,6 +49,10 @@ FAILING_RUNS = 3
 TODO_LISTED = 1000
 
 EXIT_OK, EXIT_UNHEALTHY, EXIT_NOT_A_MIRROR, EXIT_UPSTREAM = 0, 1, 2, 4
+#: What the next ``mirror`` run does about a serial it cannot believe.
+_COMPARE = "compares the serial of every project the upstream lists with the mirror's records"
+
+T = TypeVar("T")
 
 
 class RunRecord(TypedDict):
@@ -70,19 +75,50 @@ class RunRecord(TypedDict):
 
 
 # -- the history -------------------------------------------------------------------------
+#: The type each field of a run record must have when present (bool is refused as a number).
+_RUN_FIELDS: dict[str, tuple[type, ...]] = {
+    "command": (str,), "pid": (int,), "host": (str,), "started": (int, float), "finished": (int, float, type(None)),
+    "exit_status": (int, type(None)), "method": (str,), "synced": (int,), "removed": (int,), "failed": (dict,),
+    "files": (int,), "bytes": (int,), "serial": (int, type(None)), "upstream_serial": (int, type(None)),
+}
+#: Times in the history are Unix seconds before this (the year 2242): anything else is damage.
+_TIME_LIMIT = 2**33
+
+
 def read_history(storage: Storage) -> list[RunRecord]:
-    """The recorded runs, oldest first; an unreadable history reads as empty (with a warning)."""
-    text = storage.read_text(HISTORY_FILE)
+    """The recorded runs, oldest first; :class:`DamagedState` when the file is not a history
+    this tool writes (each record is checked: a wrong type would crash ``status``)."""
+    text = read_state_text(storage, HISTORY_FILE)
     if not text:
         return []
     try:
         runs = json.loads(text)["runs"]
-        if not isinstance(runs, list) or not all(isinstance(r, dict) and "started" in r for r in runs):
-            raise ValueError("not a list of runs")
-        return runs
+        if not isinstance(runs, list):
+            raise ValueError("'runs' is not a list")
+        for number, run in enumerate(runs, 1):
+            problem = _run_problem(run)
+            if problem:
+                raise ValueError(f"run {number}: {problem}")
     except (ValueError, KeyError, TypeError) as exc:
-        logger.warning("Ignoring the corrupt run history %s (%s)", storage.display(HISTORY_FILE), exc)
-        return []
+        raise DamagedState(storage.display(HISTORY_FILE), f"is not a run history ({exc!s:.80})") from None
+    return runs
+
+
+def _run_problem(run: Any) -> str:
+    """What makes ``run`` not a run record ("" if nothing)."""
+    if not isinstance(run, dict) or "started" not in run:
+        return "not a run record"
+    for key, types in _RUN_FIELDS.items():
+        value = run.get(key)
+        if key in run and (isinstance(value, bool) or not isinstance(value, types)):
+            return f"{key!r} is {value!r:.40}"
+    for key in ("started", "finished"):
+        value = run.get(key)
+        if value is not None and not 0 <= value < _TIME_LIMIT:
+            return f"{key!r} is {value!r:.40}, not a time"
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in run.get("failed", {}).items()):
+        return "'failed' is not a map of names to reasons"
+    return ""
 
 
 def _write_history(storage: Storage, runs: list[RunRecord]) -> None:
@@ -111,7 +147,11 @@ class RunRecorder:
 
     def start(self) -> None:
         try:
-            runs = read_history(self.storage)
+            try:
+                runs = read_history(self.storage)
+            except DamagedState as damage:
+                logger.warning("%s", damage.named("starting a new history"))
+                runs = []
             self.record["serial"] = _serial(self.storage) or 0
             _write_history(self.storage, [*runs, self.record])
         except (LocalIOError, OSError) as exc:
@@ -130,7 +170,11 @@ class RunRecorder:
         )
         runs: list[RunRecord] = []
         try:
-            runs = [r for r in read_history(self.storage) if not _same_run(r, self.record)] + [self.record]
+            try:
+                kept = [r for r in read_history(self.storage) if not _same_run(r, self.record)]
+            except DamagedState:  # named by start(), or damaged again since: the history starts anew
+                kept = []
+            runs = [*kept, self.record]
             _write_history(self.storage, runs)
         except (LocalIOError, OSError) as exc:
             logger.warning("Could not record the run in %s: %s", HISTORY_FILE, exc)
@@ -147,24 +191,23 @@ def _same_run(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 
 
 def _serial(storage: Storage) -> int | None:
-    """The mirror's serial for a run record (None when unreadable: the record keeps the last one known)."""
+    """The mirror's serial for a run record (None when unreadable: the record keeps the last one known).
+
+    A damaged ``status`` is named by the run itself, not here."""
     try:
         return MirrorState(storage).status
+    except DamagedState:
+        return None
     except (StateError, LocalIOError) as exc:
         logger.warning("Could not read the mirror's serial for the run history: %s", exc)
         return None
 
 
-def _todo(storage: Storage) -> Todo | None:
-    text = storage.read_text("todo")
-    try:
-        return Todo.parse(text) if text else None
-    except ValueError:
-        return None
-
-
 def _todo_count(storage: Storage) -> int:
-    todo = _todo(storage)
+    try:
+        todo = MirrorState(storage).read_todo()
+    except DamagedState:
+        return 0
     return len(todo.projects) if todo else 0
 
 
@@ -311,19 +354,38 @@ def status_report(
 ) -> tuple[dict[str, Any], int]:
     """The ``status`` document and its exit status."""
     now = time.time()
-    runs = read_history(storage)
-    state = MirrorState(storage)
-    todo = _todo(storage)
+    state = MirrorState(storage, config.hash_index, layout.ROOT_HTML[0] if config.write_html else layout.ROOT_JSON)
     doc: dict[str, Any] = {"directory": str(config.directory)}
-    if not storage.exists("status") and not runs and todo is None:
+    if not any(storage.exists(name) for name in ("status", "todo", HISTORY_FILE)):
         doc.update(mirrored=False, healthy=False, exit_status=EXIT_NOT_A_MIRROR,
                    problems=[f"{config.directory} is not a mirror yet: run `bandersnatch mirror` first"])
         return doc, EXIT_NOT_A_MIRROR
 
-    mirror_serial = state.status  # a status file that is not a serial: StateError, exit 2
+    # Damaged state files are problems, each named with what the next mirror run does about it.
+    damage: list[str] = []
+
+    def read(what: Callable[[], T], default: T, repair: str) -> T:
+        try:
+            return what()
+        except DamagedState as exc:
+            damage.append(exc.named(f"the next mirror run {repair}"))
+            return default
+
+    runs = read(lambda: read_history(storage), [], "starts a new history")
+    mirror_serial: int | None = read(lambda: state.status, None, _COMPARE)
+    todo = read(state.read_todo, None, f"discards it and {_COMPARE}")
+    generation = read(lambda: state.generation, None, "checks every project (a full check)")
+    records = read(state.stored_records, None, "rebuilds it from the project pages")
+    published = state.published_count()
+    if records is not None and published is not None and len(records) < published:
+        damage.append(
+            f"{storage.display(PROJECTS_FILE)} lists {len(records)} projects but the root index lists {published}: "
+            "records were lost; the next mirror run restores them from the project pages"
+        )
+    missing_projects = read(lambda: read_missing(storage)[1], {}, "removes it")
     method = config.api_method
     if method == "auto":
-        method = state.remembered_method(config.master)[0]
+        method = read(lambda: state.remembered_method(config.master)[0], "", "probes the upstream's methods again")
     upstream_serial: int | None = None
     unavailable = ""
     error = ""
@@ -331,7 +393,18 @@ def status_report(
         upstream_serial, unavailable = ask_upstream_serial(upstream, method, allowlist)
     except UpstreamError as exc:
         error = str(exc)
-    lag = max(0, upstream_serial - mirror_serial) if upstream_serial is not None else None
+    lag = max(0, upstream_serial - mirror_serial) if upstream_serial is not None and mirror_serial is not None else None
+    if upstream_serial is not None and mirror_serial is not None and mirror_serial > upstream_serial:
+        damage.append(
+            f"{storage.display('status')} holds serial {mirror_serial}, ahead of the upstream's serial "
+            f"{upstream_serial}; not believed: the next mirror run {_COMPARE}"
+        )
+    if upstream_serial is not None and todo is not None and todo.target > upstream_serial:
+        damage.append(
+            f"{storage.display('todo')} aims at serial {todo.target}, ahead of the upstream's serial "
+            f"{upstream_serial}; not believed: the next mirror run syncs its projects and asks for the changes "
+            "after the status serial"
+        )
 
     problems: list[str] = []
     finished = [r for r in runs if r.get("finished") is not None]
@@ -361,17 +434,8 @@ def status_report(
         for run in failing_runs[1:]:
             common &= set(run.get("failed", {}))
         failing = {name: failing_runs[-1]["failed"][name] for name in sorted(common)}
-    projects_text = storage.read_text(PROJECTS_FILE)
-    try:
-        projects = len(json.loads(projects_text)) if projects_text else None
-    except ValueError:
-        projects = None
-    missing = storage.read_text(MISSING_FILE)
-    try:
-        missing_projects = json.loads(missing)["projects"] if missing else {}
-    except (ValueError, KeyError, TypeError):
-        missing_projects = {}
-    generation = (storage.read_text("generation") or "").strip()
+    problems += damage
+    projects_bytes = storage.stat(PROJECTS_FILE)
 
     exit_status = EXIT_UPSTREAM if error else EXIT_UNHEALTHY if problems else EXIT_OK
     doc.update(
@@ -392,12 +456,12 @@ def status_report(
             "target": todo.target, "count": len(todo.projects), "projects": sorted(todo.projects)[:TODO_LISTED],
         } if todo else None,
         failing={"runs": len(failing_runs), "projects": failing},
-        projects=projects,
-        projects_json_bytes=len(projects_text.encode()) if projects_text else None,
+        projects=len(records) if records is not None else None,
+        projects_json_bytes=projects_bytes.st_size if projects_bytes is not None else None,
         missing_metadata={
             "projects": len(missing_projects), "files": sum(len(v) for v in missing_projects.values()),
         },
-        generation=int(generation) if generation.isdigit() else None,
+        generation=generation,
         generation_current=GENERATION,
         runs_recorded=len(runs),
         max_lag=config.max_lag or None,
@@ -425,10 +489,12 @@ def render_status(doc: Mapping[str, Any]) -> str:
         return _aligned(rows)
     rows.append(("health", "ok" if doc["healthy"] else "UNHEALTHY: " + "; ".join(doc["problems"])))
     if doc["upstream_serial"] is not None:
-        upstream = f"{doc['upstream_serial']} via {doc['upstream_method']}, lag {doc['lag_serials']} serials"
+        lag = f", lag {doc['lag_serials']} serials" if doc["lag_serials"] is not None else ""
+        upstream = f"{doc['upstream_serial']} via {doc['upstream_method']}{lag}"
     else:
         upstream = f"unknown ({doc['upstream_error'] or doc['upstream_unavailable']})"
-    rows += [("serial", str(doc["serial"])), ("upstream", upstream)]
+    serial = str(doc["serial"]) if doc["serial"] is not None else "unreadable (see health)"
+    rows += [("serial", serial), ("upstream", upstream)]
     if doc["last_success"]:
         rows.append(("last success", f"{doc['last_success']} ({_age(doc['last_success_age_seconds'])} ago)"))
     else:
@@ -451,7 +517,7 @@ def render_status(doc: Mapping[str, Any]) -> str:
     failing = doc["failing"]
     if failing["projects"]:
         rows.append((f"failing ({failing['runs']} runs)", ", ".join(failing["projects"])))
-    size = f"{doc['projects']} projects" if doc["projects"] is not None else "unknown (no projects.json)"
+    size = f"{doc['projects']} projects" if doc["projects"] is not None else "unknown (no readable projects.json)"
     if doc["projects_json_bytes"]:
         size += f" (projects.json {human(doc['projects_json_bytes'])})"
     rows.append(("size", size))

@@ -22,7 +22,10 @@ from .errors import ConfigError, effective_user
 from .layout import WEB_DIRS
 
 #: The mirror's own files, each read and replaced by a run (``.lock`` is written in place).
-STATE_FILES = (".lock", "generation", "status", "todo", "projects.json", "upstream-method", "run-history.json")
+STATE_FILES = (
+    ".lock", "generation", "status", "todo", "projects.json", "upstream-method", "run-history.json",
+    "missing-metadata", "verify-progress",
+)
 
 
 def check(config: MirrorConfig, writes: bool = True) -> None:

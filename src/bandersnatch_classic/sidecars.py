@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from . import layout
-from .errors import UpstreamError
+from .errors import DamagedState, UpstreamError
 from .models import ReleaseFile
+from .state import read_state_text
 from .storage import Storage
 from .upstream import Upstream
 
@@ -33,6 +35,13 @@ MISSING_FILE = "missing-metadata"
 #: How long after the last try a mirror run asks for the recorded sidecars again.
 RETRY_SECONDS = 24 * 3600
 
+#: What a recorded sidecar may be: a ``.metadata`` file below ``web/packages`` (the storage
+#: refuses ``..``), its sha256, and a canonical project name. Anything else is damage: a
+#: retry writes to that path.
+_SIDECAR_RE = re.compile(rf"{layout.PACKAGES}/[^\0]+\{layout.METADATA_SUFFIX}")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_CANONICAL_RE = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
+
 #: One recorded sidecar: (path below the mirror, upstream URL, sha256).
 Sidecar = tuple[str, str, str]
 
@@ -42,6 +51,29 @@ def sidecars_of(files: Iterable[ReleaseFile]) -> list[Sidecar]:
     return [
         (layout.metadata_path(layout.file_path(f)), layout.metadata_path(f.url), str(f.metadata_sha256)) for f in files
     ]
+
+
+def read_missing(storage: Storage) -> tuple[float, dict[str, list[Sidecar]]]:
+    """``missing-metadata``: (when last asked, canonical -> sidecars); (0, {}) when there is
+    none, :class:`DamagedState` when it is not what a run writes."""
+    text = read_state_text(storage, MISSING_FILE)
+    if not text:
+        return 0.0, {}
+    try:
+        data = json.loads(text)
+        checked = float(data["checked"])
+        if not 0 <= checked < 2**33:
+            raise ValueError(f"'checked' is {checked}, not a time")
+        projects = {
+            str(k): [(str(p), str(u), str(h)) for p, u, h in v] for k, v in data["projects"].items()
+        }
+        for canonical, sidecars in projects.items():
+            for path, _url, sha256 in sidecars:
+                if not (_SIDECAR_RE.fullmatch(path) and _SHA256_RE.fullmatch(sha256) and _CANONICAL_RE.fullmatch(canonical)):
+                    raise ValueError(f"{canonical!r:.40}: {path!r:.60} is not a .metadata file below {layout.PACKAGES}")
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise DamagedState(storage.display(MISSING_FILE), f"is not a record of missing .metadata files ({exc!s:.120})") from None
+    return checked, projects
 
 
 class MissingSidecars:
@@ -61,16 +93,19 @@ class MissingSidecars:
         return self._loaded
 
     def _load(self) -> dict[str, list[Sidecar]]:
-        text = self.storage.read_text(MISSING_FILE)
-        if not text:
-            return {}
+        """The recorded sidecars. A damaged file is removed with one warning: the pages offer
+        only sidecars the mirror holds, so nothing promised is lost; what it recorded is asked
+        for again when its project changes, or by ``mirror --force-check``."""
         try:
-            data = json.loads(text)
-            self._checked = float(data["checked"])
-            return {str(k): [(str(p), str(u), str(h)) for p, u, h in v] for k, v in data["projects"].items()}
-        except (ValueError, TypeError, AttributeError, KeyError):
-            logger.warning("Discarding corrupt %s", self.storage.display(MISSING_FILE))
+            self._checked, projects = read_missing(self.storage)
+        except DamagedState as damage:
+            logger.warning("%s", damage.named(
+                "removed it: the pages offer only the .metadata files the mirror holds; "
+                "`bandersnatch mirror --force-check` asks for the others again"
+            ))
+            self.storage.delete(MISSING_FILE)
             return {}
+        return projects
 
     def set(self, canonical: str, sidecars: Iterable[Sidecar]) -> None:
         """Record the sidecars ``canonical`` lacks after a sync (none: forget the project)."""

@@ -6,6 +6,15 @@ one. The root index is rendered from it (not by scanning directories), and the `
 discovery method compares against it. A mirror made by the reference tool has no such file:
 it is rebuilt once from the ``<!--SERIAL N-->`` comments of the project pages; a corrupt one
 is rebuilt the same way.
+
+Nothing here is trusted as read. Every state file goes through :func:`read_state_text` and
+a parser that refuses what no run writes (bytes that are not UTF-8, truncation, a serial
+that is negative, not a number or beyond any index's); the refusal is a
+:class:`~bandersnatch_classic.errors.DamagedState` naming the file and the fault, and
+:meth:`MirrorState.start` turns each one into one log line and a repair (docs/operations.md,
+"Damaged state"). The project records repair themselves when loaded: a corrupt file, or one
+that lists fewer projects than the published root index (see :meth:`MirrorState._load_projects`),
+is completed from the project pages, which are the truth for what the mirror holds.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from typing import Union
 from packaging.utils import canonicalize_name
 
 from . import layout
-from .errors import LocalIOError, StateError
+from .errors import DamagedState, LocalIOError, StateError
 from .storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -37,8 +46,18 @@ METHOD_FILE = "upstream-method"
 #: How long a remembered method is trusted before ``auto`` probes the others again.
 REPROBE_SECONDS = 86400
 
+#: Serials are 64-bit integers on the upstream: a state file holding more is damaged.
+MAX_SERIAL = 2**63 - 1
+
 _SERIAL_RE = re.compile(rb"<!--SERIAL (\d+)-->\s*$")
+_DIGITS_RE = re.compile(r"[0-9]+")
+#: A project name as ``todo`` holds it (the project-name rule of the packaging specifications).
+_NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
 _TITLE_RE = re.compile(rb"<title>Links for (.*?)</title>")
+#: A canonical project name: a record's key, and a directory name below ``web/simple``.
+_CANONICAL_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
+#: The start of a line that is not a canonical name (in the keys joined by newlines).
+_BAD_CANONICAL = re.compile(r"^(?![a-z0-9](?:[a-z0-9-]*[a-z0-9])?$)", re.MULTILINE)
 
 
 @dataclass
@@ -54,17 +73,82 @@ class Todo:
 
     @classmethod
     def parse(cls, text: str) -> Todo:
+        """Parse a todo file; ValueError saying what is wrong (a truncated or hand-edited file)."""
         lines = text.splitlines()
         if not lines:
-            raise ValueError("empty")
-        target = int(lines[0])
+            raise ValueError("is empty")
+        try:
+            target = parse_serial(lines[0])
+        except ValueError as exc:
+            raise ValueError(f"line 1 {exc}") from None
         projects = {}
-        for line in lines[1:]:
+        for number, line in enumerate(lines[1:], 2):
             if not line.strip():
                 continue
-            name, serial = line.split()
-            projects[name] = int(serial)
+            parts = line.split()
+            try:
+                if len(parts) != 2 or not _NAME_RE.fullmatch(parts[0]):
+                    raise ValueError
+                projects[parts[0]] = parse_serial(parts[1])
+            except ValueError:
+                raise ValueError(f"line {number} holds {_shown(line)}, not '<project> <serial>'") from None
         return cls(target, projects)
+
+
+def read_state_text(storage: Storage, rel: str) -> str | None:
+    """The text of the state file ``rel``, or None when there is none.
+
+    The one place a state file is read: bytes that are not UTF-8 raise
+    :class:`DamagedState` (naming the file and the first bad byte) instead of a
+    ``UnicodeDecodeError``; the callers' parsers refuse what else is wrong the same way.
+    """
+    try:
+        return storage.read_text(rel)
+    except UnicodeDecodeError as exc:
+        raise DamagedState(
+            storage.display(rel), f"is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+        ) from None
+
+
+def parse_serial(text: str) -> int:
+    """A serial as the state files hold it; ValueError saying what is wrong (``holds 'x', not a serial``)."""
+    value = text.strip()
+    if not value:
+        raise ValueError("is empty")
+    if not _DIGITS_RE.fullmatch(value):
+        raise ValueError(f"holds {_shown(value)}, not a serial")
+    serial = int(value)
+    if serial > MAX_SERIAL:
+        raise ValueError(f"holds {_shown(value)}, beyond any index's serial")
+    return serial
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted for a log line, cut short when long."""
+    return repr(text if len(text) <= 40 else text[:40] + "...")
+
+
+@dataclass
+class StartPoint:
+    """Where a ``mirror`` run starts, as :meth:`MirrorState.start` read it (damage named and repaired)."""
+
+    #: The serial every change up to which is mirrored (0 after damage: nothing is assumed).
+    status: int
+    #: An unfinished run's work, if one left it.
+    todo: Todo | None
+    #: Whether every project must be synced again (``--force-check``, an old or damaged generation).
+    full: bool
+    #: The discovery method ``auto`` found working last ("" if none), and whether that was recent.
+    remembered: str = ""
+    fresh: bool = True
+    #: Whether ``status`` (or ``todo``) could not be believed: the run reads the whole listing
+    #: and syncs what :meth:`MirrorState.behind_records` keeps of it.
+    compare: bool = False
+
+    @property
+    def since(self) -> int:
+        """The serial to ask the upstream for changes after: an unfinished run's target, else ``status``."""
+        return self.todo.target if self.todo is not None and self.todo.target > self.status else self.status
 
 
 #: A record as stored: the serial alone when the display name is the canonical name.
@@ -88,12 +172,18 @@ class Records(Mapping[str, tuple[str, int]]):
         if not isinstance(stored, dict):
             raise ValueError("not an object")
         for canonical, value in stored.items():
-            if type(value) is int:
+            if type(value) is int and 0 <= value <= MAX_SERIAL:
                 continue
-            if not (type(value) is list and len(value) == 2 and isinstance(value[0], str) and type(value[1]) is int):
-                raise ValueError(f"bad record {value!r}")
+            if not (
+                type(value) is list and len(value) == 2 and isinstance(value[0], str)
+                and type(value[1]) is int and 0 <= value[1] <= MAX_SERIAL
+            ):
+                raise ValueError(f"bad record {canonical!r}: {str(value)[:40]}")
             if value[0] == canonical:
                 stored[canonical] = value[1]
+        if stored and _BAD_CANONICAL.search("\n".join(stored)):  # one pass in C over every name, not a call per name
+            bad = next(c for c in stored if not _CANONICAL_RE.fullmatch(c))
+            raise ValueError(f"{bad[:40]!r} is not a canonical project name")
         return cls(stored)
 
     def to_json(self) -> str:
@@ -132,33 +222,123 @@ class Records(Mapping[str, tuple[str, int]]):
 class MirrorState:
     """Reads and writes the state files of one mirror directory."""
 
-    def __init__(self, storage: Storage, hash_index: bool = False) -> None:
+    def __init__(self, storage: Storage, hash_index: bool = False, root_index: str | None = None) -> None:
         self.storage = storage
         #: Where the project pages are, for rebuilding the records from them.
         self.hash_index = hash_index
+        #: The published root index the records are checked against when loaded (None:
+        #: whichever of the HTML and the JSON root there is).
+        self.root_index = root_index
         self._projects: Records | None = None
         #: Whether a project was added, renamed or removed since loading (the root HTML lists names).
         self.names_changed = False
         self._unsaved = False
         self._lock = threading.RLock()  # workers record projects while the main thread saves
 
-    # -- generation and status -------------------------------------------------------
-    def check_generation(self) -> bool:
-        """Validate ``generation``; return True when an old layout needs a full sync."""
-        text = self.storage.read_text("generation")
-        if text is None:
-            return False
+    # -- where a run starts ------------------------------------------------------------
+    def start(self, force_check: bool = False, cleanup_todo: bool = False, master: str | None = None) -> StartPoint:
+        """Read ``generation``, ``status``, ``todo`` and (with ``master``, for ``api-method =
+        auto``) ``upstream-method`` for a ``mirror`` run, under its lock.
+
+        Damage in any of them is named in one warning and repaired here, never believed:
+
+        - ``generation`` unreadable: a full check (as for an older generation), which writes it anew;
+        - ``status`` unreadable: set to 0 at once, and the run compares the whole listing with
+          the records (:meth:`behind_records`). The serial says which changes the mirror
+          holds; with it unknown, the records say it project by project. A run killed after
+          writing its ``todo`` is resumed from it (0 is below its target);
+        - ``todo`` unreadable: discarded, and the same comparison, which finds what it held
+          (a project in it has a record older than its serial upstream, or none);
+        - ``upstream-method`` unreadable: ignored, ``auto`` probes the methods again.
+        """
+        full, compare = force_check, False
         try:
-            generation = int(text.strip())
-        except ValueError:
-            generation = None
-        if generation == GENERATION:
+            full = self.check_generation() or full
+        except DamagedState as damage:
+            logger.warning("%s", damage.named(f"checking every project (a full check), then writing generation {GENERATION}"))
+            full = True
+        try:
+            status = self.status
+        except DamagedState as damage:
+            logger.warning("%s", damage.named(_DISTRUSTED))
+            self.write_status(0)
+            status, compare = 0, True
+        if cleanup_todo:
+            self.remove_todo()
+        try:
+            todo = self.read_todo()
+        except DamagedState as damage:
+            logger.warning("%s", damage.named(f"discarded it; {_COMPARED}, which finds what it held"))
+            self.remove_todo()
+            todo, compare = None, True
+        point = StartPoint(status, todo, full, compare=compare)
+        if master is not None:
+            try:
+                point.remembered, point.fresh = self.remembered_method(master)
+            except DamagedState as damage:
+                logger.warning("%s", damage.named("ignored it; the upstream's methods are probed again"))
+                point.remembered, point.fresh = "", False
+        return point
+
+    def distrust_ahead(self, point: StartPoint, upstream_serial: int) -> bool:
+        """Whether ``point`` is ahead of the upstream's own serial: then it is not believed
+        (one warning), ``point`` is moved to where a run may safely start, and the caller
+        asks the upstream again.
+
+        A mirror cannot hold changes its upstream has not made: a ``status`` above the
+        upstream's serial is damage (a hand edit, a restored upstream, another upstream),
+        and believing it would skip every change up to it. It is handled as an unreadable
+        ``status``: set to 0, the listing compared with the records. A ``todo`` target above it is dropped: the
+        ``status`` serial is sound, so the run asks for the changes after it and syncs the
+        todo's projects.
+        """
+        if point.status > upstream_serial:
+            logger.warning(
+                "%s holds serial %d, ahead of the upstream's serial %d; %s",
+                self.storage.display("status"), point.status, upstream_serial, _DISTRUSTED,
+            )
+            self.write_status(0)
+            point.status, point.compare = 0, True
+            if point.todo is not None:
+                point.todo.target = 0
+            return True
+        if point.todo is not None and point.todo.target > upstream_serial:
+            logger.warning(
+                "%s aims at serial %d, ahead of the upstream's serial %d; not believed: its %d projects are "
+                "synced and the changes after the status serial %d are asked for",
+                self.storage.display("todo"), point.todo.target, upstream_serial, len(point.todo.projects), point.status,
+            )
+            point.todo.target = point.status
+            return True
+        return False
+
+    # -- generation and status -------------------------------------------------------
+    @property
+    def generation(self) -> int | None:
+        """The number in ``generation`` (None when there is none); :class:`DamagedState` when it holds none."""
+        text = read_state_text(self.storage, "generation")
+        if text is None:
+            return None
+        try:
+            return parse_serial(text)
+        except ValueError as exc:
+            raise DamagedState(self.storage.display("generation"), str(exc).replace("serial", "generation")) from None
+
+    def check_generation(self) -> bool:
+        """Validate ``generation``; return True when an old layout needs a full sync.
+
+        Raises :class:`DamagedState` when it holds no whole number (a run can repair
+        that), :class:`StateError` for a generation this tool does not know (a newer
+        tool's mirror: not touched).
+        """
+        generation = self.generation
+        if generation is None or generation == GENERATION:
             return False
         if generation in OLD_GENERATIONS:
             logger.warning("Mirror generation %s is older than %s: forcing a full sync", generation, GENERATION)
             return True
         raise StateError(
-            f"{self.storage.display('generation')} says generation {text.strip()!r}; this tool knows "
+            f"{self.storage.display('generation')} says generation {generation}; this tool knows "
             f"generation {GENERATION} (and reads {', '.join(map(str, OLD_GENERATIONS))})"
         )
 
@@ -167,13 +347,20 @@ class MirrorState:
 
     @property
     def status(self) -> int:
-        text = self.storage.read_text("status")
-        if text is None or not text.strip():
+        """The serial in ``status`` (0 when there is none); :class:`DamagedState` when it holds no serial."""
+        text = read_state_text(self.storage, "status")
+        if text is None:
             return 0
         try:
-            return int(text.strip())
+            return parse_serial(text)
         except ValueError as exc:
-            raise StateError(f"{self.storage.display('status')} holds {text.strip()!r}, not a serial") from exc
+            raise DamagedState(self.storage.display("status"), str(exc)) from None
+
+    def check_status(self) -> None:
+        """For commands that do not repair state (``verify``, ``delete``): a damaged ``status``
+        stops them before any work (exit 2; ``mirror`` repairs it), instead of halfway, at
+        the root index."""
+        self.status  # noqa: B018 - read for the DamagedState it may raise
 
     def write_status(self, serial: int) -> None:
         self.storage.write_if_changed("status", str(serial).encode())
@@ -181,27 +368,35 @@ class MirrorState:
     # -- the discovery method that worked ------------------------------------------
     def remembered_method(self, master: str) -> tuple[str, bool]:
         """The method ``auto`` last found working against ``master`` ("" if none), and whether
-        that was less than a day ago (else the others are probed again)."""
-        text = self.storage.read_text(METHOD_FILE) or ""
-        parts = text.split()
-        if len(parts) != 3 or parts[2] != master or not parts[1].isdigit():
+        that was less than a day ago (else the others are probed again).
+
+        A file for another master is simply not used (the configuration changed); one that
+        is not ``<method> <time> <master>`` raises :class:`DamagedState`.
+        """
+        text = read_state_text(self.storage, METHOD_FILE)
+        if text is None:
             return "", False
-        return parts[0], time.time() - int(parts[1]) < REPROBE_SECONDS
+        parts = text.split()
+        if len(parts) != 3 or parts[0] not in _METHODS or not _DIGITS_RE.fullmatch(parts[1]):
+            raise DamagedState(self.storage.display(METHOD_FILE), f"holds {_shown(text.strip())}, not '<method> <time> <master>'")
+        if parts[2] != master:
+            return "", False
+        age = time.time() - int(parts[1])
+        return parts[0], 0 <= age < REPROBE_SECONDS
 
     def remember_method(self, method: str, master: str) -> None:
         self.storage.write_bytes(METHOD_FILE, f"{method} {int(time.time())} {master}\n".encode())
 
     # -- todo ------------------------------------------------------------------------
     def read_todo(self) -> Todo | None:
-        text = self.storage.read_text("todo")
+        """The unfinished run's work, None when there is none; :class:`DamagedState` when unreadable."""
+        text = read_state_text(self.storage, "todo")
         if text is None:
             return None
         try:
             return Todo.parse(text)
-        except ValueError:
-            logger.warning("Discarding corrupt todo file %s", self.storage.display("todo"))
-            self.remove_todo()
-            return None
+        except ValueError as exc:
+            raise DamagedState(self.storage.display("todo"), str(exc)) from None
 
     def write_todo(self, todo: Todo) -> None:
         self.storage.write_bytes("todo", todo.render().encode())
@@ -218,15 +413,104 @@ class MirrorState:
                 self._projects = self._load_projects()
             return self._projects
 
+    @property
+    def repaired(self) -> bool:
+        """Whether the loaded records were repaired and are not saved yet (a run with nothing
+        else to do must still write them, and the root index)."""
+        return self._projects is not None and self._unsaved
+
     def _load_projects(self) -> Records:
+        """Read ``projects.json``; rebuild or complete it from the pages when it cannot be right.
+
+        Pages are the truth for what the mirror holds; the records are its cheap index. They
+        are checked against the published root index, which a run renders from them: fewer
+        records than root entries means records were lost (the file replaced, truncated to
+        a valid document, restored from an old copy), since a project leaves the records
+        only with its pages and the root index is rewritten in the same run. Only then are
+        the pages scanned (every project directory, minutes on a large mirror) and what the
+        records lack restored from them. The usual run pays one sequential read of the root
+        index, which the run reads anyway to compare before rewriting it; no directory is
+        listed. A record set with no published root index to compare with (a new mirror,
+        or one whose root index is gone) is trusted: the root index it gives is the first.
+        """
         try:
-            text = self.storage.read_text(PROJECTS_FILE)
-            if text is not None:
-                return Records.from_json(text)
-        except ValueError as exc:  # also undecodable bytes
-            logger.warning("%s is corrupt (%s); rebuilding it from the project pages", self.storage.display(PROJECTS_FILE), exc)
-        self._unsaved = True  # the rebuilt records are worth keeping
-        return self._scan_pages()
+            records = self.stored_records()
+            if records is None:
+                records = self._scan_pages()
+                if records:
+                    logger.info(
+                        "Rebuilt the records of %d projects from their pages (%s was missing)",
+                        len(records), self.storage.display(PROJECTS_FILE),
+                    )
+                self._unsaved = True  # the rebuilt records are worth keeping
+                return records
+        except DamagedState as damage:
+            records = self._scan_pages()
+            logger.warning("%s", damage.named(f"rebuilt it from the project pages: {len(records)} projects"))
+            self._unsaved = self.names_changed = True
+            return records
+        published = self.published_count()
+        if published is not None and len(records) < published:
+            found = self._scan_pages()
+            restored = [c for c in found if c not in records]
+            for canonical in restored:
+                records.set(canonical, *found[canonical])
+            if restored:
+                logger.warning(
+                    "%s lists %d projects but the root index lists %d: records were lost; restored %d from the project "
+                    "pages (the pages are what the mirror holds), %d projects now",
+                    self.storage.display(PROJECTS_FILE), len(records) - len(restored), published, len(restored),
+                    len(records),
+                )
+            else:  # e.g. a run stopped after removing projects, before it rewrote the root index
+                logger.info(
+                    "The root index lists %d projects, the records and the project pages %d: writing it anew",
+                    published, len(records),
+                )
+            self._unsaved = self.names_changed = True  # the root index is rewritten from what the pages say
+        return records
+
+    def stored_records(self) -> Records | None:
+        """``projects.json`` as stored (None when there is none); :class:`DamagedState` when it is not a set of records."""
+        text = read_state_text(self.storage, PROJECTS_FILE)
+        if text is None:
+            return None
+        try:
+            return Records.from_json(text)
+        except ValueError as exc:  # also a truncated document
+            raise DamagedState(self.storage.display(PROJECTS_FILE), f"is not a set of project records ({exc})") from None
+
+    def published_count(self) -> int | None:
+        """How many projects the published root index lists (None when there is none).
+
+        Counted, not parsed: one entry per ``<a `` in the HTML root, one per ``"name":`` in
+        the JSON one; a root index of a million projects is counted in milliseconds.
+        """
+        paths = [self.root_index] if self.root_index else [layout.ROOT_HTML[0], layout.ROOT_JSON]
+        for path in paths:
+            try:
+                data = self.storage.read_bytes(path)
+            except FileNotFoundError:
+                continue
+            return data.count(b'"name":') if path == layout.ROOT_JSON else data.count(b"<a ")
+        return None
+
+    def behind_records(self, listed: Mapping[str, int]) -> dict[str, int]:
+        """Of the listed projects (name -> the upstream's serial, 0 when unknown), those the
+        mirror must sync: not recorded, or recorded at a lower serial, or of unknown serial.
+
+        What a run uses instead of ``status`` when it cannot believe it: a record holds the
+        serial the project's pages were written at, with every file they link, so a project
+        listed at that serial or below has not changed since. One listing and the records,
+        instead of a request for every project.
+        """
+        records = self.projects
+        behind: dict[str, int] = {}
+        for name, serial in listed.items():
+            record = records.get(canonicalize_name(name))
+            if not serial or record is None or serial > record[1]:
+                behind[name] = serial
+        return behind
 
     def record(self, canonical: str, name: str, serial: int) -> None:
         with self._lock:
@@ -252,22 +536,31 @@ class MirrorState:
         self.storage.write_bytes(PROJECTS_FILE, data.encode())
 
     def _scan_pages(self) -> Records:
-        """Rebuild the project records from existing pages (a mirror made by another tool)."""
+        """The project records the pages give (a mirror made by another tool, or damaged records)."""
         found = Records()
         depth = 3 if self.hash_index else 2  # below web/simple: [letter/]name/index.html
         for path, _size in self.storage.files(layout.SIMPLE):
             parts = path[len(layout.SIMPLE) + 1 :].split("/")
             if len(parts) != depth or parts[-1] != layout.PAGE_HTML:
                 continue
+            canonical = canonicalize_name(parts[-2])
+            if not _CANONICAL_RE.fullmatch(canonical):
+                continue  # not a project's directory
             try:
                 record = _read_page_record(self.storage.read_bytes(path), parts[-2])
             except (OSError, LocalIOError):
                 continue
             if record is not None:
-                found.set(canonicalize_name(parts[-2]), *record)
-        if found:
-            logger.info("Rebuilt the records of %d projects from their pages", len(found))
+                found.set(canonical, *record)
         return found
+
+
+#: How a run finds what changed when it cannot believe ``status`` or ``todo``.
+_COMPARED = "the serial of every project the upstream lists is compared with the mirror's records"
+#: What a run does with a ``status`` it cannot believe.
+_DISTRUSTED = f"not believed: the serial is set to 0 and {_COMPARED}"
+#: The discovery methods ``upstream-method`` may name.
+_METHODS = ("xmlrpc", "simple", "html")
 
 
 def _read_page_record(data: bytes, directory: str) -> tuple[str, int] | None:

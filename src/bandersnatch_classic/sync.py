@@ -135,7 +135,7 @@ class Mirror:
         self.dependencies = dependencies
         #: Requires-Dist of the projects synced in this run (resolve-dependencies only).
         self._requires: dict[str, list[str]] = {}
-        self.state = MirrorState(storage, config.hash_index)
+        self.state = MirrorState(storage, config.hash_index, layout.ROOT_HTML[0] if config.write_html else layout.ROOT_JSON)
         self.sidecars = MissingSidecars(storage)
         self.report = Report()
         self._stopped = False
@@ -215,34 +215,39 @@ class Mirror:
         """
         report = self.report
         self.allow_mass_removal = allow_mass_removal
-        full = self.state.check_generation() or force_check
+        auto = self.config.api_method == "auto"
+        start = self.state.start(force_check, cleanup_todo, self.upstream.master if auto else None)
         known = _Records(self.state)  # read only if discovery needs it: a no-change run does not
         if self.dependencies is not None:
             self.filters = self.filters.with_allowed(known)  # dependencies found by earlier runs stay mirrored
-        status = report.serial = self.state.status  # what the summary says if the run stops early
-        if cleanup_todo:
-            self.state.remove_todo()
-        todo = self.state.read_todo()
+        report.serial = start.status  # what the summary says if the run stops early
         # An unfinished run (killed, or with projects that failed) left ``todo``: everything
         # up to its target was discovered already, so resume its projects and ask only for
         # what changed since. The status serial stays where it was until nothing is left.
-        since = status
-        if todo is not None and todo.target > status:
+        if start.todo is not None and start.since > start.status:
             logger.info(
-                "Resuming an unfinished run: %d projects left towards serial %d", len(todo.projects), todo.target
+                "Resuming an unfinished run: %d projects left towards serial %d", len(start.todo.projects), start.since
             )
-            since = todo.target
-        remembered, fresh = self.state.remembered_method(self.upstream.master) if self.config.api_method == "auto" else ("", True)
-        plan = discover(
-            self.upstream,
-            self.config.api_method,
-            since,
-            known,
-            self.filters.allows_name,
-            self.filters.allowlist(),
-            full or not since,
-            remembered if fresh else "",
-        )
+
+        def ask() -> Plan:
+            return discover(
+                self.upstream,
+                self.config.api_method,
+                start.since,
+                known,
+                self.filters.allows_name,
+                self.filters.allowlist(),
+                start.full or start.compare or not start.since,
+                start.remembered if start.fresh else "",
+            )
+
+        plan = ask()
+        if plan.exact_target and self.state.distrust_ahead(start, plan.target):
+            plan = ask()  # from where the mirror's serials can be believed
+        if start.compare and not start.full:  # status not believed: the records say what changed
+            plan.projects = self.state.behind_records(plan.projects)
+        status, todo, since, full = start.status, start.todo, start.since, start.full
+        remembered, fresh = start.remembered, start.fresh
         report.method, removed = plan.method, plan.removed
         self._word = plan
         if plan.listed is None and plan.method == "xmlrpc" and since > status:
@@ -256,9 +261,9 @@ class Mirror:
         self._listed = {canonicalize_name(name): name for name in plan.projects}
         work = _merge(todo.projects if todo else {}, plan.projects, dict.fromkeys(recovered, 0))
         report.serial = target
-        if self.config.api_method == "auto" and (plan.method != remembered or not fresh):
+        if auto and (plan.method != remembered or not fresh):
             self._remember_method(plan, changed=plan.method != remembered)
-        if not work and not removed and target == status and self.storage.exists("status"):
+        if not work and not removed and target == status and self.storage.exists("status") and not self.state.repaired:
             logger.debug("Nothing to do: the mirror is at serial %d", status)
             self.write_diff_file()  # empty: this run wrote nothing
             return report

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from packaging.utils import canonicalize_name
 
 from . import layout, pages
-from .errors import BandersnatchError
+from .errors import BandersnatchError, DamagedState
 from .layout import Expected
 from .models import Project
 from .progress import human as _human
+from .state import read_state_text
 from .storage import Storage
 from .sync import Mirror
 
@@ -128,6 +129,7 @@ def verify(
     """Check every file of every mirrored project; repair, and with ``delete`` reclaim.
     ``read``: hash every file's bytes, also where the backend stores hashes (``--read``)."""
     storage, state = mirror.storage, mirror.state
+    state.check_status()
     report = VerifyReport(dry_run=dry_run)
     names = sorted(state.projects)
     if json_update and not dry_run:
@@ -283,7 +285,13 @@ def _page_disagrees(mirror: Mirror, canonical: str, project: Project | None) -> 
 
 
 def _read_progress(storage: Storage) -> set[str]:
-    text = storage.read_text(PROGRESS_FILE)
+    """The projects an interrupted verify already checked; a damaged file is named and the
+    verify starts from the beginning (it only costs time)."""
+    try:
+        text = read_state_text(storage, PROGRESS_FILE)
+    except DamagedState as damage:
+        logger.warning("%s", damage.named("checking every project from the beginning"))
+        return set()
     return set(text.split()) if text else set()
 
 
@@ -294,6 +302,7 @@ def _write_progress(storage: Storage, done: set[str]) -> None:
 def delete_projects(mirror: Mirror, names: Iterable[str], dry_run: bool = False) -> list[str]:
     """Remove projects entirely: files, ``.metadata``, pages, JSON documents, root entries."""
     removed: list[str] = []
+    mirror.state.check_status()
     for name in names:
         canonical = canonicalize_name(name)
         if canonical not in mirror.state.projects and not layout.is_mirrored(mirror.storage, canonical, mirror.config.hash_index):
