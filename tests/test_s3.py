@@ -32,7 +32,9 @@ from .upstream import Corpus, UpstreamServer, bulk_corpus
 boto3 = pytest.importorskip("boto3", reason="boto3 is not installed (pip install -e '.[test]')")
 moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install -e '.[test]')")
 
-from bandersnatch_classic.s3 import LOCK_KEY, S3Lock, S3Storage  # noqa: E402
+from botocore.config import Config as BotoConfig  # noqa: E402
+
+from bandersnatch_classic.s3 import LOCK_KEY, Lease, Limits, S3Lock, S3Storage  # noqa: E402
 from bandersnatch_classic.serve import make_storage_server  # noqa: E402
 
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
@@ -95,8 +97,12 @@ class Bucket:
             path.write_bytes(self.get(rel))
         return directory
 
-    def storage(self) -> S3Storage:
-        return S3Storage(self.name, self.prefix, lambda: boto3.client("s3", endpoint_url=self.endpoint, **CREDENTIALS))
+    def storage(self, limits: Limits | None = None) -> S3Storage:
+        def client(limits: Limits) -> Any:
+            config = BotoConfig(**limits.botocore())
+            return boto3.client("s3", endpoint_url=self.endpoint, config=config, **CREDENTIALS)
+
+        return S3Storage(self.name, self.prefix, client, limits)
 
 
 def s3_harness(root: Path, upstream: UpstreamServer, bucket: Bucket) -> MirrorHarness:
@@ -226,14 +232,14 @@ def test_a_stale_lease_is_taken_over_and_a_taken_lease_is_lost(s3h: MirrorHarnes
     lock.acquire()
     assert lock.renew() and json.loads(bucket.get(LOCK_KEY))["owner"] == lock.owner
     bucket.put(LOCK_KEY, json.dumps({"owner": "thief", "expires": time.time() + 60}).encode())
-    assert not lock.renew() and lock.lost.is_set()
+    assert not lock.renew() and lock.storage.lease.state() == Lease.TAKEN
     lock.release()
     assert json.loads(bucket.get(LOCK_KEY))["owner"] == "thief"  # not ours to delete
     bucket.delete(LOCK_KEY)
     lock = S3Lock(bucket.storage())
     lock.acquire()
     bucket.delete(LOCK_KEY)  # deleted under the holder
-    assert not lock.renew() and lock.lost.is_set()
+    assert not lock.renew() and lock.storage.lease.state() == Lease.TAKEN
 
 
 def test_killed_runs_leave_no_partial_object_and_resume(tmp_path: Path, bucket: Bucket) -> None:
