@@ -141,6 +141,11 @@ class Limits:
             lease=number("lock_lease_seconds", cls.lease, 1),
         )
 
+    def stop_bound(self) -> float:
+        """How long a run takes at most to stop once the server stops answering (documented):
+        requests in flight time out, those started meanwhile too, then the lock's own."""
+        return 2 * self.max_attempts * (self.connect_timeout + self.read_timeout) + 2 * self.lease
+
     def for_lock(self) -> Limits:
         """The lock's own requests: each done (or failed) well within a lease, so that a
         renewal can be tried again before the lease runs out."""
@@ -268,9 +273,10 @@ class S3Storage:
         self._clients: dict[int, Any] = {}
         self._client_lock = threading.Lock()
         self._endpoint = ""
-        #: Set during a run when the server stopped answering (after the retries): this
-        #: process's later requests fail at once instead of waiting out the timeouts again.
-        self._down: str | None = None
+        #: Set during a run when the server stopped answering (after the retries), in shared
+        #: memory: the later requests of every process of the run fail at once instead of
+        #: each waiting out the timeouts again.
+        self._down = multiprocessing.Array("c", 400)
         #: The HEAD that this thread's last :meth:`stat` made, for the :meth:`sha256` of the
         #: same path that callers (the engine, verify) ask next: one HEAD for both.
         self._last_head = threading.local()
@@ -309,8 +315,9 @@ class S3Storage:
     def _before_send(self, event_name: str, **_: Any) -> None:
         """Called by botocore before every attempt of every request: refuse a write once the
         lease is lost, and every request once the server stopped answering in this run."""
-        if self._down is not None:
-            raise StorageServerError(f"{self.server}: not answering ({self._down})")
+        down = self.down()
+        if down:
+            raise StorageServerError(f"{self.server}: not answering ({down})")
         if event_name.rpartition(".")[2] in WRITES:
             lost = self.lock_lost()
             if lost is not None:
@@ -363,8 +370,15 @@ class S3Storage:
         from botocore.exceptions import ConnectionError as BotoConnectionError, HTTPClientError
 
         if trip and isinstance(exc, (BotoConnectionError, HTTPClientError)) and self.lease.state() != Lease.FREE:
-            self._down = self._down or str(exc)
+            with self._down.get_lock():
+                if not self._down.value:
+                    self._down.value = str(exc).encode("utf-8", "replace")[: len(self._down) - 1]
         return StorageServerError(f"{self.server}: {self.display(rel)}: {exc}")
+
+    def down(self) -> str:
+        """Why the server counts as not answering in this run (the first such error), or ""."""
+        with self._down.get_lock():
+            return self._down.value.decode("utf-8", "replace")
 
     def check_bucket(self) -> None:
         """Pre-flight: one HEAD of the bucket; a clear configuration error when it does not answer."""
@@ -745,6 +759,9 @@ class S3Lock:
         lease = self.storage.lease
         if lease.state() == Lease.TAKEN:
             return self.storage.lost(Lease.TAKEN)
+        down = self.storage.down()
+        if down:  # asking would only wait out the timeouts again
+            return self.storage.lost(Lease.EXPIRED, f"the server stopped answering: {down}")
         try:
             etag, info, _answer = self._read()
         except FileNotFoundError:
@@ -769,11 +786,14 @@ class S3Lock:
                 pause = self.lease / 12
 
     def release(self) -> None:
+        """Stop renewing and delete the lock object if it is still ours. With the server not
+        answering, neither waits: the lock stays, and the next run takes it over by the rules."""
+        down = self.storage.down()
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout=0 if down else None)
         lease = self.storage.lease
-        if self.etag is not None and lease.state() != Lease.TAKEN:  # If-Match: only while still ours
+        if self.etag is not None and lease.state() != Lease.TAKEN and not down:  # If-Match: only while still ours
             with contextlib.suppress(LocalIOError, FileNotFoundError):
                 self._send(self.client.delete_object, IfMatch=self.etag)
         lease.free()
