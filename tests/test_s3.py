@@ -601,3 +601,27 @@ def test_a_storage_server_that_goes_away_is_named_not_the_local_disk(
         "Storage server error, run stopped (unfinished projects stay in todo): "
         f"S3 storage server at {moto_process.endpoint}: "
     ), errors[0]
+
+
+def test_the_limits_are_checked_and_bound_every_request(s3h: MirrorHarness, bucket: Bucket) -> None:
+    for key, value in (("max_attempts", "0"), ("max_attempts", "1.5"), ("lock_lease_seconds", "0.5"),
+                       ("config_param_read_timeout", "soon")):
+        s3h.configure(sections=bucket.section(**{key: value}))
+        result = s3h.main("mirror")
+        assert result.returncode == 2, result.stderr
+        errors = error_lines(result.stderr)
+        assert len(errors) == 1 and f"[s3] {key} = {value} is not allowed" in errors[0], result.stderr
+    defaults = S3Storage.from_config(SimpleNamespace(directory=f"/{bucket.name}/pypi"), _parser(bucket.section()))
+    config = defaults.client.meta.config
+    assert (config.connect_timeout, config.read_timeout, config.retries["total_max_attempts"]) == (5, 20, 3)
+    assert defaults.limits.lease == 60 and defaults.limits.stop_bound() == 2 * 3 * 25 + 120
+    lock = defaults.lock_client().meta.config
+    assert (lock.connect_timeout, lock.read_timeout, lock.retries["total_max_attempts"]) == (5, 15, 2)
+
+
+def _parser(text: str) -> Any:
+    import configparser
+
+    parser = configparser.ConfigParser()
+    parser.read_string(text)
+    return parser

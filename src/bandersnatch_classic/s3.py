@@ -364,8 +364,8 @@ class S3Storage:
     def _error(self, rel: str, exc: Exception, trip: bool = True) -> StorageServerError:
         """A failed request as the error a storage failure is: the run stops and keeps its todo.
 
-        A server that did not answer (after the retries) during a run makes this
-        process's later requests fail at once (``trip``; not for the lock's own requests).
+        A server that did not answer (after the retries) during a run makes the later
+        requests of every process of the run fail at once (``trip``; not for the lock's own).
         """
         from botocore.exceptions import ConnectionError as BotoConnectionError, HTTPClientError
 
