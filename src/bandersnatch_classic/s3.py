@@ -766,7 +766,7 @@ class S3Lock:
             etag, info, _answer = self._read()
         except FileNotFoundError:
             lease.lose(Lease.TAKEN)
-            return self.storage.lost(Lease.TAKEN, "it has released it since")
+            return self.storage.lost(Lease.TAKEN, "which has released it since")
         except StorageServerError as exc:
             return self.storage.lost(Lease.EXPIRED, f"reading the lock failed too: {exc}")
         if etag != self.etag:
