@@ -447,7 +447,7 @@ def test_a_run_stopped_past_its_lease_is_taken_over_and_writes_nothing_more(
     """Stopped whole (a suspended machine), or only its main process, which renews the lease,
     while its forked workers go on: either way nothing of it lands after the lease ran out."""
     with UpstreamServer(forking_corpus()) as server:
-        h = s3_harness(tmp_path, server, bucket, lock_lease_seconds="3")
+        h = s3_harness(tmp_path, server, bucket, lock_lease_seconds="4")
         h.configure({"workers": "2"})
         gate = Gate(server)
         first = start_run(h, tmp_path / "first.log")
@@ -554,7 +554,7 @@ def moto_process(tmp_path: Path) -> Iterator[MotoProcess]:
 
 
 #: Short limits for the tests below, set through the documented [s3] keys.
-SHORT = Limits(connect_timeout=1, read_timeout=1, max_attempts=2, lease=4)
+SHORT = Limits(connect_timeout=2, read_timeout=2, max_attempts=2, lease=6)
 
 
 def short_limits_harness(tmp_path: Path, server: UpstreamServer, bucket: Bucket) -> MirrorHarness:
