@@ -7,11 +7,14 @@ pre-flight, the lock and the storage are exercised as an operator would.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import logging
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -19,7 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -32,7 +35,9 @@ from .upstream import Corpus, UpstreamServer, bulk_corpus
 boto3 = pytest.importorskip("boto3", reason="boto3 is not installed (pip install -e '.[test]')")
 moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install -e '.[test]')")
 
-from bandersnatch_classic.s3 import LOCK_KEY, S3Lock, S3Storage  # noqa: E402
+from botocore.config import Config as BotoConfig  # noqa: E402
+
+from bandersnatch_classic.s3 import LOCK_KEY, Lease, Limits, S3Lock, S3Storage  # noqa: E402
 from bandersnatch_classic.serve import make_storage_server  # noqa: E402
 
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
@@ -65,9 +70,9 @@ class Bucket:
         self.client = boto3.client("s3", endpoint_url=endpoint, **CREDENTIALS)
         self.client.create_bucket(Bucket=self.name)
 
-    def section(self) -> str:
+    def section(self, **extra: str) -> str:
         keys = {**CREDENTIALS, "endpoint_url": self.endpoint, "signature_version": "s3v4",
-                "config_param_connect_timeout": "5", "config_param_tcp_keepalive": "true"}
+                "config_param_connect_timeout": "5", "config_param_tcp_keepalive": "true", **extra}
         return "[s3]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items())
 
     def keys(self) -> dict[str, int]:
@@ -95,14 +100,18 @@ class Bucket:
             path.write_bytes(self.get(rel))
         return directory
 
-    def storage(self) -> S3Storage:
-        return S3Storage(self.name, self.prefix, lambda: boto3.client("s3", endpoint_url=self.endpoint, **CREDENTIALS))
+    def storage(self, limits: Limits | None = None) -> S3Storage:
+        def client(limits: Limits) -> Any:
+            config = BotoConfig(**limits.botocore())
+            return boto3.client("s3", endpoint_url=self.endpoint, config=config, **CREDENTIALS)
+
+        return S3Storage(self.name, self.prefix, client, limits)
 
 
-def s3_harness(root: Path, upstream: UpstreamServer, bucket: Bucket) -> MirrorHarness:
+def s3_harness(root: Path, upstream: UpstreamServer, bucket: Bucket, **s3_keys: str) -> MirrorHarness:
     root.mkdir(parents=True, exist_ok=True)
     h = MirrorHarness(root, upstream)
-    h.configure({"storage-backend": "s3", "directory": f"/{bucket.name}/{bucket.prefix}"}, bucket.section())
+    h.configure({"storage-backend": "s3", "directory": f"/{bucket.name}/{bucket.prefix}"}, bucket.section(**s3_keys))
     return h
 
 
@@ -226,14 +235,14 @@ def test_a_stale_lease_is_taken_over_and_a_taken_lease_is_lost(s3h: MirrorHarnes
     lock.acquire()
     assert lock.renew() and json.loads(bucket.get(LOCK_KEY))["owner"] == lock.owner
     bucket.put(LOCK_KEY, json.dumps({"owner": "thief", "expires": time.time() + 60}).encode())
-    assert not lock.renew() and lock.lost.is_set()
+    assert not lock.renew() and lock.storage.lease.state() == Lease.TAKEN
     lock.release()
     assert json.loads(bucket.get(LOCK_KEY))["owner"] == "thief"  # not ours to delete
     bucket.delete(LOCK_KEY)
     lock = S3Lock(bucket.storage())
     lock.acquire()
     bucket.delete(LOCK_KEY)  # deleted under the holder
-    assert not lock.renew() and lock.lost.is_set()
+    assert not lock.renew() and lock.storage.lease.state() == Lease.TAKEN
 
 
 def test_killed_runs_leave_no_partial_object_and_resume(tmp_path: Path, bucket: Bucket) -> None:
@@ -348,3 +357,283 @@ def test_a_large_file_goes_up_as_a_completed_multipart_upload(
         assert head["ETag"].endswith('-3"') and head["Metadata"]["sha256"] == sha  # three parts, completed
         assert hashlib.sha256(bucket.get(f"web/{rel}")).hexdigest() == sha
         assert not bucket.client.list_multipart_uploads(Bucket=bucket.name).get("Uploads")
+
+
+# -- one writer: a lost lease, a killed holder's workers, a hung server -----------------------
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60.0, every: float = 0.05) -> Any:
+    """Poll ``condition`` until it answers something true; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answer = condition()
+        if answer:
+            return answer
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of a process group, from /proc."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(int(entry))
+    return members
+
+
+def group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+class Gate:
+    """Holds the upstream's answers while closed, counting the requests it holds: a run
+    whose every worker thread waits here is not in the middle of writing to the bucket."""
+
+    def __init__(self, upstream: UpstreamServer) -> None:
+        self.open = threading.Event()
+        self.open.set()
+        self.waiting = 0
+        self._lock = threading.Lock()
+        upstream.on_request = self._hold
+
+    def _hold(self, _method: str, _path: str) -> None:
+        if self.open.is_set():
+            return
+        with self._lock:
+            self.waiting += 1
+        self.open.wait(60)
+        with self._lock:
+            self.waiting -= 1
+
+
+def start_run(h: MirrorHarness, log: Path) -> subprocess.Popen[bytes]:
+    """``bandersnatch mirror`` as a subprocess in its own process group, its log in ``log``."""
+    env = {**os.environ, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+    with open(log, "wb") as fh:
+        return subprocess.Popen(
+            [sys.executable, "-m", "bandersnatch_classic", "-c", str(h.conf), "mirror"],
+            stdout=subprocess.DEVNULL, stderr=fh, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+        )
+
+
+def error_lines(log: str) -> list[str]:
+    return [line for line in log.splitlines() if " ERROR: " in line]
+
+
+def bucket_state(bucket: Bucket) -> dict[str, tuple[str, Any]]:
+    """Every key under the prefix with its ETag and time of last write."""
+    out = {}
+    for page in bucket.client.get_paginator("list_objects_v2").paginate(Bucket=bucket.name, Prefix=f"{bucket.prefix}/"):
+        for item in page.get("Contents", []):
+            out[item["Key"]] = (item["ETag"], item["LastModified"])
+    return out
+
+
+def forking_corpus() -> Corpus:
+    """Enough projects for a run with workers = 2 to fork two worker processes."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: a run forks no worker processes")
+    return bulk_corpus(120, releases=1, files=1, size=500)
+
+
+@pytest.mark.parametrize("stopped", ["the whole run", "its main process"])
+def test_a_run_stopped_past_its_lease_is_taken_over_and_writes_nothing_more(
+    tmp_path: Path, bucket: Bucket, stopped: str
+) -> None:
+    """Stopped whole (a suspended machine), or only its main process, which renews the lease,
+    while its forked workers go on: either way nothing of it lands after the lease ran out."""
+    with UpstreamServer(forking_corpus()) as server:
+        h = s3_harness(tmp_path, server, bucket, lock_lease_seconds="4")
+        h.configure({"workers": "2"})
+        gate = Gate(server)
+        first = start_run(h, tmp_path / "first.log")
+        try:
+            wait_for(lambda: sum(k.startswith("web/simple/") for k in bucket.keys()) >= 10, "the first run to sync")
+            assert len(group_members(first.pid)) >= 3  # the main process and two forked workers
+            if stopped == "the whole run":
+                gate.open.clear()  # every worker thread ends up waiting on the upstream, no write half sent
+                wait_for(lambda: gate.waiting >= 2, "both worker processes to wait on the upstream")
+                os.killpg(first.pid, signal.SIGSTOP)
+                gate.open.set()
+            else:
+                os.kill(first.pid, signal.SIGSTOP)
+
+            def second_run() -> subprocess.CompletedProcess[str] | None:
+                result = h.cli("mirror")
+                return None if result.returncode == 3 else result  # until the lease is stale
+
+            result = wait_for(second_run, "a second run to take the lock over", every=0.5)
+            assert result.returncode == 0, result.stderr
+            assert "Taking over the lock of" in result.stderr and "its lease expired" in result.stderr
+            before = bucket_state(bucket)
+            assert f"{bucket.prefix}/{LOCK_KEY}" not in before  # the second run released it
+            stamp = time.time()
+            wait_for(lambda: int(time.time()) > int(stamp), "the next second")  # a later write shows in LastModified
+
+            os.killpg(first.pid, signal.SIGCONT)
+            assert first.wait(timeout=60) == 5
+            wait_for(lambda: group_gone(first.pid), "the first run's workers to exit")
+        finally:
+            if first.poll() is None:
+                os.killpg(first.pid, signal.SIGKILL)
+                os.killpg(first.pid, signal.SIGCONT)
+                first.wait()
+        log = (tmp_path / "first.log").read_text()
+        errors = error_lines(log)
+        assert len(errors) == 1, log
+        assert "Lock lost, run stopped" in errors[0] and f"S3 storage server at {bucket.endpoint}" in errors[0]
+        assert "was taken over by another run" in errors[0] and "wrote nothing more" in errors[0]
+        assert bucket_state(bucket) == before  # nothing written, rewritten or deleted after the takeover
+
+
+def test_a_takeover_on_the_same_host_waits_for_the_killed_runs_workers(tmp_path: Path, bucket: Bucket) -> None:
+    with UpstreamServer(forking_corpus()) as server:
+        h = s3_harness(tmp_path, server, bucket)
+        h.configure({"workers": "2"})
+        gate = Gate(server)
+        first = start_run(h, tmp_path / "first.log")
+        try:
+            wait_for(lambda: sum(k.startswith("web/simple/") for k in bucket.keys()) >= 10, "the first run to sync")
+            gate.open.clear()
+            wait_for(lambda: gate.waiting >= 2, "both worker processes to wait on the upstream")
+            workers = [pid for pid in group_members(first.pid) if pid != first.pid]
+            assert len(workers) >= 2
+            os.kill(first.pid, signal.SIGKILL)  # the main process only: its workers live on
+            first.wait()
+            assert set(workers) <= set(group_members(first.pid))
+
+            result = h.cli("mirror")
+            assert result.returncode == 3, result.stderr  # not while the killed run's workers may write
+            assert "another run holds" in result.stderr and LOCK_KEY in result.stderr
+
+            gate.open.set()  # they finish what they hold and exit
+            wait_for(lambda: group_gone(first.pid), "the killed run's workers to exit")
+        finally:
+            gate.open.set()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+        result = h.cli("mirror")
+        assert result.returncode == 0, result.stderr
+        assert f"no process of its run (process group {first.pid}) is left on this host" in result.stderr
+        check_bucket_served(h, bucket)
+        h.dir = bucket.copy_out(tmp_path / "final")
+        assert_mirror_equals_upstream(h)
+
+
+class MotoProcess:
+    """A moto S3 server in its own process, which a test can stop (SIGSTOP) or kill."""
+
+    def __init__(self, log: Path) -> None:
+        with open(log, "wb") as fh:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
+                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        found = wait_for(lambda: re.search(r"Running on (http://127\.0\.0\.1:\d+)", log.read_text()), "moto to listen")
+        self.endpoint = found.group(1)
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGCONT)
+            self.process.kill()
+        self.process.wait()
+
+
+@pytest.fixture
+def moto_process(tmp_path: Path) -> Iterator[MotoProcess]:
+    server = MotoProcess(tmp_path / "moto.log")
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+#: Short limits for the tests below, set through the documented [s3] keys.
+SHORT = Limits(connect_timeout=2, read_timeout=2, retries=1, lease=6)
+
+
+def short_limits_harness(tmp_path: Path, server: UpstreamServer, bucket: Bucket) -> MirrorHarness:
+    return s3_harness(
+        tmp_path, server, bucket, config_param_connect_timeout=f"{SHORT.connect_timeout:g}",
+        config_param_read_timeout=f"{SHORT.read_timeout:g}", max_attempts=str(SHORT.retries),
+        lock_lease_seconds=f"{SHORT.lease:g}",
+    )
+
+
+def test_a_hung_storage_server_fails_the_run_within_the_documented_bound(
+    tmp_path: Path, moto_process: MotoProcess
+) -> None:
+    bucket = Bucket(moto_process.endpoint)
+    with UpstreamServer(bulk_corpus(100, releases=1, files=2, size=500)) as server:
+        server.on_request = lambda _method, _path: time.sleep(0.01)  # a run of some seconds
+        h = short_limits_harness(tmp_path, server, bucket)
+        run = start_run(h, tmp_path / "run.log")
+        try:
+            wait_for(lambda: sum(k.startswith("web/packages/") for k in bucket.keys()) >= 5, "the run to sync")
+            moto_process.process.send_signal(signal.SIGSTOP)  # accepts connections, answers nothing
+            hung = time.monotonic()
+            assert run.poll() is None, "the run ended before the server hung"
+            code = run.wait(timeout=SHORT.stop_bound() + 60)
+            took = time.monotonic() - hung
+        finally:
+            if run.poll() is None:
+                os.killpg(run.pid, signal.SIGKILL)
+                run.wait()
+            moto_process.process.send_signal(signal.SIGCONT)
+    log = (tmp_path / "run.log").read_text()
+    assert code == 5, log
+    assert took <= SHORT.stop_bound() + 10, f"{took:.1f}s, bound {SHORT.stop_bound():g}s\n{log}"
+    errors = error_lines(log)
+    assert len(errors) == 1, log
+    assert f"S3 storage server at {moto_process.endpoint}" in errors[0] and "Local I/O error" not in errors[0]
+
+
+def test_a_storage_server_that_goes_away_is_named_not_the_local_disk(
+    tmp_path: Path, moto_process: MotoProcess
+) -> None:
+    bucket = Bucket(moto_process.endpoint)
+    with UpstreamServer(bulk_corpus(20, releases=1, files=1, size=500)) as server:
+        h = short_limits_harness(tmp_path, server, bucket)
+        seen = itertools.count()
+        server.on_request = lambda _m, _p: next(seen) == 15 and moto_process.process.kill()
+        result = h.main("mirror")
+    assert result.returncode == 5, result.stderr
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1, result.stderr
+    assert errors[0].split(" ERROR: ")[1].startswith(
+        "Storage server error, run stopped (unfinished projects stay in todo): "
+        f"S3 storage server at {moto_process.endpoint}: "
+    ), errors[0]
+
+
+def test_the_limits_are_checked_and_bound_every_request(s3h: MirrorHarness, bucket: Bucket) -> None:
+    for key, value in (("max_attempts", "-1"), ("max_attempts", "1.5"), ("lock_lease_seconds", "0.5"),
+                       ("config_param_read_timeout", "soon")):
+        s3h.configure(sections=bucket.section(**{key: value}))
+        result = s3h.main("mirror")
+        assert result.returncode == 2, result.stderr
+        errors = error_lines(result.stderr)
+        assert len(errors) == 1 and f"[s3] {key} = {value} is not allowed" in errors[0], result.stderr
+    defaults = S3Storage.from_config(SimpleNamespace(directory=f"/{bucket.name}/pypi"), _parser(bucket.section()))
+    config = defaults.client.meta.config
+    assert (config.connect_timeout, config.read_timeout, config.retries["total_max_attempts"]) == (5, 20, 3)
+    assert defaults.limits.lease == 60 and defaults.limits.stop_bound() == 2 * 3 * 25 + 120
+    lock = defaults.lock_client().meta.config
+    assert (lock.connect_timeout, lock.read_timeout, lock.retries["total_max_attempts"]) == (5, 15, 2)
+
+
+def _parser(text: str) -> Any:
+    import configparser
+
+    parser = configparser.ConfigParser()
+    parser.read_string(text)
+    return parser

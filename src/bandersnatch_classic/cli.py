@@ -2,8 +2,8 @@
 
 Exit status, one meaning per code (docs/operations.md, "Exit status"): 0 everything
 mirrored; 1 some projects failed; 2 configuration, environment or usage error (nothing
-touched); 3 another run holds the lock; 4 upstream unusable; 5 local I/O error during the
-run; 6 a first run wrote the default config; 130 interrupted; 70 an internal error (a bug).
+touched); 3 another run holds the lock; 4 upstream unusable; 5 local I/O error, storage server
+error or lost storage lock during the run; 6 a first run wrote the default config; 130 interrupted; 70 an internal error (a bug).
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def exit_status(exc: BaseException) -> int:
         logger.error("%s", exc)
         return EXIT_LOCKED
     if isinstance(exc, LocalIOError):
-        logger.error("Local I/O error, run stopped (unfinished projects stay in todo): %s", exc)
+        logger.error("%s, run stopped (unfinished projects stay in todo): %s", exc.headline, exc)
         return EXIT_LOCAL_IO
     if isinstance(exc, UpstreamError):
         logger.error("Upstream unusable: %s", exc)

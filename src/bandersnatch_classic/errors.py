@@ -2,7 +2,7 @@
 
 The CLI maps them to exit codes (see docs/operations.md, "Exit status"): configuration
 and environment problems exit 2, lock contention 3, an unusable upstream 4, a local I/O
-error during a run 5; per-project failures are collected and make the run exit 1.
+error, a storage server error or a lost storage lock during a run 5; per-project failures are collected and make the run exit 1.
 """
 
 from __future__ import annotations
@@ -105,6 +105,9 @@ class LocalIOError(BandersnatchError):
     work when it meets one, keeps its ``todo``, and exits 5.
     """
 
+    #: How the CLI's one line starts (see :func:`~bandersnatch_classic.cli.exit_status`).
+    headline = "Local I/O error"
+
     @classmethod
     def of(cls, path: str, error: OSError) -> LocalIOError:
         """The error for ``error`` met on ``path``: one line, naming the user for permission errors."""
@@ -112,6 +115,26 @@ class LocalIOError(BandersnatchError):
         if error.errno in (errno.EACCES, errno.EPERM):
             reason += f" (running as user {effective_user()})"
         return cls(f"{path}: {reason}")
+
+
+class StorageServerError(LocalIOError):
+    """The storage server (S3) failed a request after its retries, or did not answer in time (exit 5).
+
+    Like a local disk error, it stops the run (the storage is where everything goes), but
+    its line names the server: ``S3 storage server at <endpoint>: <what>``.
+    """
+
+    headline = "Storage server error"
+
+
+class LockLost(StorageServerError):
+    """The run can no longer prove that it holds the storage's lock (exit 5).
+
+    Its lease was taken over by another run, or it ran out before a renewal got through.
+    The storage refuses every write from then on, in every process of the run.
+    """
+
+    headline = "Lock lost"
 
 
 def effective_user() -> str:

@@ -17,7 +17,11 @@ that names the target in its metadata. A copy does not follow later changes of i
 target, so :meth:`S3Storage.is_link` only answers yes while the copy still holds the
 target's bytes; the engine then recreates a stale one as it would a missing link.
 
-The run lock is :class:`S3Lock`: see its docstring and docs/object-storage.md.
+The run lock is :class:`S3Lock`: see its docstring and docs/object-storage.md. While a run
+holds it, every write request of every process of the run first checks the lock's lease
+(:class:`Lease`), so a run that can no longer prove it holds the lock writes nothing more.
+Every request is bounded (:class:`Limits`), so a server that stops answering fails the
+run within minutes.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import posixpath
 import socket
@@ -36,11 +41,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, BinaryIO
 
 from .config import MirrorConfig, parse_bool
-from .errors import ConfigError, LocalIOError, LockHeld
+from .errors import ConfigError, LocalIOError, LockHeld, LockLost, StorageServerError
 from .storage import check_relative
 
 logger = logging.getLogger(__name__)
@@ -56,8 +62,11 @@ SPOOL_IN_MEMORY = 8 << 20
 MULTIPART = 64 << 20
 #: The lock object, next to the state files.
 LOCK_KEY = ".lock"
-#: How long a lease lasts; the holder renews it every third of that.
-LEASE_SECONDS = 60.0
+#: The requests that change the bucket: each is sent only while the run's lease is valid.
+WRITES = frozenset({
+    "PutObject", "CopyObject", "DeleteObject", "DeleteObjects", "CreateMultipartUpload", "UploadPart",
+    "UploadPartCopy", "CompleteMultipartUpload", "AbortMultipartUpload",
+})
 #: A lease that expired more than this many lease periods ago is stale: another run may take it.
 TAKEOVER_PERIODS = 2
 META_SHA256 = "sha256"
@@ -90,15 +99,79 @@ def _param(value: str) -> Any:
     return value.strip()
 
 
-def make_client(parser: configparser.ConfigParser) -> Any:
-    """The boto3 S3 client the ``[s3]`` section describes.
+@dataclass(frozen=True)
+class Limits:
+    """How long the S3 backend waits for the storage server, and the lock's lease.
+
+    Every request is tried at most ``retries + 1`` times (``[s3] max_attempts`` is the number
+    of retries, as in the reference tool), each attempt bounded by the connect and read
+    timeouts, so a server that stops answering fails a request within
+    ``(retries + 1) * (connect_timeout + read_timeout)`` (plus short pauses between attempts).
+    """
+
+    connect_timeout: float = 10.0
+    read_timeout: float = 20.0
+    retries: int = 2
+    #: How long a lease lasts; the holder renews it every third of that.
+    lease: float = 60.0
+
+    @classmethod
+    def from_parser(cls, parser: configparser.ConfigParser) -> Limits:
+        """The ``[s3]`` keys ``config_param_connect_timeout``, ``config_param_read_timeout``
+        (the reference tool's spelling), ``max_attempts`` and ``lock_lease_seconds``."""
+        section = parser["s3"] if parser.has_section("s3") else {}
+
+        def number(key: str, default: float, low: float) -> float:
+            text = section.get(key, "").strip()
+            if not text:
+                return default
+            try:
+                value = float(text)
+            except ValueError:
+                value = low - 1
+            if not low <= value < float("inf"):
+                raise ConfigError(f"[s3] {key} = {text} is not allowed; use a number of at least {low:g}")
+            return value
+
+        retries = number("max_attempts", cls.retries, 0)
+        if retries != int(retries):
+            raise ConfigError(f"[s3] max_attempts = {section['max_attempts']} is not allowed; use a whole number, 0 or more")
+        return cls(
+            connect_timeout=number(f"{CONFIG_PARAM}connect_timeout", cls.connect_timeout, 0.1),
+            read_timeout=number(f"{CONFIG_PARAM}read_timeout", cls.read_timeout, 0.1),
+            retries=int(retries),
+            lease=number("lock_lease_seconds", cls.lease, 1),
+        )
+
+    def stop_bound(self) -> float:
+        """How long a run takes at most to stop once the server stops answering (documented):
+        requests in flight time out, those started meanwhile too, then the lock's own."""
+        return 2 * (self.retries + 1) * (self.connect_timeout + self.read_timeout) + 2 * self.lease
+
+    def for_lock(self) -> Limits:
+        """The lock's own requests: each done (or failed) well within a lease, so that a
+        renewal can be tried again before the lease runs out."""
+        return replace(
+            self, connect_timeout=min(self.connect_timeout, self.lease / 4),
+            read_timeout=min(self.read_timeout, self.lease / 4), retries=min(self.retries, 1),
+        )
+
+    def botocore(self) -> dict[str, Any]:
+        """These limits as ``botocore.config.Config`` arguments."""
+        return {
+            "connect_timeout": self.connect_timeout, "read_timeout": self.read_timeout,
+            "retries": {"total_max_attempts": self.retries + 1, "mode": "standard"},
+        }
+
+
+def make_client(parser: configparser.ConfigParser, limits: Limits) -> Any:
+    """The boto3 S3 client the ``[s3]`` section describes, its requests bounded by ``limits``.
 
     ``config_param_<name>`` that botocore's ``Config`` knows (``connect_timeout``,
     ``max_pool_connections``...) configures the client; any other ``<name>`` is a parameter
     of S3's PutObject (``ServerSideEncryption``, ``SSEKMSKeyId``, ``StorageClass``...), which
     every object written carries, as the reference tool passes them: to PutObject,
-    CreateMultipartUpload and CopyObject. ``max_attempts``: botocore's adaptive retry mode
-    with that many retries (the reference tool's key).
+    CreateMultipartUpload and CopyObject.
     """
     try:
         import boto3
@@ -116,10 +189,9 @@ def make_client(parser: configparser.ConfigParser) -> Any:
                 options[name] = _param(value)
             else:
                 write_params[name] = value.strip()
+    options.update(limits.botocore())
     if section.get("signature_version"):
         options["signature_version"] = section["signature_version"]
-    if section.get("max_attempts"):
-        options["retries"] = {"max_attempts": _max_attempts(section["max_attempts"]), "mode": "adaptive"}
     try:
         client = boto3.session.Session().client("s3", config=BotoConfig(**options), **kwargs)
     except (TypeError, ValueError) as exc:
@@ -133,15 +205,6 @@ WRITE_OPERATIONS = ("PutObject", "CreateMultipartUpload", "CopyObject")
 #: PutObject parameters this tool sets itself.
 OWN_PARAMETERS = frozenset({"Body", "Bucket", "Key", "Metadata", "IfMatch", "IfNoneMatch", "ContentLength", "ContentMD5"})
 
-
-def _max_attempts(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise ConfigError(f"[s3] max_attempts = {value!r} is not allowed; use a whole number, 0 or more")
-    return number
 
 
 def _add_write_params(client: Any, params: dict[str, str]) -> None:
@@ -198,17 +261,79 @@ class _SpoolFile:
             raise LocalIOError.of(f"{self._display} (spooling to a temporary file)", exc) from exc
 
 
+class Lease:
+    """Until when this run may write, as every process of the run sees it.
+
+    One number in shared memory, which forked workers inherit: while the run holds the
+    lock, the ``time.monotonic()`` (one clock for all processes of a host) until which
+    the lock's last renewal proves the lock ours; else one of the states below. The
+    lock's thread in the main process extends it. Once it has run out, or the lock was
+    taken over, it stays lost: a run that could not prove the lock its own never writes
+    again, even if a late renewal gets through.
+    """
+
+    #: No lock held by this run: writes are not checked (``status``, ``serve``).
+    FREE = 0.0
+    #: Another run took the lock over.
+    TAKEN = -1.0
+    #: The lease ran out before a renewal got through.
+    EXPIRED = -2.0
+
+    def __init__(self) -> None:
+        self._value = multiprocessing.Value("d", self.FREE)
+
+    def state(self) -> float:
+        """:data:`FREE`, :data:`TAKEN`, :data:`EXPIRED`, or the (positive) deadline while valid."""
+        with self._value.get_lock():
+            value = self._value.value
+            if value > 0 and time.monotonic() >= value:
+                value = self._value.value = self.EXPIRED
+            return value
+
+    def extend(self, until: float) -> bool:
+        """Valid until ``until``; False, and nothing changed, once the lease is lost."""
+        with self._value.get_lock():
+            if self.state() < 0:
+                return False
+            self._value.value = until
+            return True
+
+    def lose(self, state: float) -> None:
+        """Mark the lease lost (:data:`TAKEN` is the more specific and wins over :data:`EXPIRED`)."""
+        with self._value.get_lock():
+            if state == self.TAKEN or self._value.value >= 0:
+                self._value.value = state
+
+    def free(self) -> None:
+        """The run released the lock: back to unchecked, unless it was lost."""
+        with self._value.get_lock():
+            if self._value.value > 0:
+                self._value.value = self.FREE
+
+
 class S3Storage:
     """A mirror under ``s3://<bucket>/<prefix>/``: the :class:`~.storage.Storage` interface."""
 
-    def __init__(self, bucket: str, prefix: str, client_factory: Callable[[], Any]) -> None:
+    def __init__(
+        self, bucket: str, prefix: str, client_factory: Callable[[Limits], Any], limits: Limits | None = None
+    ) -> None:
         self.bucket = bucket
         self.prefix = prefix
         self._base = f"{prefix}/" if prefix else ""
         self._factory = client_factory
+        self.limits = limits or Limits()
+        #: Created before any worker is forked, so that every process of the run shares it.
+        self.lease = Lease()
+        #: The lock this run holds (in its main process), to tell how it was lost.
+        self.holder: S3Lock | None = None
         #: One client per process: a forked worker makes its own (never shares a socket).
         self._clients: dict[int, Any] = {}
         self._client_lock = threading.Lock()
+        self._endpoint = ""
+        #: Set during a run when the server stopped answering (after the retries), in shared
+        #: memory: the later requests of every process of the run fail at once instead of
+        #: each waiting out the timeouts again.
+        self._down = multiprocessing.Array("c", 400)
         #: The HEAD that this thread's last :meth:`stat` made, for the :meth:`sha256` of the
         #: same path that callers (the engine, verify) ask next: one HEAD for both.
         self._last_head = threading.local()
@@ -217,7 +342,7 @@ class S3Storage:
     def from_config(cls, config: MirrorConfig, parser: configparser.ConfigParser) -> S3Storage:
         """The storage ``[mirror] directory`` and ``[s3]`` describe, once the bucket answered a HEAD."""
         bucket, prefix = split_directory(str(config.directory))
-        storage = cls(bucket, prefix, lambda: make_client(parser))
+        storage = cls(bucket, prefix, lambda limits: make_client(parser, limits), Limits.from_parser(parser))
         storage.check_bucket()
         return storage
 
@@ -227,9 +352,61 @@ class S3Storage:
         client = self._clients.get(pid)
         if client is None:
             with self._client_lock:
-                client = self._clients.get(pid) or self._factory()
+                client = self._clients.get(pid)
+                if client is None:
+                    client = self._factory(self.limits)
+                    client.meta.events.register("before-send.s3", self._before_send)
+                    self._endpoint = client.meta.endpoint_url
                 self._clients = {pid: client}
         return client
+
+    def lock_client(self) -> Any:
+        """A client for the lock's requests: its own connections, and timeouts within a lease."""
+        return self._factory(self.limits.for_lock())
+
+    @property
+    def server(self) -> str:
+        """How messages name the storage server."""
+        return f"S3 storage server at {self._endpoint or self.client.meta.endpoint_url}"
+
+    def _before_send(self, event_name: str, **_: Any) -> None:
+        """Called by botocore before every attempt of every request: refuse a write once the
+        lease is lost, and every request once the server stopped answering in this run."""
+        down = self.down()
+        if down:
+            raise StorageServerError(f"{self.server}: not answering ({down})")
+        if event_name.rpartition(".")[2] in WRITES:
+            lost = self.lock_lost()
+            if lost is not None:
+                raise lost
+
+    def lock_lost(self) -> LockLost | None:
+        """Why this run can no longer prove that it holds the lock; None while it can (or holds none).
+
+        In the main process, which holds the lock, a lease that ran out is told apart from
+        one taken over by reading the lock object once (:meth:`S3Lock.verdict`).
+        """
+        state = self.lease.state()
+        if state >= 0:
+            return None
+        holder = self.holder
+        if holder is not None and holder.pid == os.getpid():
+            return holder.verdict()
+        return self.lost(state)
+
+    def lost(self, state: float, detail: str = "") -> LockLost:
+        """The one line for a lease lost in ``state``: taken over, or ran out (``detail``: what else is known)."""
+        lock = self.display(LOCK_KEY)
+        if state == Lease.TAKEN:
+            return LockLost(
+                f"{self.server}: the lock {lock} was taken over by another run{f' ({detail})' if detail else ''} "
+                "while this run's lease was not renewed; this run stopped and wrote nothing more"
+            )
+        return LockLost(
+            f"{self.server}: the lease on the lock {lock} ran out ({self.limits.lease:g} s without a renewal: "
+            f"this run was stalled or the server did not answer{f'; {detail}' if detail else ''}), so another "
+            "run may take the lock over; this run stopped and wrote nothing more"
+        )
 
     def _forget(self) -> None:
         """Drop the HEAD :meth:`stat` kept: this thread is changing the bucket."""
@@ -241,9 +418,24 @@ class S3Storage:
     def display(self, rel: str) -> str:
         return f"s3://{self.bucket}/{self.key(rel)}"
 
-    def _error(self, rel: str, exc: Exception) -> LocalIOError:
-        """A failed request as the error a storage failure is: the run stops and keeps its todo."""
-        return LocalIOError(f"{self.display(rel)}: {exc}")
+    def _error(self, rel: str, exc: Exception, trip: bool = True) -> StorageServerError:
+        """A failed request as the error a storage failure is: the run stops and keeps its todo.
+
+        A server that did not answer (after the retries) during a run makes the later
+        requests of every process of the run fail at once (``trip``; not for the lock's own).
+        """
+        from botocore.exceptions import ConnectionError as BotoConnectionError, HTTPClientError
+
+        if trip and isinstance(exc, (BotoConnectionError, HTTPClientError)) and self.lease.state() != Lease.FREE:
+            with self._down.get_lock():
+                if not self._down.value:
+                    self._down.value = str(exc).encode("utf-8", "replace")[: len(self._down) - 1]
+        return StorageServerError(f"{self.server}: {self.display(rel)}: {exc}")
+
+    def down(self) -> str:
+        """Why the server counts as not answering in this run (the first such error), or ""."""
+        with self._down.get_lock():
+            return self._down.value.decode("utf-8", "replace")
 
     def check_bucket(self) -> None:
         """Pre-flight: one HEAD of the bucket; a clear configuration error when it does not answer."""
@@ -255,7 +447,11 @@ class S3Storage:
             raise ConfigError(f"the bucket {self.bucket!r} of [mirror] directory is not reachable: {exc}") from exc
 
     def _request(self, rel: str, call: Callable[..., Any], **kwargs: Any) -> Any:
-        """``call`` for ``rel``'s key; FileNotFoundError for a missing key, LocalIOError otherwise."""
+        """``call`` for ``rel``'s key; FileNotFoundError for a missing key, StorageServerError otherwise."""
+        return self.send(rel, call, kwargs)
+
+    def send(self, rel: str, call: Callable[..., Any], kwargs: dict[str, Any], trip: bool = True) -> Any:
+        """:meth:`_request`; ``trip``: see :meth:`_error`."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -263,9 +459,9 @@ class S3Storage:
         except ClientError as exc:
             if _code(exc) in NOT_FOUND:
                 raise FileNotFoundError(self.display(rel)) from exc
-            raise self._error(rel, exc) from exc
+            raise self._error(rel, exc, trip) from exc
         except BotoCoreError as exc:
-            raise self._error(rel, exc) from exc
+            raise self._error(rel, exc, trip) from exc
 
     def head(self, rel: str) -> dict[str, Any] | None:
         """The HEAD of ``rel``'s object, or None when there is none."""
@@ -413,7 +609,7 @@ class S3Storage:
         target = check_relative(posixpath.normpath(f"{posixpath.dirname(rel)}/{target_name}"))
         head = self.head(target)
         if head is None:
-            raise self._error(rel, FileNotFoundError(f"link target {target} does not exist"))
+            raise LocalIOError(f"{self.display(rel)}: link target {target} does not exist")
         meta = {**head.get("Metadata", {}), META_LINK: target_name}
         source = {"Bucket": self.bucket, "Key": self.key(target)}
         self._request(rel, self.client.copy_object, CopySource=source, Metadata=meta, MetadataDirective="REPLACE")
@@ -454,14 +650,26 @@ class S3Storage:
 
 
 def _died_here(info: dict[str, Any]) -> bool:
-    """Whether a lock's holder ran on this host and its process is gone (a killed run)."""
+    """Whether a lock's holder ran on this host and no process of its run is left.
+
+    A killed run's forked workers can outlive its main process and go on writing, so the
+    test is its whole process group (recorded in the lock), not its pid. A lock of this
+    run's own process group, or without one, is left to the lease rule: its members
+    cannot be told apart from ours.
+    """
     if info.get("host") != socket.gethostname():
         return False
     try:
-        os.kill(int(info["pid"]), 0)
+        pgid = int(info["pgid"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    if pgid <= 1 or pgid == os.getpgid(0):
+        return False
+    try:
+        os.killpg(pgid, 0)
     except ProcessLookupError:
         return True
-    except (OSError, ValueError, KeyError, TypeError):
+    except OSError:  # alive, but another user's
         return False
     return False
 
@@ -470,31 +678,47 @@ class S3Lock:
     """The run lock on a bucket, across machines: a lock object created only if absent.
 
     Acquire: a PUT of ``<prefix>/.lock`` with ``If-None-Match: *``, which S3 lets only one
-    writer win. The object holds who holds it and until when (``expires``, a lease of
-    :data:`LEASE_SECONDS`); a background thread renews the lease every third of it with a
-    PUT conditional on the object's ETag (``If-Match``), so a holder notices when its lock
-    was taken over. Takeover: a lease that expired more than :data:`TAKEOVER_PERIODS`
-    lease periods ago belongs to a run that died, and so does one whose holder ran on this
-    host as a process that no longer exists; it is deleted only if unchanged
-    (``If-Match`` on its ETag), then created again conditionally, so of two runs taking it
-    over at once only one wins. Release: a DELETE conditional on our ETag.
+    writer win. The object holds who holds it (host, pid, process group) and until when
+    (``expires``, a lease of :attr:`Limits.lease`); a background thread renews the lease
+    every third of it with a PUT conditional on the object's ETag (``If-Match``), so a
+    holder notices when its lock was taken over.
+
+    Every renewal that gets through extends the run's :class:`Lease` to a lease after the
+    renewal was sent; every write of the run checks it first. So a holder writes nothing
+    once its lease has run out unrenewed, and another run takes the lock over only
+    :data:`TAKEOVER_PERIODS` lease periods after that: a lease that expired that long ago
+    belongs to a run that died or stalled, and so does one whose holder ran on this host
+    as a process group that no longer exists. The stale object is deleted only if
+    unchanged (``If-Match`` on its ETag), then created again conditionally, so of two runs
+    taking it over at once only one wins. Release: a DELETE conditional on our ETag.
     """
 
-    def __init__(self, storage: S3Storage, lease: float = LEASE_SECONDS, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, storage: S3Storage, clock: Callable[[], float] = time.time) -> None:
         self.storage = storage
-        self.lease = lease
+        self.lease = storage.limits.lease
         self.clock = clock
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
+        self.pid = os.getpid()
+        self.owner = f"{socket.gethostname()}:{self.pid}:{uuid.uuid4().hex}"
         self.etag: str | None = None
-        #: Set when a renewal found the lock taken over: the run goes on but is no longer exclusive.
-        self.lost = threading.Event()
+        self._client: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._verdict: LockLost | None = None
+        self._verdict_lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = self.storage.lock_client()
+        return self._client
+
+    def _send(self, call: Callable[..., Any], **kwargs: Any) -> Any:
+        return self.storage.send(LOCK_KEY, call, kwargs, trip=False)
 
     def _body(self) -> bytes:
         now = self.clock()
         return json.dumps({
-            "owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(),
+            "owner": self.owner, "host": socket.gethostname(), "pid": self.pid, "pgid": os.getpgid(0),
             "acquired": now, "expires": now + self.lease,
         }).encode()
 
@@ -503,8 +727,8 @@ class S3Lock:
         from botocore.exceptions import ClientError
 
         try:
-            answer = self.storage._request(LOCK_KEY, self.storage.client.put_object, Body=self._body(), **condition)
-        except LocalIOError as exc:
+            answer = self._send(self.client.put_object, Body=self._body(), **condition)
+        except StorageServerError as exc:
             if isinstance(exc.__cause__, ClientError) and _code(exc.__cause__) in CONFLICT:
                 return False
             raise
@@ -512,72 +736,125 @@ class S3Lock:
         return True
 
     def acquire(self) -> None:
-        if self._put(IfNoneMatch="*"):
-            return
-        held = self._held()
-        if held is not None:
-            raise LockHeld(f"another run holds {self.storage.display(LOCK_KEY)} ({held}); not starting a second one")
+        sent = time.monotonic()
         if not self._put(IfNoneMatch="*"):
-            raise LockHeld(f"another run took over {self.storage.display(LOCK_KEY)} first; not starting a second one")
+            held = self._held()
+            if held is not None:
+                raise LockHeld(f"another run holds {self.storage.display(LOCK_KEY)} ({held}); not starting a second one")
+            sent = time.monotonic()
+            if not self._put(IfNoneMatch="*"):
+                raise LockHeld(f"another run took over {self.storage.display(LOCK_KEY)} first; not starting a second one")
+        self.storage.lease.extend(sent + self.lease)
+        self.storage.holder = self
+
+    def _read(self) -> tuple[str, dict[str, Any], Any]:
+        """The lock object's ETag, its body (empty when unreadable) and its answer; FileNotFoundError when absent."""
+        answer = self._send(self.client.get_object)
+        try:
+            info = json.loads(answer["Body"].read())
+            if not isinstance(info, dict):
+                raise ValueError("not an object")
+        except (ValueError, UnicodeDecodeError):
+            info = {}
+        return answer["ETag"], info, answer
 
     def _held(self) -> str | None:
         """Who holds the lock, or None after deleting a stale one (or finding it gone)."""
         from botocore.exceptions import ClientError
 
         try:
-            answer = self.storage._request(LOCK_KEY, self.storage.client.get_object)
+            etag, info, answer = self._read()
         except FileNotFoundError:
             return None
-        etag = answer["ETag"]
         try:
-            info = json.loads(answer["Body"].read())
             holder, expires = str(info["owner"]), float(info["expires"])
-        except (ValueError, KeyError, TypeError):
-            info, holder, expires = {}, "unreadable lock object", answer["LastModified"].timestamp() + self.lease
+        except (KeyError, TypeError, ValueError):
+            holder, expires = "unreadable lock object", answer["LastModified"].timestamp() + self.lease
         overdue = self.clock() - expires
         if _died_here(info):
-            logger.warning("Taking over the lock of %s: its process on this host is gone", holder)
+            logger.warning(
+                "Taking over the lock of %s: no process of its run (process group %s) is left on this host",
+                holder, info.get("pgid"),
+            )
         elif overdue <= TAKEOVER_PERIODS * self.lease:
             return f"held by {holder}, lease until {datetime.fromtimestamp(expires).isoformat(timespec='seconds')}"
         else:
             logger.warning("Taking over the lock of %s: its lease expired %.0fs ago", holder, overdue)
         try:
-            self.storage._request(LOCK_KEY, self.storage.client.delete_object, IfMatch=etag)
-        except LocalIOError as exc:
+            self._send(self.client.delete_object, IfMatch=etag)
+        except StorageServerError as exc:
             if isinstance(exc.__cause__, ClientError) and _code(exc.__cause__) in CONFLICT:
                 return f"renewed or taken over by another run while we looked ({holder})"
             raise
         return None
 
     def renew(self) -> bool:
-        """Extend the lease (If-Match our ETag); False, and :attr:`lost` set, when it was taken over."""
-        if self.etag is None or self.lost.is_set():
+        """Extend the lease (If-Match our ETag); False once it is lost: taken over, or run out first."""
+        lease = self.storage.lease
+        if self.etag is None or lease.state() < 0:
             return False
+        sent = time.monotonic()
         try:
-            if self._put(IfMatch=self.etag):
-                return True
+            ours = self._put(IfMatch=self.etag)
         except FileNotFoundError:  # deleted under us: as good as taken over
-            pass
-        logger.error("The lock %s was taken over by another run: this run is no longer exclusive",
-                     self.storage.display(LOCK_KEY))
-        self.lost.set()
-        return False
+            ours = False
+        if not ours:
+            logger.warning("The lock %s was taken over by another run", self.storage.display(LOCK_KEY))
+            lease.lose(Lease.TAKEN)
+            return False
+        return lease.extend(sent + self.lease)
+
+    def verdict(self) -> LockLost:
+        """How the lease was lost, the lock object read once to tell a lease that ran out
+        from one taken over (a renewal may not have told yet)."""
+        with self._verdict_lock:
+            if self._verdict is None:
+                self._verdict = self._judge()
+            return self._verdict
+
+    def _judge(self) -> LockLost:
+        lease = self.storage.lease
+        if lease.state() == Lease.TAKEN:
+            return self.storage.lost(Lease.TAKEN)
+        down = self.storage.down()
+        if down:  # asking would only wait out the timeouts again
+            return self.storage.lost(Lease.EXPIRED, f"the server stopped answering: {down}")
+        try:
+            etag, info, _answer = self._read()
+        except FileNotFoundError:
+            lease.lose(Lease.TAKEN)
+            return self.storage.lost(Lease.TAKEN, "which has released it since")
+        except StorageServerError as exc:
+            return self.storage.lost(Lease.EXPIRED, f"reading the lock failed too: {exc}")
+        if etag != self.etag:
+            lease.lose(Lease.TAKEN)
+            return self.storage.lost(Lease.TAKEN, f"held by {info.get('owner', 'an unreadable lock object')}")
+        return self.storage.lost(Lease.EXPIRED)
 
     def _renew_loop(self) -> None:
-        while not self._stop.wait(self.lease / 3):
+        pause = self.lease / 3
+        while not self._stop.wait(pause):
             try:
                 if not self.renew():
                     return
-            except LocalIOError as exc:  # the next attempt may get through
-                logger.warning("Could not renew the lock's lease: %s", exc)
+                pause = self.lease / 3
+            except LocalIOError as exc:  # tried again soon, until the lease runs out
+                logger.warning("Could not renew the lease of the lock %s: %s", self.storage.display(LOCK_KEY), exc)
+                pause = self.lease / 12
 
     def release(self) -> None:
+        """Stop renewing and delete the lock object if it is still ours. With the server not
+        answering, neither waits: the lock stays, and the next run takes it over by the rules."""
+        down = self.storage.down()
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
-        if self.etag is not None and not self.lost.is_set():
+            self._thread.join(timeout=0 if down else None)
+        lease = self.storage.lease
+        if self.etag is not None and lease.state() != Lease.TAKEN and not down:  # If-Match: only while still ours
             with contextlib.suppress(LocalIOError, FileNotFoundError):
-                self.storage._request(LOCK_KEY, self.storage.client.delete_object, IfMatch=self.etag)
+                self._send(self.client.delete_object, IfMatch=self.etag)
+        lease.free()
+        self.storage.holder = None
         self.etag = None
 
     def __enter__(self) -> None:

@@ -143,7 +143,7 @@ class Mirror:
         #: canonical -> the name the upstream's listing or changelog gave this run.
         self._listed: dict[str, str] = {}
         #: The first local I/O error a worker met: the run stops and raises it at the end.
-        self.local_error: str | None = None
+        self.local_error: LocalIOError | None = None
         #: Accept more removals in this run than ``max-removals`` allows (``--allow-mass-removal``).
         self.allow_mass_removal = False
         self._removal_limit: int | None = None
@@ -403,6 +403,9 @@ class Mirror:
         interrupted = False
         while running:
             try:
+                if not self._stopped and self._lock_lost() is not None:
+                    self._stopped = True  # the storage refuses the workers' writes now: start nothing new
+                    stop.set()
                 try:
                     result = results.get(timeout=1.0)
                 except queue.Empty:
@@ -431,6 +434,9 @@ class Mirror:
         progress.close()
         for runner in runners:
             runner.join()
+        lost = self._lock_lost()
+        if lost is not None:
+            raise lost
         if checkpoint:
             self._checkpoint(todo, finished)
         else:
@@ -496,7 +502,7 @@ class Mirror:
         elif isinstance(result, Unfinished):
             return False  # stays in todo
         elif isinstance(result, LocalError):
-            self.local_error = self.local_error or result.reason
+            self.local_error = self.local_error or result.kind(result.reason)
             self._stopped = True
             stop.set()
             return False
@@ -625,6 +631,9 @@ class Mirror:
     def _raise_stop_reason(self) -> None:
         """After a local I/O error, too many removals or nothing but 404s, keep what was done
         (root index, records; todo is kept) and stop."""
+        lost = self._lock_lost()
+        if lost is not None:
+            raise lost  # the storage refuses every write now
         if self.local_error is None and self._refused is None and self._knows_none is None:
             return
         with contextlib.suppress(LocalIOError):  # the disk that failed may refuse this too
@@ -632,10 +641,16 @@ class Mirror:
         with contextlib.suppress(LocalIOError):
             self.state.save_projects()
         if self.local_error is not None:
-            raise LocalIOError(self.local_error)
+            raise self.local_error
         if self._refused is not None:
             raise UnsafeListing(self._refused)
         raise UpstreamKnowsNone(self._knows_none)
+
+    def _lock_lost(self) -> LocalIOError | None:
+        """Why this run can no longer prove that it holds its lock (a leased lock on a bucket
+        that was taken over, or not renewed in time), or None."""
+        check = getattr(self.storage, "lock_lost", None)
+        return check() if callable(check) else None
 
     def _checkpoint(self, todo: Todo, finished: list[str]) -> None:
         """Record finished projects: their records first, then the shorter todo."""

@@ -94,6 +94,8 @@ class LocalError:
 
     name: str
     reason: str
+    #: Which kind (a storage server's error, a lost lock): the run's one line says so.
+    kind: type[LocalIOError] = LocalIOError
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ class Job:
         #: ``.metadata`` sidecars the upstream did not serve (paths below the mirror).
         self.missing: list[str] = []
         self.error: str | None = None
-        self.local_error: str | None = None
+        self.local_error: LocalIOError | None = None
         self.unfinished = False
 
 
@@ -242,7 +244,7 @@ class Worker:
                     with self._lock:
                         job.missing.append(download.path)
             except LocalIOError as exc:
-                job.local_error = job.local_error or str(exc)
+                job.local_error = job.local_error or exc
                 self.stop.set()
             except Exception as exc:
                 job.error = job.error or reason(exc)
@@ -257,11 +259,11 @@ class Worker:
     def _stop_local(self, job: Job, exc: LocalIOError) -> None:
         """Nothing more can be written: start no new work, and say why."""
         self.stop.set()
-        self._report(LocalError(job.name, str(exc)))
+        self._report(LocalError(job.name, str(exc), type(exc)))
 
     def _finish(self, job: Job) -> None:
         if job.local_error is not None:
-            self._report(LocalError(job.name, job.local_error))
+            self._report(LocalError(job.name, str(job.local_error), type(job.local_error)))
             return
         if job.error is not None:
             self._report(Failed(job.name, job.error))
