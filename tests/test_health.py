@@ -25,7 +25,7 @@ STATUS_KEYS = {
     "upstream_method", "upstream_unavailable", "upstream_error", "lag_serials", "last_success",
     "last_success_age_seconds", "last_run", "todo", "failing", "projects", "projects_json_bytes",
     "missing_metadata", "generation", "generation_current", "runs_recorded", "max_lag",
-    "max_success_age_seconds",
+    "max_success_age_seconds", "unsatisfied_requirements",
 }
 LAST_RUN_KEYS = {
     "command", "state", "started", "finished", "duration_seconds", "exit_status", "method", "synced",

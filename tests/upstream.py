@@ -643,17 +643,20 @@ def bulk_corpus(projects: int, releases: int = 2, files: int = 2, size: int = 20
 
 
 def make_sdist(name: str, version: str, build_requires: list[str] | None = None, fmt: str = "tar.gz",
-               pyproject: str | None = None) -> tuple[str, bytes]:
+               pyproject: str | None = None, *, requires: list[str] | None = None, module_source: str = "VALUE = 42\n",
+               backend: str = "setuptools.build_meta") -> tuple[str, bytes]:
     """A small sdist (``tar.gz`` or ``zip``): (filename, bytes). ``build_requires`` becomes the
-    ``[build-system] requires`` of a real ``pyproject.toml``; None and no ``pyproject`` text: an
-    sdist without one (a legacy ``setup.py`` project)."""
+    ``[build-system] requires`` of a real ``pyproject.toml`` (with ``backend``); None and no
+    ``pyproject`` text: an sdist without one (a legacy ``setup.py`` project). ``requires``: the
+    ``Requires-Dist`` lines of its PKG-INFO (what :data:`TINY_BACKEND` puts in the wheel)."""
     dist = canonicalize_name(name).replace("-", "_")
     top = f"{dist}-{version}"
-    files = {f"{top}/PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
-             f"{top}/{dist}/__init__.py": b"VALUE = 42\n"}
+    pkg_info = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+    pkg_info += "".join(f"Requires-Dist: {r}\n" for r in requires or [])
+    files = {f"{top}/PKG-INFO": pkg_info.encode(), f"{top}/{dist}/__init__.py": module_source.encode()}
     if build_requires is not None:
-        requires = ", ".join(json.dumps(r) for r in build_requires)
-        pyproject = f'[build-system]\nrequires = [{requires}]\nbuild-backend = "setuptools.build_meta"\n\n' \
+        listed = ", ".join(json.dumps(r) for r in build_requires)
+        pyproject = f'[build-system]\nrequires = [{listed}]\nbuild-backend = "{backend}"\n\n' \
                     f'[project]\nname = "{name}"\nversion = "{version}"\n'
     if pyproject is not None:
         files[f"{top}/pyproject.toml"] = pyproject.encode()
@@ -676,3 +679,77 @@ def make_sdist(name: str, version: str, build_requires: list[str] | None = None,
                 info.size, info.mtime = len(data), int(EPOCH.timestamp())
                 archive.addfile(info, io.BytesIO(data))
     return f"{top}.{fmt}", buffer.getvalue()
+
+
+#: A PEP 517 build backend small enough to ship in the test corpus (project ``tinybackend``):
+#: it builds a wheel of the package directory of an sdist made by :func:`make_sdist`, with the
+#: name, version and ``Requires-Dist`` of its PKG-INFO. Its own sdist builds itself
+#: (``backend-path``), as flit_core's does, so ``pip wheel --no-binary :all:`` can build it.
+TINY_BACKEND = """\
+import base64, hashlib, os, zipfile
+
+def _pkg_info():
+    with open("PKG-INFO", encoding="utf-8") as fh:
+        return fh.read()
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    text = _pkg_info()
+    fields = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+    name, version = fields["Name"], fields["Version"]
+    dist = name.lower().replace("-", "_").replace(".", "_")
+    files = {}
+    for root, _dirs, names in os.walk(dist):
+        for n in sorted(names):
+            if n.endswith(".py"):
+                path = os.path.join(root, n)
+                with open(path, "rb") as fh:
+                    files[path.replace(os.sep, "/")] = fh.read()
+    info = dist + "-" + version + ".dist-info"
+    files[info + "/METADATA"] = text.encode()
+    files[info + "/WHEEL"] = b"Wheel-Version: 1.0\\nGenerator: tinybackend\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n"
+    record = ""
+    for arcname, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record += arcname + ",sha256=" + digest + "," + str(len(data)) + "\\n"
+    files[info + "/RECORD"] = (record + info + "/RECORD,,\\n").encode()
+    filename = dist + "-" + version + "-py3-none-any.whl"
+    with zipfile.ZipFile(os.path.join(wheel_directory, filename), "w") as archive:
+        for arcname, data in files.items():
+            archive.writestr(arcname, data)
+    return filename
+"""
+
+
+def add_built_project(corpus: Corpus, name: str, version: str, build_requires: list[str],
+                      requires: list[str] | None = None) -> None:
+    """A release with a wheel (with PEP 658 metadata) and an sdist built by ``tinybackend``."""
+    wheel, data, meta = make_wheel(name, version, requires=requires)
+    corpus.add_file(name, version, wheel, data, metadata=meta)
+    filename, data = make_sdist(name, version, build_requires, requires=requires, backend="tinybackend")
+    corpus.add_file(name, version, filename, data)
+
+
+def closure_corpus() -> Corpus:
+    """Projects that pin old releases of their build backend and of runtime dependencies, so
+    that ``latest_release keep = 1`` alone would leave pip unable to build or install them:
+
+    - ``app`` builds with ``tinybackend<2`` and needs ``libdep<2``; ``libdep`` 1.5 needs
+      ``leaf==1.0`` (both have newer releases, and ``libdep`` a newer pre-release);
+    - ``tool`` builds with ``tinybackend>=2``.
+    """
+    corpus = Corpus()
+    for version in ("1.0", "2.0"):
+        wheel, data, meta = make_wheel("tinybackend", version, module_source=TINY_BACKEND)
+        corpus.add_file("tinybackend", version, wheel, data, metadata=meta)
+        pyproject = '[build-system]\nrequires = []\nbuild-backend = "tinybackend"\nbackend-path = ["."]\n'
+        filename, data = make_sdist("tinybackend", version, pyproject=pyproject, module_source=TINY_BACKEND)
+        corpus.add_file("tinybackend", version, filename, data)
+    add_built_project(corpus, "leaf", "1.0", ["tinybackend<2"])
+    add_built_project(corpus, "leaf", "2.0", ["tinybackend"])
+    add_built_project(corpus, "libdep", "1.0", ["tinybackend<2"])
+    add_built_project(corpus, "libdep", "1.5", ["tinybackend>=1,<2"], ["leaf==1.0"])
+    add_built_project(corpus, "libdep", "1.6rc1", ["tinybackend<2"], ["leaf==1.0"])
+    add_built_project(corpus, "libdep", "2.0", ["tinybackend"])
+    add_built_project(corpus, "app", "1.0", ["tinybackend<2"], ["libdep<2"])
+    add_built_project(corpus, "tool", "3.0", ["tinybackend>=2"])
+    return corpus

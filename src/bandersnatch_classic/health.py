@@ -67,6 +67,8 @@ class RunRecord(TypedDict):
     bytes: int
     serial: int
     upstream_serial: int | None
+    #: Requirement edges nothing in the mirror satisfies (resolve-dependencies), one line each.
+    unsatisfied: list[str]
 
 
 # -- the history -------------------------------------------------------------------------
@@ -106,7 +108,7 @@ class RunRecorder:
             "command": command, "pid": os.getpid(), "host": socket.gethostname(),
             "started": report.started_at.timestamp(), "finished": None, "exit_status": None,
             "method": "", "synced": 0, "removed": 0, "failed": {}, "files": 0, "bytes": 0,
-            "serial": 0, "upstream_serial": None,
+            "serial": 0, "upstream_serial": None, "unsatisfied": [],
         }
 
     def start(self) -> None:
@@ -127,6 +129,7 @@ class RunRecorder:
             bytes=report.bytes, serial=serial if serial is not None else self.record["serial"],
             # the target of a mirror run that asked the upstream: the upstream's serial then
             upstream_serial=report.serial if self.command == "mirror" and report.method else None,
+            unsatisfied=list(report.unsatisfied),
         )
         runs: list[RunRecord] = []
         try:
@@ -372,6 +375,7 @@ def status_report(
     except (ValueError, KeyError, TypeError):
         missing_projects = {}
     generation = (storage.read_text("generation") or "").strip()
+    unsatisfied = list(finished[-1].get("unsatisfied") or []) if finished else []
 
     exit_status = EXIT_UPSTREAM if error else EXIT_UNHEALTHY if problems else EXIT_OK
     doc.update(
@@ -397,6 +401,7 @@ def status_report(
         missing_metadata={
             "projects": len(missing_projects), "files": sum(len(v) for v in missing_projects.values()),
         },
+        unsatisfied_requirements={"count": len(unsatisfied), "edges": unsatisfied},
         generation=int(generation) if generation.isdigit() else None,
         generation_current=GENERATION,
         runs_recorded=len(runs),
@@ -455,6 +460,10 @@ def render_status(doc: Mapping[str, Any]) -> str:
     if doc["projects_json_bytes"]:
         size += f" (projects.json {human(doc['projects_json_bytes'])})"
     rows.append(("size", size))
+    unsatisfied = doc["unsatisfied_requirements"]
+    if unsatisfied["count"]:
+        rows.append(("unsatisfied", f"{unsatisfied['count']} requirement edges the mirror cannot satisfy (last run)"))
+        rows += [("", edge) for edge in unsatisfied["edges"]]
     missing = doc["missing_metadata"]
     if missing["files"]:
         rows.append(("missing metadata", f"{missing['files']} sidecars of {missing['projects']} projects"))
