@@ -11,7 +11,7 @@ It serves a :class:`Corpus` the tests define and change between runs:
 Switches make it behave like the upstreams met in the wild (``xmlrpc_enabled``,
 ``simple_json_enabled``, ``root_json_enabled``, ``serial_header``, ``relative_urls``,
 ``unserved_sidecars``, ``bad_sidecars``, ``whole_second_times``, ``redirect_to_display_name``,
-``redirect_files``, ``credentials``), and :meth:`UpstreamServer.fault` injects
+``redirect_files``, ``credentials``, ``page_validators``), and :meth:`UpstreamServer.fault` injects
 faults (error statuses with ``Retry-After``, connection resets, truncated and corrupted
 bodies, hung and trickled answers, stale JSON pages) on chosen paths. Every request is logged, so tests can
 count what a run asked for.
@@ -36,6 +36,7 @@ import xmlrpc.client
 import zipfile
 from collections import Counter
 from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -281,6 +282,10 @@ class UpstreamServer:
         self.redirect_to_display_name = False
         #: Files answer ``/packages/...`` with a 302 to ``/cdn/packages/...``, as a CDN in front may.
         self.redirect_files = False
+        #: The simple pages (root and projects) carry ``ETag`` and ``Last-Modified`` and answer
+        #: a matching ``If-None-Match`` or ``If-Modified-Since`` with a 304 and no body, as the
+        #: public index does; False: neither, as some proxies and static servers.
+        self.page_validators = True
         #: (user, password) that every request must carry as HTTP Basic auth, or get a 401.
         self.credentials: tuple[str, str] | None = None
         #: Requests that came in absolute form (``GET http://host/path``), as a proxy gets them.
@@ -292,6 +297,8 @@ class UpstreamServer:
         self.changelog_cap = 50_000
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str]] = []
+        #: Bytes sent (status lines, headers and bodies) since the last :meth:`clear`.
+        self.sent_bytes = 0
         #: The XML-RPC method of every call, in order.
         self.xmlrpc_calls: list[str] = []
         self._lock = threading.Lock()
@@ -338,6 +345,7 @@ class UpstreamServer:
         """Forget the request log and every fault."""
         with self._lock:
             self.requests.clear()
+            self.sent_bytes = 0
             self.xmlrpc_calls.clear()
             self.faults.clear()
 
@@ -433,6 +441,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.upstream.on_trickle()
             time.sleep(fault.seconds)
             data = data[cut:]
+        with self.upstream._lock:
+            self.upstream.sent_bytes += len(data)
         self.wfile.write(data)
         self.wfile.flush()
         if fault is not None and fault.kind == "truncate":
@@ -514,6 +524,26 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._file(path, fault)
         self._send(404, b"not found\n", "text/plain")
 
+    def _send_page(self, body: bytes, ctype: str, serial: int, fault: Fault | None) -> None:
+        """A simple page, with validators (``page_validators``): a 304 when the client's match."""
+        headers = self._serial_headers(serial)
+        if self.upstream.page_validators:
+            etag = '"' + hashlib.sha256(ctype.encode() + body).hexdigest()[:24] + '"'
+            modified = EPOCH + timedelta(seconds=serial)
+            headers.update(ETag=etag, **{"Last-Modified": format_datetime(modified, usegmt=True)})
+            match = self.headers.get("If-None-Match")
+            since = self.headers.get("If-Modified-Since")
+            if match is not None:
+                unchanged = etag in (m.strip() for m in match.split(","))
+            else:
+                try:
+                    unchanged = since is not None and modified <= parsedate_to_datetime(since)
+                except (TypeError, ValueError):
+                    unchanged = False
+            if unchanged:
+                return self._send(304, b"", ctype, headers)
+        self._send(200, body, ctype, headers, fault)
+
     def _serial_headers(self, serial: int) -> dict[str, str]:
         return {"X-PyPI-Last-Serial": str(serial)} if self.upstream.serial_header else {}
 
@@ -544,10 +574,10 @@ class _Handler(BaseHTTPRequestHandler):
                 "meta": {"api-version": "1.1", "_last-serial": corpus.serial},
                 "projects": [{"name": s.name, "_last-serial": s.serial} for s in specs],
             }
-            return self._send(200, json.dumps(doc).encode(), SIMPLE_JSON, self._serial_headers(corpus.serial), fault)
+            return self._send_page(json.dumps(doc).encode(), SIMPLE_JSON, corpus.serial, fault)
         links = "".join(f'<a href="/simple/{canonicalize_name(s.name)}/">{html.escape(s.name)}</a>\n' for s in specs)
         page = f"<!DOCTYPE html>\n<html><body>\n{links}</body></html>\n"
-        self._send(200, page.encode(), "text/html", self._serial_headers(corpus.serial), fault)
+        self._send_page(page.encode(), "text/html", corpus.serial, fault)
 
     def _simple_project(self, name: str, base: str, fault: Fault | None) -> None:
         spec = self.upstream.corpus.get(name)
@@ -560,10 +590,10 @@ class _Handler(BaseHTTPRequestHandler):
             if entry["filename"] in self.upstream.unserved_sidecars or entry["filename"] in self.upstream.bad_sidecars:
                 entry["core-metadata"] = False
         if self._wants_json():
-            return self._send(200, json.dumps(doc).encode(), SIMPLE_JSON, self._serial_headers(spec.serial), fault)
+            return self._send_page(json.dumps(doc).encode(), SIMPLE_JSON, spec.serial, fault)
         links = "".join(f'<a href="{f["url"]}#sha256={f["hashes"]["sha256"]}">{f["filename"]}</a>\n' for f in doc["files"])
         page = f"<!DOCTYPE html>\n<html><body>\n{links}</body></html>\n<!--SERIAL {spec.serial}-->"
-        self._send(200, page.encode(), "text/html", self._serial_headers(spec.serial), fault)
+        self._send_page(page.encode(), "text/html", spec.serial, fault)
 
     def _file(self, path: str, fault: Fault | None) -> None:
         if self.upstream.redirect_files and path.startswith("/packages/"):

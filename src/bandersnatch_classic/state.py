@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from html import unescape
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from packaging.utils import canonicalize_name
 
@@ -27,6 +27,9 @@ from . import layout
 from .dependencies import Edge
 from .errors import LocalIOError, StateError
 from .storage import Storage
+
+if TYPE_CHECKING:
+    from .upstream import PageValidators
 
 logger = logging.getLogger(__name__)
 
@@ -221,16 +224,22 @@ class MirrorState:
         self.storage.write_if_changed(DEPENDENCIES_FILE, (json.dumps(doc, indent=1) + "\n").encode())
 
     # -- validators of project pages ------------------------------------------------
-    def read_validators(self) -> dict[str, dict[str, Any]]:
-        """Project -> its page's ``etag``, ``last_modified`` and ``serial`` (see :data:`VALIDATORS_FILE`)."""
+    def read_validators(self) -> dict[str, PageValidators]:
+        """Project (or ``/``, the root listing) -> the validators of its page's last answer."""
+        from .upstream import PageValidators
+
         pages = self._read_json(VALIDATORS_FILE).get("pages", {})
         if not isinstance(pages, dict):
             return {}
-        return {str(k): v for k, v in pages.items() if isinstance(v, dict) and isinstance(v.get("serial"), int)}
+        return {
+            str(k): PageValidators(v["serial"], str(v.get("etag") or ""), str(v.get("last_modified") or ""))
+            for k, v in pages.items()
+            if isinstance(v, dict) and isinstance(v.get("serial"), int)
+        }
 
-    def write_validators(self, pages: Mapping[str, Mapping[str, Any]]) -> None:
-        data = json.dumps({"pages": dict(sorted(pages.items()))}, indent=1, sort_keys=True) + "\n"
-        self.storage.write_if_changed(VALIDATORS_FILE, data.encode())
+    def write_validators(self, pages: Mapping[str, PageValidators]) -> None:
+        doc = {k: {"etag": v.etag, "last_modified": v.last_modified, "serial": v.serial} for k, v in sorted(pages.items())}
+        self.storage.write_if_changed(VALIDATORS_FILE, (json.dumps({"pages": doc}, indent=1) + "\n").encode())
 
     def _read_json(self, path: str) -> dict[str, Any]:
         """A JSON state file as a dict; missing or corrupt reads as empty (a corrupt one with a warning)."""

@@ -40,14 +40,14 @@ from packaging.utils import canonicalize_name
 from . import layout, pages
 from .config import Config, MirrorConfig
 from .dependencies import DependencyPolicy, Edge, describe
-from .discovery import Plan, discover
+from .discovery import ROOT, Plan, discover
 from .errors import ConfigError, LocalIOError, LockHeld, UnsafeListing
 from .filters import FilterSet
 from .models import Project
 from .package import publish
 from .progress import Progress, human as _human
 from .sidecars import MissingSidecars
-from .state import MirrorState, Todo
+from .state import VALIDATORS_FILE, MirrorState, Todo
 from .storage import FilesystemStorage, Storage
 from .upstream import RetryPolicy, Upstream
 from .worker import (
@@ -237,6 +237,7 @@ class Mirror:
             self.filters.allowlist(),
             full or not since,
             remembered if fresh else "",
+            self.state.read_validators(),
         )
         report.method, removed = plan.method, plan.removed
         if removed and not allow_mass_removal:
@@ -252,6 +253,7 @@ class Mirror:
             self._remember_method(plan, changed=plan.method != remembered)
         if not work and not removed and target == status and self.storage.exists("status"):
             logger.debug("Nothing to do: the mirror is at serial %d", status)
+            self._keep_validators(plan)
             return report
 
         logger.info(
@@ -262,6 +264,7 @@ class Mirror:
         self.state.write_generation()
         todo = Todo(target, work)
         self.state.write_todo(todo)
+        self._keep_validators(plan, root=False)  # the listing's only once all it asked for is done
         for canonical in sorted(removed):
             logger.info("%s: gone from the upstream listing; removing it from the index", canonical)
             self._unpublish(canonical)
@@ -277,6 +280,8 @@ class Mirror:
         if not todo.projects:
             self.state.write_status(target)
             self.state.remove_todo()
+            if not report.gone:  # a project removed while still listed comes back with the whole listing
+                self._keep_validators(plan)
         else:
             # todo holds what failed or was never started (after a stop): the next run
             # retries those together with what changed after ``target``; status stays put.
@@ -307,6 +312,16 @@ class Mirror:
             f"refusing the upstream's listing (via {method}): {why}; nothing was removed or synced. "
             "If the upstream really deleted them, run once with `bandersnatch mirror --allow-mass-removal`"
         )
+
+    def _keep_validators(self, plan: Plan, root: bool = True) -> None:
+        """Keep the validators of the pages this plan came from, for conditional requests
+        next run: the mirrored projects' (their serials are compared with the records, so a
+        304 never hides a change), and with ``root`` the listing's. A 304 for the listing
+        says nothing changed since it was read, so it is kept only when everything that
+        listing asked for is done (after todo is written is not enough)."""
+        if plan.validators or self.storage.exists(VALIDATORS_FILE):
+            known = self.state.projects
+            self.state.write_validators({k: v for k, v in plan.validators.items() if (root and k == ROOT) or k in known})
 
     def _remember_method(self, plan: Plan, changed: bool) -> None:
         """Note which method worked, so that the next runs ask for it first (one request, not three)."""
