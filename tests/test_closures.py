@@ -27,10 +27,11 @@ def closure(tmp_path: Path) -> Iterator[MirrorHarness]:
         yield h
 
 
-def configure(h: MirrorHarness, packages: list[str], keep: int = 1) -> None:
+def configure(h: MirrorHarness, packages: list[str], keep: int = 1, blocklist: str = "") -> None:
     lines = "".join(f"    {p}\n" for p in packages)
+    blocked = f"    blocklist_project\n[blocklist]\npackages = {blocklist}\n" if blocklist else ""
     h.configure(sections=(
-        "[plugins]\nenabled =\n    allowlist_project\n    blocklist_project\n    latest_release\n    prerelease_release\n"
+        f"[plugins]\nenabled =\n    allowlist_project\n    latest_release\n    prerelease_release\n{blocked}"
         f"[allowlist]\npackages =\n{lines}resolve-build-dependencies = true\n"
         f"python-versions = {sys.version_info.major}.{sys.version_info.minor}\nplatforms = linux\n"
         f"[latest_release]\nkeep = {keep}\n"
@@ -98,9 +99,7 @@ def test_unsatisfiable_edges_are_said_once_with_their_chain_and_counted(closure:
     h.corpus.remove_release("leaf", "1.0")
     h.corpus.remove_release("libdep", "1.5")  # libdep<2: only 1.0 left, which needs no leaf
     add_built_project(h.corpus, "libdep", "1.1", ["tinybackend<2"], ["leaf<1.0.post2"])
-    configure(h, [*ALLOWLISTED, "needy"])
-    h.sections += "[blocklist]\npackages = blocked\n"
-    h.configure()
+    configure(h, [*ALLOWLISTED, "needy"], blocklist="blocked")
     result = h.main("mirror")
     assert result.returncode == 0, result.stderr
     expected = [
