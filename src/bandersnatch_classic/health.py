@@ -192,7 +192,13 @@ def _last_success(runs: list[RunRecord]) -> RunRecord | None:
 
 
 def _upstream_seen(runs: list[RunRecord]) -> int | None:
-    return next((r["upstream_serial"] for r in reversed(runs) if r.get("upstream_serial") is not None), None)
+    run = _last_learned(runs)
+    return run["upstream_serial"] if run is not None else None
+
+
+def _last_learned(runs: list[RunRecord]) -> RunRecord | None:
+    """The last run that learned the upstream's serial (a ``mirror`` run that asked)."""
+    return next((r for r in reversed(runs) if r.get("upstream_serial") is not None), None)
 
 
 # -- the metrics file --------------------------------------------------------------------
@@ -299,13 +305,13 @@ def ask_upstream_serial(upstream: Upstream, method: str, allowlist: bool) -> tup
         return upstream.changelog_last_serial(), ""
     if allowlist:
         return None, (
-            f"not asked: an allowlist mirror using {method} takes its serial from its projects' pages, "
-            "one request each"
+            f"not asked now: an allowlist mirror using {method} learns its serials from its projects' pages, "
+            "one request each, in a mirror run"
         )
     if method == "simple":
         return upstream.listing_serial(), ""
     if method == "html":
-        return None, "not available: the html discovery method has no index serial"
+        return None, "not asked now: the html discovery method has no index serial; a mirror run learns its projects' from their pages"
     return None, "not asked: api-method = auto has not found a working method against this master yet"
 
 
@@ -334,6 +340,12 @@ def status_report(
         upstream_serial, unavailable = ask_upstream_serial(upstream, method, allowlist)
     except UpstreamError as exc:
         error = str(exc)
+    source = "asked now" if upstream_serial is not None else None
+    learned = _last_learned(runs) if method in ("simple", "html") and upstream_serial is None and not error else None
+    if learned is not None:
+        # an allowlist or html mirror has no index serial to ask for in one request; its last
+        # run learned its projects' serials from their pages, and its target is the newest
+        upstream_serial, source = learned["upstream_serial"], f"learned by the last run ({_iso(learned['started'])})"
     lag = max(0, upstream_serial - mirror_serial) if upstream_serial is not None else None
 
     problems: list[str] = []
@@ -387,6 +399,7 @@ def status_report(
         upstream_serial=upstream_serial,
         upstream_method=method or None,
         upstream_unavailable=unavailable or None,
+        upstream_serial_source=source,
         upstream_error=error or None,
         lag_serials=lag,
         last_success=_iso(success["finished"]) if success else None,
@@ -431,6 +444,8 @@ def render_status(doc: Mapping[str, Any]) -> str:
     rows.append(("health", "ok" if doc["healthy"] else "UNHEALTHY: " + "; ".join(doc["problems"])))
     if doc["upstream_serial"] is not None:
         upstream = f"{doc['upstream_serial']} via {doc['upstream_method']}, lag {doc['lag_serials']} serials"
+        if doc["upstream_serial_source"] != "asked now":
+            upstream += f" ({doc['upstream_serial_source']}; {doc['upstream_unavailable']})"
     else:
         upstream = f"unknown ({doc['upstream_error'] or doc['upstream_unavailable']})"
     rows += [("serial", str(doc["serial"])), ("upstream", upstream)]
