@@ -421,6 +421,7 @@ class Mirror:
                     "Dependencies: %d projects to sync again for releases their dependents need: %s",
                     len(again), ", ".join(again[:20]),
                 )
+            self._save_dependencies()  # a run killed in a round keeps the edges found so far
             attempted.update(new)
             resynced.update((d, pins[d]) for d in again)
             self.filters = self.filters.with_allowed(new)  # workers started from here on see them
@@ -432,6 +433,10 @@ class Mirror:
             for name in set(new + again) - round_.projects.keys():  # finished; what failed stays in todo
                 todo.projects.pop(name, None)
         self._report_unsatisfied(needs)
+        self._save_dependencies()
+
+    def _save_dependencies(self) -> None:
+        """Write dependencies.json: the edges and kept versions of the mirrored projects."""
         mirrored = self.state.projects
         self.state.write_dependencies(
             {k: v for k, v in self._edges.items() if k in mirrored}, {k: v for k, v in self._versions.items() if k in mirrored}
