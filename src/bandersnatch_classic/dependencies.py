@@ -44,6 +44,7 @@ else:  # pragma: no cover - Python 3.10
 
 if TYPE_CHECKING:
     from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +132,21 @@ class Edge:
 
     def describe(self) -> str:
         return f"{'build requirement' if self.build else 'requirement'} of {self.origin}"
+
+
+def satisfying(specifier: SpecifierSet, versions: Iterable[str]) -> list[str]:
+    """The ``versions`` pip could take for ``specifier``: pre-releases only when it names one or
+    nothing else matches; versions that are not PEP 440 never (pip ignores them too)."""
+    from packaging.version import InvalidVersion, Version
+
+    valid = []
+    for version in versions:
+        try:
+            Version(version)
+        except InvalidVersion:
+            continue
+        valid.append(version)
+    return list(specifier.filter(valid))
 
 
 def describe(req: Requirement) -> str:

@@ -39,7 +39,7 @@ from packaging.utils import canonicalize_name
 
 from . import layout, pages
 from .config import Config, MirrorConfig
-from .dependencies import DependencyPolicy, Edge, describe
+from .dependencies import DependencyPolicy, Edge, describe, satisfying
 from .discovery import ROOT, Plan, discover
 from .errors import ConfigError, LocalIOError, LockHeld, UnsafeListing
 from .filters import FilterSet
@@ -393,7 +393,7 @@ class Mirror:
         versions = self._versions.get(dep)
         if versions is None:
             return False
-        return all(list(SpecifierSet(s).filter(versions)) for s in specifiers)
+        return all(satisfying(SpecifierSet(s), versions) for s in specifiers)
 
     def _sync_dependencies(self, todo: Todo, attempted: set[str], checkpoint: bool = True) -> None:
         """Sync, round after round, what the edges of what is mirrored need: projects not
@@ -464,7 +464,7 @@ class Mirror:
                 why = "the upstream has no such project"
             elif dep in self._skipped:
                 why = "the filters drop the whole project"
-            elif dep in self.state.projects and req.specifier and not list(req.specifier.filter(self._versions.get(dep, []))):
+            elif dep in self.state.projects and req.specifier and not satisfying(req.specifier, self._versions.get(dep, [])):
                 why = f"no release of {dep} satisfies it with a file the filters keep"
             else:
                 continue

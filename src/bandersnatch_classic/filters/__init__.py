@@ -245,9 +245,11 @@ class FilterSet:
         chooses: pre-releases only when the specifier names one or nothing else matches),
         unless a kept release already does. Only releases the blocklist keeps, with at least
         one file the file filters keep that is not yanked, qualify."""
-        from packaging.version import InvalidVersion, Version
+        from packaging.version import Version
 
-        if list(specifier.filter(project.releases)):
+        from ..dependencies import satisfying
+
+        if satisfying(specifier, project.releases):
             return
         candidates: dict[str, list[Any]] = {}
         for version, files in upstream.items():
@@ -256,9 +258,6 @@ class FilterSet:
             kept = [file for file in files if all(f.keeps(project, file) for f in self._files)]
             if any(not file.yanked for file in kept):
                 candidates[version] = kept
-        try:
-            best = max(specifier.filter(candidates), key=Version, default=None)
-        except InvalidVersion:
-            best = None
+        best = max(satisfying(specifier, candidates), key=Version, default=None)
         if best is not None:
             project.releases[best] = candidates[best]
