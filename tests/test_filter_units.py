@@ -33,7 +33,7 @@ from bandersnatch_classic.filters.releases import (
     admits,
 )
 
-from .test_filters import project, simple
+from .test_filters import entry, project, simple
 
 #: (a filter with nothing to do, its idle() reason, the same kind with something to do)
 IDLE_CASES: list[tuple[Any, str, Any]] = [
@@ -100,6 +100,27 @@ def test_typed_filters_make_a_filter_set_without_config() -> None:
     # 0.4 not admitted; 1.0 loses its only (Windows) file; 3.0rc1 is a pre-release; of 0.5, 1.1
     # and 2.0 the latest two are kept
     assert list(p.releases) == ["1.1", "2.0"]
+
+
+def test_pins_keep_the_newest_release_each_edge_needs_past_the_release_filters() -> None:
+    fs = FilterSet([
+        PrereleaseRelease(), BlocklistRelease({"lib": [SpecifierSet("==1.4")]}), ExcludePlatform(fragments=["win"]),
+        LatestRelease(1),
+    ])
+    releases = {
+        "0.9": ["lib-0.9.tar.gz"], "1.0": ["lib-1.0.tar.gz"], "1.3": ["lib-1.3-py3-none-win_amd64.whl"],
+        "1.4": ["lib-1.4.tar.gz"], "1.5": [entry("lib-1.5.tar.gz", yanked=True)], "1.6rc1": ["lib-1.6rc1.tar.gz"],
+        "not-pep-440": ["lib-x.tar.gz"], "2.0": ["lib-2.0.tar.gz"], "3.0b1": ["lib-3.0b1.tar.gz"],
+    }
+    plain = project("lib", releases, current="2.0")
+    assert fs.filter_project(plain) and list(plain.releases) == ["2.0"]  # the filters' choice, without pins
+    pinned = fs.with_pins({"Lib": [SpecifierSet("<2"), SpecifierSet(">=2"), SpecifierSet("<1"), SpecifierSet(">=3.0b1")]})
+    assert pinned.with_allowed(["x"]).pins == pinned.pins and not fs.pins
+    p = project("lib", releases, current="2.0")
+    assert pinned.filter_project(p)
+    # <2: not 1.6rc1 (pre-release), 1.5 (yanked), 1.4 (blocklisted) or 1.3 (no file kept): 1.0;
+    # >=2: 2.0 is kept already; <1: 0.9; >=3.0b1 names a pre-release: 3.0b1
+    assert sorted(p.releases) == ["0.9", "1.0", "2.0", "3.0b1"]
 
 
 def test_with_allowed_returns_a_wider_set_and_leaves_this_one() -> None:

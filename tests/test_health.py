@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bandersnatch_classic.health import render_status
@@ -25,7 +26,7 @@ STATUS_KEYS = {
     "upstream_method", "upstream_unavailable", "upstream_error", "lag_serials", "last_success",
     "last_success_age_seconds", "last_run", "todo", "failing", "projects", "projects_json_bytes",
     "missing_metadata", "generation", "generation_current", "runs_recorded", "max_lag",
-    "max_success_age_seconds",
+    "max_success_age_seconds", "unsatisfied_requirements", "upstream_serial_source",
 }
 LAST_RUN_KEYS = {
     "command", "state", "started", "finished", "duration_seconds", "exit_status", "method", "synced",
@@ -138,14 +139,38 @@ def test_status_with_the_simple_method_makes_one_request_header_or_body(harness:
 
 def test_status_with_html_or_an_allowlist_asks_nothing_and_says_why(harness: MirrorHarness) -> None:
     harness.configure({"api-method": "html"})
-    assert harness.cli("mirror").returncode == 0
-    harness.upstream.clear()
+    (harness.dir).mkdir()
+    (harness.dir / "status").write_text("100\n")  # a mirror no run of this tool has recorded
     code, doc, _ = status(harness)
     assert code == 0 and doc["upstream_serial"] is None and doc["lag_serials"] is None
     assert "html" in doc["upstream_unavailable"] and harness.upstream.requests == []
     harness.configure({"api-method": "simple"}, sections="[plugins]\nenabled = allowlist_project\n[allowlist]\npackages = small\n")
     code, doc, _ = status(harness)
     assert code == 0 and "allowlist" in doc["upstream_unavailable"] and harness.upstream.requests == []
+    assert doc["upstream_serial_source"] is None and "unknown (not asked now: an allowlist mirror" in status_text(harness)
+
+
+@pytest.mark.parametrize("method", ["simple", "html"])
+def test_status_of_an_allowlist_mirror_reports_the_lag_its_last_run_learned(harness: MirrorHarness, method: str) -> None:
+    """No index serial in one request: the lag is measured against the serials its last run learned."""
+    h = harness
+    h.configure({"api-method": method}, sections="[plugins]\nenabled = allowlist_project\n[allowlist]\npackages =\n    small\n    tiny-lib\n")
+    assert h.cli("mirror").returncode == 0
+    mirrored = int((h.dir / "status").read_text())
+    h.corpus.touch("small")
+    h.upstream.fault(r"^/pypi/small/json$", "status", times=None, status=500)
+    assert h.cli("mirror").returncode == 1  # small failed: the mirror stays at its serial
+    h.upstream.clear()
+    code, doc, _ = status(h)
+    assert h.upstream.requests == []  # nothing asked: measured from what the last run learned
+    assert doc["serial"] == mirrored and doc["upstream_serial"] == h.corpus.serial
+    assert doc["lag_serials"] == h.corpus.serial - mirrored > 0
+    assert doc["upstream_serial_source"].startswith("learned by the last run")
+    assert f"lag {doc['lag_serials']} serials (learned by the last run" in status_text(h)
+
+
+def status_text(h: MirrorHarness) -> str:
+    return h.cli("status").stdout
 
 
 # -- lagging ---------------------------------------------------------------------------------

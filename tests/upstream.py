@@ -11,7 +11,7 @@ It serves a :class:`Corpus` the tests define and change between runs:
 Switches make it behave like the upstreams met in the wild (``xmlrpc_enabled``,
 ``simple_json_enabled``, ``root_json_enabled``, ``serial_header``, ``relative_urls``,
 ``unserved_sidecars``, ``bad_sidecars``, ``whole_second_times``, ``redirect_to_display_name``,
-``redirect_files``, ``credentials``, ``downgrade_to``, ``canonical_json_api_only``,
+``redirect_files``, ``credentials``, ``page_validators``, ``downgrade_to``, ``canonical_json_api_only``,
 ``padded_documents``, ``nested_documents``, ``listing_body``, ``send_content_length``;
 over TLS with ``tls=``), and :meth:`UpstreamServer.fault` injects
 faults (error statuses with ``Retry-After``, connection resets, truncated and corrupted
@@ -39,6 +39,7 @@ import xmlrpc.client
 import zipfile
 from collections import Counter
 from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -286,6 +287,10 @@ class UpstreamServer:
         self.redirect_to_display_name = False
         #: Files answer ``/packages/...`` with a 302 to ``/cdn/packages/...``, as a CDN in front may.
         self.redirect_files = False
+        #: The simple pages (root and projects) carry ``ETag`` and ``Last-Modified`` and answer
+        #: a matching ``If-None-Match`` or ``If-Modified-Since`` with a 304 and no body, as the
+        #: public index does; False: neither, as some proxies and static servers.
+        self.page_validators = True
         #: (user, password) that every request must carry as HTTP Basic auth, or get a 401.
         self.credentials: tuple[str, str] | None = None
         #: (base URL, path pattern): requests whose path matches are redirected to the same
@@ -312,6 +317,8 @@ class UpstreamServer:
         self.changelog_cap = 50_000
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str]] = []
+        #: Bytes sent (status lines, headers and bodies) since the last :meth:`clear`.
+        self.sent_bytes = 0
         #: The XML-RPC method of every call, in order.
         self.xmlrpc_calls: list[str] = []
         self._lock = threading.Lock()
@@ -363,6 +370,7 @@ class UpstreamServer:
         """Forget the request log and every fault."""
         with self._lock:
             self.requests.clear()
+            self.sent_bytes = 0
             self.xmlrpc_calls.clear()
             self.faults.clear()
 
@@ -463,6 +471,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.upstream.on_trickle()
             time.sleep(fault.seconds)
             data = data[cut:]
+        with self.upstream._lock:
+            self.upstream.sent_bytes += len(data)
         self.wfile.write(data)
         self.wfile.flush()
         if fault is not None and fault.kind == "truncate":
@@ -558,6 +568,26 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, b"", "text/plain", {"Location": base + path})
         return True
 
+    def _send_page(self, body: bytes, ctype: str, serial: int, fault: Fault | None) -> None:
+        """A simple page, with validators (``page_validators``): a 304 when the client's match."""
+        headers = self._serial_headers(serial)
+        if self.upstream.page_validators:
+            etag = '"' + hashlib.sha256(ctype.encode() + body).hexdigest()[:24] + '"'
+            modified = EPOCH + timedelta(seconds=serial)
+            headers.update(ETag=etag, **{"Last-Modified": format_datetime(modified, usegmt=True)})
+            match = self.headers.get("If-None-Match")
+            since = self.headers.get("If-Modified-Since")
+            if match is not None:
+                unchanged = etag in (m.strip() for m in match.split(","))
+            else:
+                try:
+                    unchanged = since is not None and modified <= parsedate_to_datetime(since)
+                except (TypeError, ValueError):
+                    unchanged = False
+            if unchanged:
+                return self._send(304, b"", ctype, headers)
+        self._send(200, body, ctype, headers, fault)
+
     def _serial_headers(self, serial: int) -> dict[str, str]:
         return {"X-PyPI-Last-Serial": str(serial)} if self.upstream.serial_header else {}
 
@@ -597,10 +627,10 @@ class _Handler(BaseHTTPRequestHandler):
                 "meta": {"api-version": "1.1", "_last-serial": corpus.serial},
                 "projects": [{"name": s.name, "_last-serial": s.serial} for s in specs],
             }
-            return self._send(200, json.dumps(doc).encode(), SIMPLE_JSON, self._serial_headers(corpus.serial), fault)
+            return self._send_page(json.dumps(doc).encode(), SIMPLE_JSON, corpus.serial, fault)
         links = "".join(f'<a href="/simple/{canonicalize_name(s.name)}/">{html.escape(s.name)}</a>\n' for s in specs)
         page = f"<!DOCTYPE html>\n<html><body>\n{links}</body></html>\n"
-        self._send(200, page.encode(), "text/html", self._serial_headers(corpus.serial), fault)
+        self._send_page(page.encode(), "text/html", corpus.serial, fault)
 
     def _simple_project(self, name: str, base: str, fault: Fault | None) -> None:
         spec = self.upstream.corpus.get(name)
@@ -613,10 +643,10 @@ class _Handler(BaseHTTPRequestHandler):
             if entry["filename"] in self.upstream.unserved_sidecars or entry["filename"] in self.upstream.bad_sidecars:
                 entry["core-metadata"] = False
         if self._wants_json():
-            return self._send(200, json.dumps(doc).encode(), SIMPLE_JSON, self._serial_headers(spec.serial), fault)
+            return self._send_page(json.dumps(doc).encode(), SIMPLE_JSON, spec.serial, fault)
         links = "".join(f'<a href="{f["url"]}#sha256={f["hashes"]["sha256"]}">{f["filename"]}</a>\n' for f in doc["files"])
         page = f"<!DOCTYPE html>\n<html><body>\n{links}</body></html>\n<!--SERIAL {spec.serial}-->"
-        self._send(200, page.encode(), "text/html", self._serial_headers(spec.serial), fault)
+        self._send_page(page.encode(), "text/html", spec.serial, fault)
 
     def _file(self, path: str, fault: Fault | None) -> None:
         if self.upstream.redirect_files and path.startswith("/packages/"):
@@ -738,17 +768,20 @@ def bulk_corpus(projects: int, releases: int = 2, files: int = 2, size: int = 20
 
 
 def make_sdist(name: str, version: str, build_requires: list[str] | None = None, fmt: str = "tar.gz",
-               pyproject: str | None = None) -> tuple[str, bytes]:
+               pyproject: str | None = None, *, requires: list[str] | None = None, module_source: str = "VALUE = 42\n",
+               backend: str = "setuptools.build_meta") -> tuple[str, bytes]:
     """A small sdist (``tar.gz`` or ``zip``): (filename, bytes). ``build_requires`` becomes the
-    ``[build-system] requires`` of a real ``pyproject.toml``; None and no ``pyproject`` text: an
-    sdist without one (a legacy ``setup.py`` project)."""
+    ``[build-system] requires`` of a real ``pyproject.toml`` (with ``backend``); None and no
+    ``pyproject`` text: an sdist without one (a legacy ``setup.py`` project). ``requires``: the
+    ``Requires-Dist`` lines of its PKG-INFO (what :data:`TINY_BACKEND` puts in the wheel)."""
     dist = canonicalize_name(name).replace("-", "_")
     top = f"{dist}-{version}"
-    files = {f"{top}/PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
-             f"{top}/{dist}/__init__.py": b"VALUE = 42\n"}
+    pkg_info = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+    pkg_info += "".join(f"Requires-Dist: {r}\n" for r in requires or [])
+    files = {f"{top}/PKG-INFO": pkg_info.encode(), f"{top}/{dist}/__init__.py": module_source.encode()}
     if build_requires is not None:
-        requires = ", ".join(json.dumps(r) for r in build_requires)
-        pyproject = f'[build-system]\nrequires = [{requires}]\nbuild-backend = "setuptools.build_meta"\n\n' \
+        listed = ", ".join(json.dumps(r) for r in build_requires)
+        pyproject = f'[build-system]\nrequires = [{listed}]\nbuild-backend = "{backend}"\n\n' \
                     f'[project]\nname = "{name}"\nversion = "{version}"\n'
     if pyproject is not None:
         files[f"{top}/pyproject.toml"] = pyproject.encode()
@@ -771,3 +804,77 @@ def make_sdist(name: str, version: str, build_requires: list[str] | None = None,
                 info.size, info.mtime = len(data), int(EPOCH.timestamp())
                 archive.addfile(info, io.BytesIO(data))
     return f"{top}.{fmt}", buffer.getvalue()
+
+
+#: A PEP 517 build backend small enough to ship in the test corpus (project ``tinybackend``):
+#: it builds a wheel of the package directory of an sdist made by :func:`make_sdist`, with the
+#: name, version and ``Requires-Dist`` of its PKG-INFO. Its own sdist builds itself
+#: (``backend-path``), as flit_core's does, so ``pip wheel --no-binary :all:`` can build it.
+TINY_BACKEND = """\
+import base64, hashlib, os, zipfile
+
+def _pkg_info():
+    with open("PKG-INFO", encoding="utf-8") as fh:
+        return fh.read()
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    text = _pkg_info()
+    fields = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+    name, version = fields["Name"], fields["Version"]
+    dist = name.lower().replace("-", "_").replace(".", "_")
+    files = {}
+    for root, _dirs, names in os.walk(dist):
+        for n in sorted(names):
+            if n.endswith(".py"):
+                path = os.path.join(root, n)
+                with open(path, "rb") as fh:
+                    files[path.replace(os.sep, "/")] = fh.read()
+    info = dist + "-" + version + ".dist-info"
+    files[info + "/METADATA"] = text.encode()
+    files[info + "/WHEEL"] = b"Wheel-Version: 1.0\\nGenerator: tinybackend\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n"
+    record = ""
+    for arcname, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record += arcname + ",sha256=" + digest + "," + str(len(data)) + "\\n"
+    files[info + "/RECORD"] = (record + info + "/RECORD,,\\n").encode()
+    filename = dist + "-" + version + "-py3-none-any.whl"
+    with zipfile.ZipFile(os.path.join(wheel_directory, filename), "w") as archive:
+        for arcname, data in files.items():
+            archive.writestr(arcname, data)
+    return filename
+"""
+
+
+def add_built_project(corpus: Corpus, name: str, version: str, build_requires: list[str],
+                      requires: list[str] | None = None) -> None:
+    """A release with a wheel (with PEP 658 metadata) and an sdist built by ``tinybackend``."""
+    wheel, data, meta = make_wheel(name, version, requires=requires)
+    corpus.add_file(name, version, wheel, data, metadata=meta)
+    filename, data = make_sdist(name, version, build_requires, requires=requires, backend="tinybackend")
+    corpus.add_file(name, version, filename, data)
+
+
+def closure_corpus() -> Corpus:
+    """Projects that pin old releases of their build backend and of runtime dependencies, so
+    that ``latest_release keep = 1`` alone would leave pip unable to build or install them:
+
+    - ``app`` builds with ``tinybackend<2`` and needs ``libdep<2``; ``libdep`` 1.5 needs
+      ``leaf==1.0`` (both have newer releases, and ``libdep`` a newer pre-release);
+    - ``tool`` builds with ``tinybackend>=2``.
+    """
+    corpus = Corpus()
+    for version in ("1.0", "2.0"):
+        wheel, data, meta = make_wheel("tinybackend", version, module_source=TINY_BACKEND)
+        corpus.add_file("tinybackend", version, wheel, data, metadata=meta)
+        pyproject = '[build-system]\nrequires = []\nbuild-backend = "tinybackend"\nbackend-path = ["."]\n'
+        filename, data = make_sdist("tinybackend", version, pyproject=pyproject, module_source=TINY_BACKEND)
+        corpus.add_file("tinybackend", version, filename, data)
+    add_built_project(corpus, "leaf", "1.0", ["tinybackend<2"])
+    add_built_project(corpus, "leaf", "2.0", ["tinybackend"])
+    add_built_project(corpus, "libdep", "1.0", ["tinybackend<2"])
+    add_built_project(corpus, "libdep", "1.5", ["tinybackend>=1,<2"], ["leaf==1.0"])
+    add_built_project(corpus, "libdep", "1.6rc1", ["tinybackend<2"], ["leaf==1.0"])
+    add_built_project(corpus, "libdep", "2.0", ["tinybackend"])
+    add_built_project(corpus, "app", "1.0", ["tinybackend<2"], ["libdep<2"])
+    add_built_project(corpus, "tool", "3.0", ["tinybackend>=2"])
+    return corpus

@@ -7,6 +7,13 @@ the ``Requires-Dist`` lines of the PEP 658 ``.metadata`` files it has mirrored, 
 API's ``info.requires_dist`` for the current release -- evaluates their environment markers
 for the target environments the operator names, and mirrors the projects they name too,
 until nothing new turns up.
+
+Each requirement is an :class:`Edge` (the line, and which release or sdist asked for it).
+Names are not enough: ``jinja2`` needs ``flit_core<4`` to build while ``latest_release keep = 2``
+keeps only ``flit_core`` 4.x. So the engine gives the filters the specifiers every edge puts
+on a project (:meth:`~bandersnatch_classic.filters.FilterSet.with_pins`), and they keep the
+newest release satisfying each one even where a release filter would drop it. An edge nothing
+can satisfy is said once per run with the chain that reached it (:func:`describe`).
 """
 
 from __future__ import annotations
@@ -18,8 +25,9 @@ import sys
 import tarfile
 import zipfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from packaging.utils import canonicalize_name
 
@@ -33,6 +41,10 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
+
+if TYPE_CHECKING:
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
 
 logger = logging.getLogger(__name__)
 
@@ -87,32 +99,73 @@ class DependencyPolicy:
                 raise ConfigError(f"[allowlist] platforms: {name!r} is not one of {', '.join(PLATFORMS)}")
         return cls(versions, platforms, build)
 
-    def needed(self, requirements: Iterable[str], extras: Iterable[str]) -> dict[str, set[str]]:
-        """Project -> extras wanted, for requirements whose markers hold in a target environment."""
+    def needed(self, edges: Iterable[Edge], extras: Iterable[str]) -> list[tuple[Requirement, Edge]]:
+        """The edges whose markers hold in a target environment (with ``extras`` of the
+        project they come from), each with its parsed requirement."""
         from packaging.requirements import InvalidRequirement, Requirement
 
-        wanted: dict[str, set[str]] = {}
-        contexts = [{**env, "extra": extra} for env in self.environments for extra in ("", *extras)]
-        for line in requirements:
+        out: list[tuple[Requirement, Edge]] = []
+        runtime = [{**env, "extra": extra} for env in self.environments for extra in ("", *extras)]
+        build = [{**env, "extra": ""} for env in self.environments]
+        for edge in edges:
             try:
-                req = Requirement(line)
+                req = Requirement(edge.requirement)
             except InvalidRequirement:
                 continue  # an upstream's broken metadata line says nothing we can use
+            contexts = build if edge.build else runtime
             if req.marker is None or any(req.marker.evaluate(ctx) for ctx in contexts):
-                wanted.setdefault(canonicalize_name(req.name), set()).update(req.extras)
-        return wanted
+                out.append((req, edge))
+        return out
 
 
-def requirements_of(project: Project, storage: Storage, build: bool = False) -> list[str]:
-    """``Requires-Dist`` of every kept release: from its mirrored ``.metadata`` files, else
-    (for the current release) from the JSON API's ``info.requires_dist``; with ``build``,
-    also the build requirements of every mirrored sdist (:func:`build_requirements`)."""
+@dataclass(frozen=True)
+class Edge:
+    """One requirement of a mirrored project: the line, and which release asked for it.
+
+    ``origin`` is ``"jinja2 3.1.6"`` for a runtime requirement of that release, or
+    ``"platformdirs 4.5.0 (sdist)"`` with ``build`` for a build requirement of its sdist.
+    """
+
+    requirement: str
+    origin: str
+    build: bool = False
+
+    def describe(self) -> str:
+        return f"{'build requirement' if self.build else 'requirement'} of {self.origin}"
+
+
+def satisfying(specifier: SpecifierSet, versions: Iterable[str]) -> list[str]:
+    """The ``versions`` pip could take for ``specifier``: pre-releases only when it names one or
+    nothing else matches; versions that are not PEP 440 never (pip ignores them too)."""
+    from packaging.version import InvalidVersion, Version
+
+    valid = []
+    for version in versions:
+        try:
+            Version(version)
+        except InvalidVersion:
+            continue
+        valid.append(version)
+    return list(specifier.filter(valid))
+
+
+def describe(req: Requirement) -> str:
+    """A requirement as an edge's message names it: name, extras, specifier; no marker."""
+    extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
+    return f"{req.name}{extras}{req.specifier}"
+
+
+def requirements_of(project: Project, storage: Storage, build: bool = False) -> list[Edge]:
+    """The requirements of every kept release: ``Requires-Dist`` of its mirrored ``.metadata``
+    files, else (for the current release) the JSON API's ``info.requires_dist``; with
+    ``build``, also the build requirements of every mirrored sdist (:func:`build_requirements`)."""
     from email.parser import BytesHeaderParser
 
-    lines: set[str] = set()
+    edges: set[Edge] = set()
     current = str(project.info.get("version") or "")
     parser = BytesHeaderParser()
     for version, files in project.releases.items():
+        origin = f"{project.name} {version}"
         found = False
         for file in files:
             if not file.metadata_sha256:
@@ -121,22 +174,24 @@ def requirements_of(project: Project, storage: Storage, build: bool = False) -> 
                 data = storage.read_bytes(layout.metadata_path(layout.file_path(file)))
             except FileNotFoundError:
                 continue
-            lines.update(parser.parsebytes(data).get_all("Requires-Dist") or [])
+            edges.update(Edge(line, origin) for line in parser.parsebytes(data).get_all("Requires-Dist") or [])
             found = True
         if not found and version == current:
-            lines.update(project.info.get("requires_dist") or [])
+            edges.update(Edge(line, origin) for line in project.info.get("requires_dist") or [])
         if build:
             for file in files:
                 if not is_sdist(file):
                     continue
                 try:
                     with storage.open(layout.file_path(file)) as archive:
-                        lines.update(build_requirements(archive, file.filename))
+                        lines = build_requirements(archive, file.filename)
                 except FileNotFoundError:
                     continue
                 except LocalIOError as exc:
                     logger.warning("%s: cannot read the sdist for its build requirements (%s)", file.filename, exc)
-    return sorted(lines)
+                    continue
+                edges.update(Edge(line, f"{origin} (sdist)", build=True) for line in lines)
+    return sorted(edges, key=lambda e: (e.origin, e.build, e.requirement))
 
 
 #: What a source tree without ``[build-system] requires`` builds with (PEP 517/518): the

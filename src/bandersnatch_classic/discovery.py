@@ -8,7 +8,13 @@ Three ways to ask the upstream (``api-method``):
   serial is above the mirror's are synced. One request per run.
 - ``html``: the PEP 503 root listing (names only). New names are synced; for known names
   the serial is asked of each project's PEP 691 page, so a run costs one request per
-  listed project (conditional on nothing: the listing has no serials to compare).
+  listed project.
+
+The root listing and the project pages are asked conditionally (``If-None-Match``,
+``If-Modified-Since``) with the validators of the upstream's last answer, kept in
+``page-validators.json`` (:data:`~bandersnatch_classic.state.VALIDATORS_FILE`): an unchanged
+listing or page costs a 304 and no body, and its serial is the one that answer gave. A full
+run (``--force-check``, a first run) asks without them.
 
 ``auto`` tries them in that order and moves on when the upstream answers 405, 404 or not
 JSON; the method that worked is remembered by the mirror (``upstream-method``) and tried
@@ -32,13 +38,15 @@ from packaging.utils import canonicalize_name
 from .errors import RedirectRefused, UnsafePath, UnusableEntry, UpstreamError
 from .models import check_project_name
 from .package import check_name_fits
-from .upstream import MethodUnavailable, Upstream
+from .upstream import MethodUnavailable, PageValidators, Upstream
 
 logger = logging.getLogger(__name__)
 
 METHOD_ORDER = ("xmlrpc", "simple", "html")
 #: A listing that took longer than this is worth a line at INFO even on a quiet run.
 SLOW_LISTING_SECONDS = 5.0
+#: The key of the root listing among the validators (no project name has a slash).
+ROOT = "/"
 
 
 @dataclass
@@ -66,6 +74,9 @@ class Plan:
     listed: set[str] | None = None
     #: Canonical names the XML-RPC changelog says were removed ("remove project").
     deleted: set[str] = field(default_factory=set)
+    #: Canonical name (or :data:`ROOT`) -> the validators of the upstream's last answer for
+    #: that page: what the engine keeps once the plan is accepted, for the next run.
+    validators: dict[str, PageValidators] = field(default_factory=dict)
 
     def removal_is_said(self, canonical: str) -> bool:
         """Whether the upstream itself says ``canonical`` is gone: its changelog removed it,
@@ -82,12 +93,15 @@ def discover(
     allowlist: set[str] | None,
     full: bool,
     remembered: str = "",
+    validators: Mapping[str, PageValidators] | None = None,
 ) -> Plan:
     """Ask the upstream what changed since ``status`` (everything when ``full``).
 
     ``known`` is the mirror's canonical name -> (display name, serial) records;
-    ``remembered`` the method that worked last time, which ``auto`` tries first.
+    ``remembered`` the method that worked last time, which ``auto`` tries first;
+    ``validators`` those of the upstream's last answers, to ask its pages conditionally.
     """
+    kept = {} if full else dict(validators or {})
     if method != "auto":
         methods: tuple[str, ...] = (method,)
     elif remembered in METHOD_ORDER:
@@ -98,10 +112,12 @@ def discover(
     unavailable: dict[str, str] = {}
     for name in methods:
         try:
+            seen = dict(kept)  # updated by the discoverer with every answer it gets
             if allowlist is not None:
-                plan = _by_name(upstream, name, status, known, allowlist, full)
+                plan = _by_name(upstream, name, status, known, allowlist, full, seen)
             else:
-                plan = _DISCOVERERS[name](upstream, status, known, full)
+                plan = _DISCOVERERS[name](upstream, status, known, full, seen)
+            plan.validators = seen
         except MethodUnavailable as exc:
             if method != "auto":
                 raise
@@ -125,7 +141,9 @@ def discover(
     raise UpstreamError(f"no discovery method worked against {upstream.master}: {last_error}")
 
 
-def _xmlrpc(upstream: Upstream, status: int, known: Mapping[str, tuple[str, int]], full: bool) -> Plan:
+def _xmlrpc(
+    upstream: Upstream, status: int, known: Mapping[str, tuple[str, int]], full: bool, seen: dict[str, PageValidators]
+) -> Plan:
     target = upstream.changelog_last_serial()
     if full or not status:
         listing = _read_listing("xmlrpc", upstream.list_packages_with_serial, announce=True)
@@ -137,17 +155,28 @@ def _xmlrpc(upstream: Upstream, status: int, known: Mapping[str, tuple[str, int]
     return Plan("xmlrpc", target, changed, set(), exact_target=True, deleted=deleted)
 
 
-def _simple(upstream: Upstream, status: int, known: Mapping[str, tuple[str, int]], full: bool) -> Plan:
-    target, listing = _read_listing("simple", upstream.simple_listing, announce=full or not status)
+def _simple(
+    upstream: Upstream, status: int, known: Mapping[str, tuple[str, int]], full: bool, seen: dict[str, PageValidators]
+) -> Plan:
+    answer = _read_listing("simple", lambda: upstream.simple_listing(seen.get(ROOT)), announce=full or not status)
+    if answer is None:  # 304: the listing is the one the last accepted plan came from
+        return Plan("simple", max(seen[ROOT].serial, status), {}, set(), exact_target=True)
+    target, listing, seen[ROOT] = answer
     floor = 0 if full else status
     changed = {n: s for n, s in listing.items() if s > floor or canonicalize_name(n) not in known}
     listed = _canonical(listing)
     return Plan("simple", target, changed, _missing(known, listed), exact_target=True, listed=listed)
 
 
-def _html(upstream: Upstream, status: int, known: Mapping[str, tuple[str, int]], full: bool) -> Plan:
-    names = _read_listing("html", upstream.html_listing, announce=full or not status)
-    projects, top = _serials_by_name(upstream, names, known, full)
+def _html(
+    upstream: Upstream, status: int, known: Mapping[str, tuple[str, int]], full: bool, seen: dict[str, PageValidators]
+) -> Plan:
+    answer = _read_listing("html", lambda: upstream.html_listing(seen.get(ROOT)), announce=full or not status)
+    if answer is None:  # 304: the same names as when the last accepted plan was made
+        names = [display for display, _serial in known.values()]
+    else:
+        names, seen[ROOT] = answer
+    projects, top = _serials_by_name(upstream, names, known, full, seen)
     listed = _canonical(names)
     return Plan("html", max(top, status), projects, _missing(known, listed), listed=listed)
 
@@ -159,6 +188,7 @@ def _by_name(
     known: Mapping[str, tuple[str, int]],
     allowlist: set[str],
     full: bool,
+    seen: dict[str, PageValidators],
 ) -> Plan:
     """Discovery for allowlist mirrors: no listing, only the named projects."""
     if method == "xmlrpc":
@@ -169,30 +199,42 @@ def _by_name(
         projects = {n: s for n, s in changed.items() if canonicalize_name(n) in allowlist}
         projects.update({n: 0 for n in allowlist if n not in known})
         return Plan("xmlrpc", target, projects, set(), exact_target=True, deleted=deleted)
-    projects, top = _serials_by_name(upstream, sorted(allowlist), known, full)
+    projects, top = _serials_by_name(upstream, sorted(allowlist), known, full, seen)
     return Plan(method, max(top, status), projects, set())
 
 
 def _serials_by_name(
-    upstream: Upstream, names: Iterable[str], known: Mapping[str, tuple[str, int]], full: bool
+    upstream: Upstream,
+    names: Iterable[str],
+    known: Mapping[str, tuple[str, int]],
+    full: bool,
+    seen: dict[str, PageValidators],
 ) -> tuple[dict[str, int], int]:
-    """Ask each known project's PEP 691 page for its serial; new names are synced as they are.
+    """Ask each known project's PEP 691 page for its serial (conditionally, with the
+    validators in ``seen``, which the answers update); new names are synced as they are.
 
     Returns the projects to sync (name -> serial) and the highest serial seen.
     """
     projects: dict[str, int] = {}
     top = 0
     for name in names:
-        record = known.get(canonicalize_name(name))
+        canonical = canonicalize_name(name)
+        record = known.get(canonical)
         if record is None or full:
             projects[name] = 0
             continue
         try:
-            serial = upstream.project_page_serial(name)
+            page = upstream.project_page_serial(name, seen.get(canonical))
         except (UnusableEntry, RedirectRefused) as exc:  # the JSON API document decides, or fails the project
             logger.debug("%s: %s", name, exc)
+            seen.pop(canonical, None)
             projects[name] = 0
             continue
+        if page is None:
+            seen.pop(canonical, None)
+        else:
+            seen[canonical] = page
+        serial = page.serial if page is not None else None
         if serial is None or serial > record[1]:
             projects[name] = serial or 0
         top = max(top, serial or 0, record[1])
@@ -206,7 +248,11 @@ def _read_listing(method: str, read: Callable[[], Any], announce: bool) -> Any:
     started = time.monotonic()
     listing = read()
     seconds = time.monotonic() - started
-    count = len(listing[1] if isinstance(listing, tuple) else listing)
+    if listing is None:
+        logger.debug("The project listing (%s) has not changed since the last run (304)", method)
+        return None
+    names = listing if isinstance(listing, dict) else listing[1] if method == "simple" else listing[0]
+    count = len(names)
     level = logging.INFO if announce or seconds >= SLOW_LISTING_SECONDS else logging.DEBUG
     logger.log(level, "Read the project listing (%s): %s projects in %.1fs", method, f"{count:,}", seconds)
     return listing

@@ -72,6 +72,8 @@ class RunRecord(TypedDict):
     bytes: int
     serial: int
     upstream_serial: int | None
+    #: Requirement edges nothing in the mirror satisfies (resolve-dependencies), one line each.
+    unsatisfied: list[str]
 
 
 # -- the history -------------------------------------------------------------------------
@@ -142,7 +144,7 @@ class RunRecorder:
             "command": command, "pid": os.getpid(), "host": socket.gethostname(),
             "started": report.started_at.timestamp(), "finished": None, "exit_status": None,
             "method": "", "synced": 0, "removed": 0, "failed": {}, "files": 0, "bytes": 0,
-            "serial": 0, "upstream_serial": None,
+            "serial": 0, "upstream_serial": None, "unsatisfied": [],
         }
 
     def start(self) -> None:
@@ -167,6 +169,7 @@ class RunRecorder:
             bytes=report.bytes, serial=serial if serial is not None else self.record["serial"],
             # the target of a mirror run that asked the upstream: the upstream's serial then
             upstream_serial=report.serial if self.command == "mirror" and report.method else None,
+            unsatisfied=list(report.unsatisfied),
         )
         runs: list[RunRecord] = []
         try:
@@ -232,7 +235,13 @@ def _last_success(runs: list[RunRecord]) -> RunRecord | None:
 
 
 def _upstream_seen(runs: list[RunRecord]) -> int | None:
-    return next((r["upstream_serial"] for r in reversed(runs) if r.get("upstream_serial") is not None), None)
+    run = _last_learned(runs)
+    return run["upstream_serial"] if run is not None else None
+
+
+def _last_learned(runs: list[RunRecord]) -> RunRecord | None:
+    """The last run that learned the upstream's serial (a ``mirror`` run that asked)."""
+    return next((r for r in reversed(runs) if r.get("upstream_serial") is not None), None)
 
 
 # -- the metrics file --------------------------------------------------------------------
@@ -339,13 +348,13 @@ def ask_upstream_serial(upstream: Upstream, method: str, allowlist: bool) -> tup
         return upstream.changelog_last_serial(), ""
     if allowlist:
         return None, (
-            f"not asked: an allowlist mirror using {method} takes its serial from its projects' pages, "
-            "one request each"
+            f"not asked now: an allowlist mirror using {method} learns its serials from its projects' pages, "
+            "one request each, in a mirror run"
         )
     if method == "simple":
         return upstream.listing_serial(), ""
     if method == "html":
-        return None, "not available: the html discovery method has no index serial"
+        return None, "not asked now: the html discovery method has no index serial; a mirror run learns its projects' from their pages"
     return None, "not asked: api-method = auto has not found a working method against this master yet"
 
 
@@ -393,6 +402,12 @@ def status_report(
         upstream_serial, unavailable = ask_upstream_serial(upstream, method, allowlist)
     except UpstreamError as exc:
         error = str(exc)
+    source = "asked now" if upstream_serial is not None else None
+    learned = _last_learned(runs) if method in ("simple", "html") and upstream_serial is None and not error else None
+    if learned is not None:
+        # an allowlist or html mirror has no index serial to ask for in one request; its last
+        # run learned its projects' serials from their pages, and its target is the newest
+        upstream_serial, source = learned["upstream_serial"], f"learned by the last run ({_iso(learned['started'])})"
     lag = max(0, upstream_serial - mirror_serial) if upstream_serial is not None and mirror_serial is not None else None
     if upstream_serial is not None and mirror_serial is not None and mirror_serial > upstream_serial:
         damage.append(
@@ -436,6 +451,7 @@ def status_report(
         failing = {name: failing_runs[-1]["failed"][name] for name in sorted(common)}
     problems += damage
     projects_bytes = storage.stat(PROJECTS_FILE)
+    unsatisfied = list(finished[-1].get("unsatisfied") or []) if finished else []
 
     exit_status = EXIT_UPSTREAM if error else EXIT_UNHEALTHY if problems else EXIT_OK
     doc.update(
@@ -447,6 +463,7 @@ def status_report(
         upstream_serial=upstream_serial,
         upstream_method=method or None,
         upstream_unavailable=unavailable or None,
+        upstream_serial_source=source,
         upstream_error=error or None,
         lag_serials=lag,
         last_success=_iso(success["finished"]) if success else None,
@@ -461,6 +478,7 @@ def status_report(
         missing_metadata={
             "projects": len(missing_projects), "files": sum(len(v) for v in missing_projects.values()),
         },
+        unsatisfied_requirements={"count": len(unsatisfied), "edges": unsatisfied},
         generation=generation,
         generation_current=GENERATION,
         runs_recorded=len(runs),
@@ -491,6 +509,8 @@ def render_status(doc: Mapping[str, Any]) -> str:
     if doc["upstream_serial"] is not None:
         lag = f", lag {doc['lag_serials']} serials" if doc["lag_serials"] is not None else ""
         upstream = f"{doc['upstream_serial']} via {doc['upstream_method']}{lag}"
+        if doc["upstream_serial_source"] != "asked now":
+            upstream += f" ({doc['upstream_serial_source']}; {doc['upstream_unavailable']})"
     else:
         upstream = f"unknown ({doc['upstream_error'] or doc['upstream_unavailable']})"
     serial = str(doc["serial"]) if doc["serial"] is not None else "unreadable (see health)"
@@ -521,6 +541,10 @@ def render_status(doc: Mapping[str, Any]) -> str:
     if doc["projects_json_bytes"]:
         size += f" (projects.json {human(doc['projects_json_bytes'])})"
     rows.append(("size", size))
+    unsatisfied = doc["unsatisfied_requirements"]
+    if unsatisfied["count"]:
+        rows.append(("unsatisfied", f"{unsatisfied['count']} requirement edges the mirror cannot satisfy (last run)"))
+        rows += [("", edge) for edge in unsatisfied["edges"]]
     missing = doc["missing_metadata"]
     if missing["files"]:
         rows.append(("missing metadata", f"{missing['files']} sidecars of {missing['projects']} projects"))

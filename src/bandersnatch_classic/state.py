@@ -1,4 +1,5 @@
-"""The mirror's own records: ``generation``, ``status``, ``todo``, ``projects.json`` and ``upstream-method``.
+"""The mirror's own records: ``generation``, ``status``, ``todo``, ``projects.json``,
+``upstream-method``, ``dependencies.json`` and ``page-validators.json``.
 
 ``projects.json`` maps each mirrored project's canonical name to the serial its pages were
 written at, or to ``[display name, serial]`` when the display name differs from the canonical
@@ -27,13 +28,17 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from html import unescape
-from typing import Union
+from typing import TYPE_CHECKING, Any, Union
 
 from packaging.utils import canonicalize_name
 
 from . import layout
+from .dependencies import Edge
 from .errors import DamagedState, LocalIOError, StateError
 from .storage import Storage
+
+if TYPE_CHECKING:
+    from .upstream import PageValidators
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +48,14 @@ OLD_GENERATIONS = (3, 4)
 PROJECTS_FILE = "projects.json"
 #: ``<method> <unix time of the probe> <master>``: what ``api-method = auto`` found works.
 METHOD_FILE = "upstream-method"
+#: resolve-dependencies: ``{"edges": {project: [[requirement, origin, build], ...]},
+#: "versions": {project: [kept version, ...]}}``, the requirement edges of every mirrored
+#: project and the releases each keeps, so that a later run still keeps what they need.
+DEPENDENCIES_FILE = "dependencies.json"
+#: Conditional requests for project pages (``simple``/``html`` discovery, allowlist mirrors):
+#: ``{"pages": {project: {"etag": str, "last_modified": str, "serial": int}}}``, from the
+#: upstream's last answer for each page.
+VALIDATORS_FILE = "page-validators.json"
 #: How long a remembered method is trusted before ``auto`` probes the others again.
 REPROBE_SECONDS = 86400
 
@@ -386,6 +399,61 @@ class MirrorState:
 
     def remember_method(self, method: str, master: str) -> None:
         self.storage.write_bytes(METHOD_FILE, f"{method} {int(time.time())} {master}\n".encode())
+
+    # -- requirement edges (resolve-dependencies) -----------------------------------
+    def read_dependencies(self) -> tuple[dict[str, list[Edge]], dict[str, list[str]]]:
+        """The edges of every mirrored project and the versions each keeps (empty when unknown)."""
+        doc = self._read_json(DEPENDENCIES_FILE)
+        try:
+            edges = {str(k): [Edge(str(r), str(o), bool(b)) for r, o, b in v] for k, v in doc.get("edges", {}).items()}
+            versions = {str(k): [str(x) for x in v] for k, v in doc.get("versions", {}).items()}
+        except (AttributeError, TypeError, ValueError) as exc:
+            logger.warning("Ignoring the corrupt %s (%s)", self.storage.display(DEPENDENCIES_FILE), exc)
+            return {}, {}
+        return edges, versions
+
+    def write_dependencies(self, edges: Mapping[str, list[Edge]], versions: Mapping[str, list[str]]) -> None:
+        doc = {
+            "edges": {k: [[e.requirement, e.origin, e.build] for e in v] for k, v in sorted(edges.items())},
+            "versions": dict(sorted(versions.items())),
+        }
+        self.storage.write_if_changed(DEPENDENCIES_FILE, (json.dumps(doc, indent=1) + "\n").encode())
+
+    # -- validators of project pages ------------------------------------------------
+    def read_validators(self) -> dict[str, PageValidators]:
+        """Project (or ``/``, the root listing) -> the validators of its page's last answer."""
+        from .upstream import PageValidators
+
+        pages = self._read_json(VALIDATORS_FILE).get("pages", {})
+        if not isinstance(pages, dict):
+            return {}
+        return {
+            str(k): PageValidators(v["serial"], str(v.get("etag") or ""), str(v.get("last_modified") or ""))
+            for k, v in pages.items()
+            if isinstance(v, dict) and isinstance(v.get("serial"), int)
+        }
+
+    def write_validators(self, pages: Mapping[str, PageValidators]) -> None:
+        doc = {k: {"etag": v.etag, "last_modified": v.last_modified, "serial": v.serial} for k, v in sorted(pages.items())}
+        self.storage.write_if_changed(VALIDATORS_FILE, (json.dumps({"pages": doc}, indent=1) + "\n").encode())
+
+    def _read_json(self, path: str) -> dict[str, Any]:
+        """A JSON state file as a dict; missing or corrupt reads as empty (a corrupt one with a warning)."""
+        try:
+            text = read_state_text(self.storage, path)
+        except DamagedState as exc:
+            logger.warning("%s %s; ignored it (it is rebuilt by this run)", exc.path, exc.problem)
+            return {}
+        if not text:
+            return {}
+        try:
+            doc = json.loads(text)
+            if not isinstance(doc, dict):
+                raise ValueError("not an object")
+            return doc
+        except (ValueError, RecursionError) as exc:
+            logger.warning("Ignoring the corrupt %s (%s)", self.storage.display(path), exc)
+            return {}
 
     # -- todo ------------------------------------------------------------------------
     def read_todo(self) -> Todo | None:

@@ -32,28 +32,31 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import filelock
 from packaging.utils import canonicalize_name
 
 from . import layout, pages
 from .config import Config, MirrorConfig
-from .dependencies import DependencyPolicy
-from .discovery import Plan, discover
+from .dependencies import DependencyPolicy, Edge, describe, satisfying
+from .discovery import ROOT, Plan, discover
 from .errors import ConfigError, LocalIOError, LockHeld, UnsafeListing, UpstreamError, UpstreamKnowsNone
 from .filters import FilterSet
 from .models import Project
 from .package import publish
 from .progress import Progress, human as _human
 from .sidecars import MissingSidecars
-from .state import MirrorState, Todo
+from .state import VALIDATORS_FILE, MirrorState, Todo
 from .storage import FilesystemStorage, Storage
 from .upstream import RetryPolicy, Upstream
 from .worker import (
     Exited, Failed, Gone, Item, LocalError, Result, SharedCursor, Skipped, Synced, Unfinished, Worker, run_worker,
     run_worker_process,
 )
+
+if TYPE_CHECKING:
+    from packaging.requirements import Requirement
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +80,8 @@ class Report:
     written: list[str] = field(default_factory=list)
     #: Canonical names the upstream answered 404 for (deleted, or never there).
     gone: set[str] = field(default_factory=set)
+    #: Requirement edges nothing in the mirror can satisfy, one line each with its chain.
+    unsatisfied: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -133,8 +138,12 @@ class Mirror:
         #: take the set in force when they start.
         self.filters = filters
         self.dependencies = dependencies
-        #: Requires-Dist of the projects synced in this run (resolve-dependencies only).
-        self._requires: dict[str, list[str]] = {}
+        #: resolve-dependencies: the requirement edges of every mirrored project and the
+        #: versions each keeps (dependencies.json, updated by what this run syncs).
+        self._edges: dict[str, list[Edge]] = {}
+        self._versions: dict[str, list[str]] = {}
+        #: Projects the filters dropped whole in this run.
+        self._skipped: set[str] = set()
         self.state = MirrorState(storage, config.hash_index, layout.ROOT_HTML[0] if config.write_html else layout.ROOT_JSON)
         self.sidecars = MissingSidecars(storage)
         self.report = Report()
@@ -229,6 +238,8 @@ class Mirror:
                 "Resuming an unfinished run: %d projects left towards serial %d", len(start.todo.projects), start.since
             )
 
+        validators = self.state.read_validators()
+
         def ask() -> Plan:
             return discover(
                 self.upstream,
@@ -239,6 +250,7 @@ class Mirror:
                 self.filters.allowlist(),
                 start.full or start.compare or not start.since,
                 start.remembered if start.fresh else "",
+                validators,
             )
 
         plan = ask()
@@ -266,6 +278,7 @@ class Mirror:
         if not work and not removed and target == status and self.storage.exists("status") and not self.state.repaired:
             logger.debug("Nothing to do: the mirror is at serial %d", status)
             self.write_diff_file()  # empty: this run wrote nothing
+            self._keep_validators(plan)
             return report
 
         logger.info(
@@ -276,9 +289,11 @@ class Mirror:
         self.state.write_generation()
         todo = Todo(target, work)
         self.state.write_todo(todo)
+        self._keep_validators(plan, root=False)  # the listing's only once all it asked for is done
         for canonical in sorted(removed):
             logger.info("%s: gone from the upstream listing; removing it from the index", canonical)
             self._unpublish(canonical)
+        self._pin_dependencies()
         self._sync(todo)
         self._sync_dependencies(todo, set(work))
         self._settle_not_found(every_404_is_unusable=True)
@@ -291,6 +306,8 @@ class Mirror:
         if not todo.projects:
             self.state.write_status(target)
             self.state.remove_todo()
+            if not report.gone:  # a project removed while still listed comes back with the whole listing
+                self._keep_validators(plan)
         else:
             # todo holds what failed or was never started (after a stop): the next run
             # retries those together with what changed after ``target``; status stays put.
@@ -322,6 +339,16 @@ class Mirror:
             "If the upstream really deleted them, run once with `bandersnatch mirror --allow-mass-removal`"
         )
 
+    def _keep_validators(self, plan: Plan, root: bool = True) -> None:
+        """Keep the validators of the pages this plan came from, for conditional requests
+        next run: the mirrored projects' (their serials are compared with the records, so a
+        304 never hides a change), and with ``root`` the listing's. A 304 for the listing
+        says nothing changed since it was read, so it is kept only when everything that
+        listing asked for is done (after todo is written is not enough)."""
+        if plan.validators or self.storage.exists(VALIDATORS_FILE):
+            known = self.state.projects
+            self.state.write_validators({k: v for k, v in plan.validators.items() if (root and k == ROOT) or k in known})
+
     def _remember_method(self, plan: Plan, changed: bool) -> None:
         """Note which method worked, so that the next runs ask for it first (one request, not three)."""
         tried = "; ".join(f"{m} unavailable: {why}" for m, why in plan.unavailable.items())
@@ -335,6 +362,7 @@ class Mirror:
         work = {canonicalize_name(n): 0 for n in names if self.filters.allows_name(n)}
         todo = Todo(self.state.status, work)
         self.report.serial = todo.target
+        self._pin_dependencies()
         self._sync(todo, checkpoint=False)
         self._sync_dependencies(todo, set(work), checkpoint=False)
         self._settle_not_found(every_404_is_unusable=False)
@@ -345,38 +373,132 @@ class Mirror:
             self.state.save_projects()
         return self.report
 
-    def _sync_dependencies(self, todo: Todo, attempted: set[str], checkpoint: bool = True) -> None:
-        """Sync, round after round, the dependencies of what was synced that are not mirrored yet."""
+    def _pin_dependencies(self) -> None:
+        """Before the first sync: read the edges earlier runs found, so that a dependency
+        synced again (it changed upstream) keeps the releases they need."""
         if self.dependencies is None:
             return
+        self._edges, self._versions = self.state.read_dependencies()
+        self._pins(self._needs())
+
+    def _needs(self) -> list[tuple[str, Requirement, Edge]]:
+        """Every edge of every mirrored project whose markers hold, as (requirer, requirement,
+        edge), with the extras the allowlists and the edges themselves ask for."""
+        assert self.dependencies is not None
         extras = self.filters.extras()  # requests[socks] in the allowlist: PySocks too
         while True:
-            wanted: dict[str, set[str]] = {}
-            for name, requires in self._requires.items():
-                for dep, dep_extras in self.dependencies.needed(requires, extras.get(name, ())).items():
-                    wanted.setdefault(dep, set()).update(dep_extras)
-            grown = any(not e <= extras.get(d, set()) for d, e in wanted.items())
-            for dep, dep_extras in wanted.items():
-                extras.setdefault(dep, set()).update(dep_extras)
-            new = sorted(
-                d for d in wanted
-                if d not in attempted and d not in self.state.projects and self.filters.allows_dependency(d)
-            )
-            if not new:
-                if grown:
-                    continue  # more extras asked of projects we hold: look at their requirements again
-                return
-            logger.info("Dependencies: %d more projects to mirror: %s", len(new), ", ".join(new[:20]))
+            needs = [
+                (name, req, edge)
+                for name, edges in sorted(self._edges.items())
+                if name in self.state.projects
+                for req, edge in self.dependencies.needed(edges, extras.get(name, ()))
+            ]
+            grown = False
+            for _, req, _ in needs:
+                dep = canonicalize_name(req.name)
+                if not req.extras <= extras.get(dep, set()):
+                    extras.setdefault(dep, set()).update(req.extras)
+                    grown = True  # more extras asked of a project: look at its requirements again
+            if not grown:
+                return needs
+
+    def _pins(self, needs: list[tuple[str, Requirement, Edge]]) -> dict[str, frozenset[str]]:
+        """Give the filters the specifiers the edges put on each project; return them."""
+        from packaging.specifiers import SpecifierSet
+
+        pins: dict[str, set[str]] = {}
+        for _, req, _ in needs:
+            if req.specifier:
+                pins.setdefault(canonicalize_name(req.name), set()).add(str(req.specifier))
+        self.filters = self.filters.with_pins({d: [SpecifierSet(s) for s in sorted(v)] for d, v in pins.items()})
+        return {d: frozenset(v) for d, v in pins.items()}
+
+    def _satisfied(self, dep: str, specifiers: frozenset[str]) -> bool:
+        """Whether the versions ``dep`` keeps satisfy every specifier (unknown versions: no)."""
+        from packaging.specifiers import SpecifierSet
+
+        versions = self._versions.get(dep)
+        if versions is None:
+            return False
+        return all(satisfying(SpecifierSet(s), versions) for s in specifiers)
+
+    def _sync_dependencies(self, todo: Todo, attempted: set[str], checkpoint: bool = True) -> None:
+        """Sync, round after round, what the edges of what is mirrored need: projects not
+        mirrored yet, and mirrored ones whose kept releases satisfy no release an edge asks
+        for (synced again with the edges' specifiers). Then say what nothing can satisfy."""
+        if self.dependencies is None:
+            return
+        resynced: dict[str, frozenset[str]] = {}
+        while True:
+            needs = self._needs()
+            pins = self._pins(needs)
+            wanted = sorted({canonicalize_name(req.name) for _, req, _ in needs})
+            allowed = [d for d in wanted if self.filters.allows_dependency(d)]
+            new = [d for d in allowed if d not in attempted and d not in self.state.projects]
+            again = [
+                d for d in allowed
+                if d in self.state.projects and d in pins and resynced.get(d) != pins[d] and not self._satisfied(d, pins[d])
+            ]
+            if not new and not again:
+                break
+            if new:
+                logger.info("Dependencies: %d more projects to mirror: %s", len(new), ", ".join(new[:20]))
+            if again:
+                logger.info(
+                    "Dependencies: %d projects to sync again for releases their dependents need: %s",
+                    len(again), ", ".join(again[:20]),
+                )
+            self._save_dependencies()  # a run killed in a round keeps the edges found so far
             attempted.update(new)
+            resynced.update((d, pins[d]) for d in again)
             self.filters = self.filters.with_allowed(new)  # workers started from here on see them
-            round_ = Todo(todo.target, dict.fromkeys(new, 0))
+            round_ = Todo(todo.target, dict.fromkeys(new + again, 0))
             todo.projects.update(round_.projects)
             if checkpoint:
                 self.state.write_todo(todo)
             self._sync(round_, checkpoint=False)
-            for name in new:
-                if name not in round_.projects:  # finished; what failed stays in todo
-                    todo.projects.pop(name, None)
+            for name in set(new + again) - round_.projects.keys():  # finished; what failed stays in todo
+                todo.projects.pop(name, None)
+        self._report_unsatisfied(needs)
+        self._save_dependencies()
+
+    def _save_dependencies(self) -> None:
+        """Write dependencies.json: the edges and kept versions of the mirrored projects."""
+        mirrored = self.state.projects
+        self.state.write_dependencies(
+            {k: v for k, v in self._edges.items() if k in mirrored}, {k: v for k, v in self._versions.items() if k in mirrored}
+        )
+
+    def _report_unsatisfied(self, needs: list[tuple[str, Requirement, Edge]]) -> None:
+        """Say once each edge nothing can satisfy, with the chain of edges that reached it."""
+        failed = {canonicalize_name(n) for n in self.report.failed}
+        via: dict[str, tuple[Requirement, Edge, str]] = {}
+        for requirer, req, edge in needs:
+            via.setdefault(canonicalize_name(req.name), (req, edge, requirer))
+
+        def chain(requirer: str, seen: frozenset[str]) -> str:
+            if self.filters.is_listed(requirer) or requirer in seen or requirer not in via:
+                return ""
+            req, edge, up = via[requirer]
+            return f" <- {describe(req)}, {edge.describe()}" + chain(up, seen | {requirer})
+
+        lines: list[str] = []
+        for requirer, req, edge in needs:
+            dep = canonicalize_name(req.name)
+            if not self.filters.allows_dependency(dep) or dep in failed:
+                continue  # blocklisted: never pulled in; failed: said already, retried next run
+            if dep in self.report.gone:
+                why = "the upstream has no such project"
+            elif dep in self._skipped:
+                why = "the filters drop the whole project"
+            elif dep in self.state.projects and req.specifier and not satisfying(req.specifier, self._versions.get(dep, [])):
+                why = f"no release of {dep} satisfies it with a file the filters keep"
+            else:
+                continue
+            lines.append(f"{describe(req)}, {edge.describe()}{chain(requirer, frozenset())}: {why}")
+        for line in sorted(set(lines)):
+            logger.warning("%s", line)
+            self.report.unsatisfied.append(line)
 
     # -- running the workers -------------------------------------------------------------
     def _sync(self, todo: Todo, checkpoint: bool = True) -> None:
@@ -486,7 +608,8 @@ class Mirror:
             self.state.record(result.canonical, result.display, result.serial)
             self.sidecars.set(result.canonical, result.missing)
             if self.dependencies is not None:
-                self._requires[result.canonical] = result.requires
+                self._edges[result.canonical] = result.requires
+                self._versions[result.canonical] = result.versions
             self._highest_serial = max(self._highest_serial, result.serial)
             report.synced += 1
             report.files += result.files
@@ -497,6 +620,7 @@ class Mirror:
                 self._remove_legacy_dirs(result.display, result.canonical)
         elif isinstance(result, Skipped):
             self.sidecars.forget(canonicalize_name(result.name))
+            self._skipped.add(canonicalize_name(result.name))
         elif isinstance(result, Gone):
             return self._apply_gone(result, stop)
         elif isinstance(result, Unfinished):
@@ -597,7 +721,7 @@ class Mirror:
             if why is not None:
                 self.report.failed[name] = why
                 logger.error("%s: failed: %s", name, why)
-            elif allowlist is not None and canonicalize_name(name) in allowlist:
+            elif allowlist is not None and self.filters.is_listed(canonicalize_name(name)):
                 logger.warning("%s: allowlisted, but the upstream has no such project; check its spelling", name)
 
     def _unpublish(self, canonical: str) -> None:

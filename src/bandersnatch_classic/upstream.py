@@ -34,6 +34,7 @@ import time
 import xmlrpc.client
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any, BinaryIO
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
@@ -133,6 +134,31 @@ class Response:
 
     def header(self, name: str) -> str:
         return str(self.headers.get(name) or "")
+
+
+@dataclass(frozen=True)
+class PageValidators:
+    """What the upstream's last answer for a page said: the serial it gave, and its ``ETag``
+    and ``Last-Modified``, to ask for the page again conditionally. An unchanged page then
+    costs a 304 and no body (issue 22: a no-op run of an allowlist mirror asks every page)."""
+
+    serial: int
+    etag: str = ""
+    last_modified: str = ""
+
+    def headers(self) -> dict[str, str]:
+        """``If-None-Match`` and ``If-Modified-Since`` for what the last answer gave."""
+        out = {"If-None-Match": self.etag} if self.etag else {}
+        if self.last_modified:
+            out["If-Modified-Since"] = self.last_modified
+        return out
+
+    @classmethod
+    def of(cls, response: Response, serial: int) -> PageValidators:
+        """The validators of ``response``. ``Last-Modified`` counts whole seconds, so a page
+        changed again within the second it was answered in would look unchanged: it is kept
+        only when the answer's ``Date`` is a whole second or more after it."""
+        return cls(serial, response.header("ETag"), _settled(response.header("Last-Modified"), response.header("Date")))
 
 
 class Upstream:
@@ -335,27 +361,36 @@ class Upstream:
         return changed, removed
 
     # -- simple API ------------------------------------------------------------------
-    def simple_listing(self) -> tuple[int, dict[str, int]]:
-        """The PEP 691 root listing: (last serial, {name: serial}).
+    def simple_listing(self, known: PageValidators | None = None) -> tuple[int, dict[str, int], PageValidators] | None:
+        """The PEP 691 root listing: (last serial, {name: serial}, its validators); None when
+        ``known`` (the validators of an earlier answer) says it has not changed (304).
 
         A static server over a mirror's ``web/`` cannot negotiate and answers HTML (its body
         is not read): the listing is then asked as the file it is there,
         ``/simple/index.v1_json``, whatever its content type.
         """
         url = f"{self.master}/simple/"
-        response = self._request("GET", url, headers={"Accept": SIMPLE_JSON}, only_type="json")
+        headers = {"Accept": SIMPLE_JSON, **(known.headers() if known else {})}
+        response = self._request(
+            "GET", url, accept_status=(200, 304) if known else (200,), headers=headers, only_type="json"
+        )
+        if response.status == 304:
+            return None
         if response.status == 200 and "json" not in response.header("Content-Type"):
             url = f"{self.master}/{served_path(ROOT_JSON)}"
             response = self._request("GET", url, accept_status=(200, 404))
             if response.status == 200:
-                response.headers = {"Content-Type": SIMPLE_JSON}
+                response.headers = {**response.headers, "Content-Type": SIMPLE_JSON}
                 self.static_tree = True
         doc = self._json_or_unavailable(response, url)
         try:
             projects = {_string(p["name"]): int(p["_last-serial"]) for p in doc["projects"]}
-            return int(doc["meta"]["_last-serial"]), projects
+            serial = int(doc["meta"]["_last-serial"])
         except (KeyError, TypeError, ValueError) as exc:
             raise MethodUnavailable(f"{url}: PEP 691 listing without serials") from exc
+        if self.static_tree:  # the validators of index.v1_json would be sent to /simple/ next time
+            return serial, projects, PageValidators(serial)
+        return serial, projects, PageValidators.of(response, serial)
 
     def listing_serial(self) -> int:
         """The index's serial from one request for the PEP 691 root listing.
@@ -391,29 +426,40 @@ class Upstream:
             pass
         raise MethodUnavailable(f"{url}: no X-PyPI-Last-Serial header, and answered {answered!r}, not JSON")
 
-    def html_listing(self) -> list[str]:
-        """Project names from the HTML root listing (PEP 503): the link texts."""
+    def html_listing(self, known: PageValidators | None = None) -> tuple[list[str], PageValidators] | None:
+        """Project names from the HTML root listing (PEP 503): the link texts, and the
+        listing's validators; None when ``known`` says it has not changed (304)."""
         from .htmllinks import link_texts
 
         url = f"{self.master}/simple/"
-        response = self._request("GET", url, headers={"Accept": "text/html"})
+        headers = {"Accept": "text/html", **(known.headers() if known else {})}
+        response = self._request("GET", url, accept_status=(200, 304) if known else (200,), headers=headers)
+        if response.status == 304:
+            return None
         if response.status != 200:
             raise MethodUnavailable(f"{url}: HTTP {response.status}")
-        return link_texts(response.body.decode("utf-8", "replace"))
+        return link_texts(response.body.decode("utf-8", "replace")), PageValidators.of(response, 0)
 
-    def project_page_serial(self, name: str) -> int | None:
-        """A project's serial, or None when it does not exist.
+    def project_page_serial(self, name: str, known: PageValidators | None = None) -> PageValidators | None:
+        """A project's serial (with its page's validators), or None when it does not exist.
 
         Asked of its PEP 691 page: the ``X-PyPI-Last-Serial`` header, else ``_last-serial``
         in the JSON, else the ``<!--SERIAL N-->`` comment of an HTML page; when the page
-        carries none of them, the JSON API document's ``last_serial``.
+        carries none of them, the JSON API document's ``last_serial``. With ``known`` (the
+        validators of the last answer) the page is asked conditionally, and a 304 answers
+        ``known``: the page, and so the serial, has not changed.
         """
         url = f"{self.master}/simple/{quote(name)}/"
+        headers = {"Accept": SIMPLE_JSON, **(known.headers() if known else {})}
         response = self._request(
-            "GET", url, accept_status=(200, 404), limit=self.max_document_size, headers={"Accept": SIMPLE_JSON}
+            "GET", url, accept_status=(200, 304, 404), limit=self.max_document_size, headers=headers
         )
-        if response.status == 404:
-            return None
+        if response.status == 304 and known is not None:
+            return known
+        serial = self._page_serial(name, response) if response.status == 200 else None
+        return PageValidators.of(response, serial) if serial is not None else None
+
+    def _page_serial(self, name: str, response: Response) -> int | None:
         header = response.header("X-PyPI-Last-Serial")
         if header.isdigit():
             return int(header)
@@ -618,6 +664,15 @@ def _string(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"a name that is not a string: {value!r:.60}")
     return value
+
+
+def _settled(last_modified: str, date: str) -> str:
+    """``last_modified`` when ``date`` (the answer's time) is at least a second later, else ""."""
+    try:
+        settled = parsedate_to_datetime(date) > parsedate_to_datetime(last_modified)
+    except (TypeError, ValueError):
+        return ""
+    return last_modified if settled else ""
 
 
 def _status_error(status: int) -> UpstreamError:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
 from .config import MirrorConfig
-from .dependencies import DependencyPolicy, requirements_of
+from .dependencies import DependencyPolicy, Edge, requirements_of
 from .errors import HashMismatch, LocalIOError, NotServed, ProjectGone, UnsafePath
 from .filters import FilterSet
 from .models import Project, check_project_name
@@ -53,10 +53,12 @@ class Synced:
     files: int
     bytes: int
     written: list[str] = field(default_factory=list)
-    #: Requires-Dist lines (resolve-dependencies only).
-    requires: list[str] = field(default_factory=list)
+    #: Requirement edges of the kept releases (resolve-dependencies only).
+    requires: list[Edge] = field(default_factory=list)
     #: ``.metadata`` sidecars the upstream advertises but did not serve.
     missing: list[Sidecar] = field(default_factory=list)
+    #: The versions the mirror keeps (resolve-dependencies only: what the edges into it can use).
+    versions: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -286,10 +288,12 @@ class Worker:
             return
         policy = self.dependencies
         requires = requirements_of(project, self.storage, policy.build) if policy is not None else []
+        versions = list(project.releases) if policy is not None else []
         logger.info("%s: synced at serial %d", project.name, project.serial)
         self._report(
             Synced(
-                job.name, project.canonical, project.name, project.serial, job.files, job.bytes, job.written, requires, missing
+                job.name, project.canonical, project.name, project.serial, job.files, job.bytes, job.written, requires,
+                missing, versions,
             )
         )
 

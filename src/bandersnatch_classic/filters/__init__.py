@@ -23,15 +23,18 @@ sections or directly, and says through ``idle()`` why it would drop nothing.
 
 A :class:`FilterSet` is never changed once built: the dependencies resolve-dependencies lets
 through the allowlists make a new set (:meth:`FilterSet.with_allowed`), so what a worker
-forked from the engine applies is exactly the set the engine held when it forked.
+forked from the engine applies is exactly the set the engine held when it forked. So do the
+requirement edges that pin versions (:meth:`FilterSet.with_pins`): a project that an edge needs
+keeps the newest release satisfying it, whatever the release filters chose, so that pip can
+install and build the closure from the mirror alone (the blocklists still win).
 """
 
 from __future__ import annotations
 
 import configparser
 import logging
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from packaging.utils import canonicalize_name
 
@@ -55,6 +58,9 @@ from .releases import (
     ProjectRequirementsPinned,
     RegexRelease,
 )
+
+if TYPE_CHECKING:
+    from packaging.specifiers import SpecifierSet
 
 __all__ = ["ALL_FILTERS", "FilterSet", "parse_size"]
 
@@ -108,14 +114,25 @@ class FilterSet:
     of allowlisted projects. Every other filter still applies to them.
     """
 
-    def __init__(self, filters: Iterable[Any] = (), admitted: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        filters: Iterable[Any] = (),
+        admitted: Iterable[str] = (),
+        pins: Mapping[str, Iterable[SpecifierSet]] | None = None,
+    ) -> None:
         self.filters = list(filters)
         self.active = [f.name for f in self.filters]
         self._admitted = canonical_names(admitted)
+        #: Canonical project -> the specifiers requirement edges put on it (see :meth:`with_pins`).
+        self.pins: dict[str, tuple[SpecifierSet, ...]] = {
+            canonicalize_name(k): tuple(v) for k, v in (pins or {}).items()
+        }
         self._allowlists = [f for f in self.filters if isinstance(f, NameAllowlist)]
         self._others = [f for f in self.filters if isinstance(f, PROJECT_FILTERS) and not isinstance(f, NameAllowlist)]
         self._metadata = [f for f in self.filters if isinstance(f, METADATA_FILTERS)]
         self._releases = [f for f in self.filters if isinstance(f, RELEASE_FILTERS)]
+        #: The release filters an edge does not override: what the operator blocked stays out.
+        self._blocked = [f for f in self._releases if isinstance(f, BlocklistRelease)]
         self._latest = [f for f in self.filters if isinstance(f, LatestRelease)]
         self._files = [f for f in self.filters if isinstance(f, FILE_FILTERS)]
 
@@ -151,7 +168,18 @@ class FilterSet:
     def with_allowed(self, names: Iterable[str]) -> FilterSet:
         """This set, with ``names`` (dependencies of allowlisted projects) also let through
         the allowlists; this set stays as it is."""
-        return FilterSet(self.filters, self._admitted | canonical_names(names))
+        return FilterSet(self.filters, self._admitted | canonical_names(names), self.pins)
+
+    def with_pins(self, pins: Mapping[str, Iterable[SpecifierSet]]) -> FilterSet:
+        """This set, with ``pins`` (canonical project -> the specifiers of the requirement edges
+        that reach it) in place of its own: :meth:`filter_project` keeps, for each specifier,
+        the newest release satisfying it that has a file the filters keep."""
+        return FilterSet(self.filters, self._admitted, pins)
+
+    def is_listed(self, name: str) -> bool:
+        """Whether ``name`` is on an allowlist itself (not a dependency let through)."""
+        canonical = canonicalize_name(name)
+        return any(canonical in f.names for f in self._allowlists)
 
     def _allowlisted(self, name: str) -> bool:
         return all(f.allows(name) for f in self._allowlists) or canonicalize_name(name) in self._admitted
@@ -193,6 +221,8 @@ class FilterSet:
         for f in self._metadata:
             if not f.keeps(project):
                 return False
+        pins = self.pins.get(project.canonical, ())
+        upstream = dict(project.releases) if pins else {}
         if self._releases:
             for version in list(project.releases):
                 if not all(f.keeps(project, version) for f in self._releases):
@@ -206,4 +236,28 @@ class FilterSet:
                     project.releases[version] = kept
         for latest in self._latest:
             latest.select(project)
+        for specifier in pins:
+            self._satisfy(project, upstream, specifier)
         return True
+
+    def _satisfy(self, project: Project, upstream: dict[str, list[Any]], specifier: SpecifierSet) -> None:
+        """Put back the newest release of ``upstream`` that satisfies ``specifier`` (as pip
+        chooses: pre-releases only when the specifier names one or nothing else matches),
+        unless a kept release already does. Only releases the blocklist keeps, with at least
+        one file the file filters keep that is not yanked, qualify."""
+        from packaging.version import Version
+
+        from ..dependencies import satisfying
+
+        if satisfying(specifier, project.releases):
+            return
+        candidates: dict[str, list[Any]] = {}
+        for version, files in upstream.items():
+            if not all(f.keeps(project, version) for f in self._blocked):
+                continue
+            kept = [file for file in files if all(f.keeps(project, file) for f in self._files)]
+            if any(not file.yanked for file in kept):
+                candidates[version] = kept
+        best = max(satisfying(specifier, candidates), key=Version, default=None)
+        if best is not None:
+            project.releases[best] = candidates[best]
