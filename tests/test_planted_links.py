@@ -188,3 +188,16 @@ def test_verify_delete_refuses_a_linked_packages_folder(harness: MirrorHarness, 
     result = harness.main("verify", "--delete")
     _refused(result, link, "list files")
     assert _snapshot(outside) == before
+
+
+def test_a_removal_upstream_refuses_to_delete_through_a_linked_folder(harness: MirrorHarness, tmp_path: Path) -> None:
+    harness.configure({"delete_missing_packages": "true"})
+    assert harness.main("mirror").returncode == 0
+    outside = _outside(tmp_path)
+    xx = _release_dir(harness, "small-0.2.tar.gz").split("/")[1]
+    link = _moved_out(harness, f"packages/{xx}", outside)
+    before = _snapshot(outside)
+    harness.corpus.delete_project("small")
+    result = harness.main("mirror")
+    _refused(result, link, "delete")
+    assert _snapshot(outside) == before
