@@ -32,14 +32,15 @@ import hashlib
 import os
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, TypeVar
 
 from .errors import LocalIOError, PlantedLink, UnsafePath
 
 TEMP_SUFFIX = ".tmp"
+T = TypeVar("T")
 HASH_CHUNK = 1 << 20
 
 
@@ -151,8 +152,9 @@ def _make_dir(parent: int | None, name: str) -> None:
         pass  # also a link in its place: the open refuses it
 
 
-def _create_temp(name: str, dir_fd: int) -> int:
-    """Create the temporary ``name`` in ``dir_fd``, exclusively and without following a link.
+def _create_temp(name: str, dir_fd: int, create: Callable[[], T]) -> T:
+    """Make the temporary ``name`` in ``dir_fd`` with ``create``, which fails when the name is
+    taken (``O_CREAT|O_EXCL|O_NOFOLLOW``, or ``symlink``) and so follows no link.
 
     Its name is predictable on purpose: a run killed outright leaves at most one temporary
     per path, and the next write of that path removes it. Whatever holds the name (that
@@ -161,7 +163,7 @@ def _create_temp(name: str, dir_fd: int) -> int:
     """
     for attempt in range(1, _TEMP_TRIES + 1):
         try:
-            return os.open(name, _TEMP_FLAGS, 0o666, dir_fd=dir_fd)
+            return create()
         except FileExistsError:
             if attempt == _TEMP_TRIES:
                 raise
@@ -264,7 +266,8 @@ class FilesystemStorage:
             raise LocalIOError.of(target, exc) from exc
         try:
             try:
-                fh = open(_create_temp(temp, dir_fd), "wb")
+                fd = _create_temp(temp, dir_fd, lambda: os.open(temp, _TEMP_FLAGS, 0o666, dir_fd=dir_fd))
+                fh = open(fd, "wb")
             except OSError as exc:
                 raise LocalIOError.of(target, exc) from exc
             try:
@@ -405,9 +408,7 @@ class FilesystemStorage:
         temp = f".{name}{TEMP_SUFFIX}"
         try:
             with self._directory(directory, "write", create=True) as dir_fd:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(temp, dir_fd=dir_fd)
-                os.symlink(target_name, temp, dir_fd=dir_fd)
+                _create_temp(temp, dir_fd, lambda: os.symlink(target_name, temp, dir_fd=dir_fd))
                 os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except OSError as exc:
             raise LocalIOError.of(link, exc) from exc
