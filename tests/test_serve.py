@@ -559,6 +559,8 @@ def test_real_installers(mirror: Mirror, tmp_path: Path, tool: str, fmt: str, ca
         ("/simple/./", None),
         ("/a%5cb", None),
         ("/a%00", None),
+        ("/packages/" + "a" * 256, None),
+        ("/packages/" + "a" * 255, ["packages", "a" * 255]),
         ("/%c0%ae", None),
         ("secret", None),
         ("*", None),
@@ -566,3 +568,23 @@ def test_real_installers(mirror: Mirror, tmp_path: Path, tool: str, fmt: str, ca
 )
 def test_request_paths_are_checked_before_any_file_access(target: str, parts: list[str] | None) -> None:
     assert serve_module._request_path(target) == parts
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/packages/" + "a" * 300,
+        "/simple/" + "a" * 300 + "/",
+        "/json/" + "b" * 300,
+        "/" + "%C3%A9" * 200,  # 200 characters, 400 bytes
+        "/packages/" + "/".join(["c" * 200] * 30),  # every segment fits, the whole path does not
+    ],
+)
+def test_a_path_the_file_system_cannot_look_up_is_404_without_a_traceback(
+    server: Running, target: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="bandersnatch_classic.serve")
+    status, answer = server.raw(target.encode())
+    assert status == 404, answer
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR], caplog.text
+    assert server.request("/simple/mypkg/")[0].status == 200  # and the server goes on

@@ -19,6 +19,7 @@ from typing import Any
 from packaging.utils import canonicalize_name
 
 from . import __version__, config as configuration, layout, preflight
+from .__main__ import interrupt as _interrupt
 from .errors import BandersnatchError, ConfigError, LocalIOError, LockHeld, StateError, UpstreamError
 from .progress import StatusLineHandler
 from .sync import Mirror, Report
@@ -120,20 +121,17 @@ def setup_logging(debug: bool, log_config: str = "") -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.debug)
+    """The command line, in this process. The console script (``__main__``) installs the
+    signal handlers earlier, before this module is imported."""
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
+        args = build_parser().parse_args(argv)
+        setup_logging(args.debug)
         return _run(args)
     except (Exception, KeyboardInterrupt) as exc:
         return exit_status(exc)
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM (systemd stopping the unit, kill) ends a run the way Ctrl-C does."""
-    raise KeyboardInterrupt
 
 
 def exit_status(exc: BaseException) -> int:

@@ -137,6 +137,22 @@ class LockLost(StorageServerError):
     headline = "Lock lost"
 
 
+class PlantedLink(LocalIOError):
+    """A symbolic link below the mirror directory where the tool writes or deletes (exit 5).
+
+    Nothing this tool writes below the mirror directory is reached through a link (the
+    directory itself may be one): a link there was planted by whoever else can write the
+    tree, or left by a setup that moved part of the mirror elsewhere. Either way, following
+    it would write or delete outside the mirror, so the run stops and names it.
+    """
+
+    def __init__(self, path: str, action: str) -> None:
+        super().__init__(
+            f"{path} is a symbolic link; refusing to {action} through it "
+            "(someone planted it, or the mirror was set up with links): remove it"
+        )
+
+
 def effective_user() -> str:
     """The name of the user this process acts as (for error messages), else its uid."""
     uid = os.geteuid()

@@ -68,6 +68,8 @@ _HTML_SERIAL = re.compile(rb"<!--SERIAL (\d+)-->")
 _SERIAL_SPAN = 256
 #: A ``Host`` header fit to build absolute URLs from.
 _HOST = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+#: The longest file name (in bytes) of the file systems a mirror lives on.
+NAME_MAX = 255
 
 
 def _parse_accept(accept: str) -> list[tuple[str, float]]:
@@ -129,7 +131,8 @@ def _request_path(target: str) -> list[str] | None:
     """The decoded, normalised segments of a request target; None when it is not a safe path.
 
     Refused: anything but an origin-form (or absolute-form) path, ``.`` and ``..`` segments
-    (also percent-encoded), backslashes and NUL. Empty segments (``//``) are dropped.
+    (also percent-encoded), backslashes, NUL, and segments longer than a file name can be
+    (nothing in the mirror has one). Empty segments (``//``) are dropped.
     """
     if target.startswith(("http://", "https://")):
         target = urlsplit(target).path or "/"
@@ -143,7 +146,7 @@ def _request_path(target: str) -> list[str] | None:
     if "\x00" in path or "\\" in path:
         return None
     parts = [p for p in path.split("/") if p]
-    if any(p in (".", "..") for p in parts):
+    if any(p in (".", "..") or len(p.encode()) > NAME_MAX for p in parts):
         return None
     return parts
 
@@ -263,9 +266,13 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
         return "application/octet-stream"
 
     def _locate(self, rel: str) -> Any:
-        """The file at ``rel`` (relative to ``web/``, already checked safe), or None."""
+        """The file at ``rel`` (relative to ``web/``, already checked safe), or None, also when
+        the file system cannot look it up (a path too long, a loop of links): a 404."""
         target = self._inside(Path(self.web, rel))
-        return target if target is not None and target.is_file() else None
+        try:
+            return target if target is not None and target.is_file() else None
+        except (OSError, ValueError):
+            return None
 
     def _inside(self, path: Path) -> Path | None:
         """``path`` with symlinks resolved, or None when that is not inside ``web/``."""
