@@ -202,7 +202,7 @@ def test_a_closed_pipe_ends_a_command_quietly(harness: MirrorHarness, args: list
     finally:
         os.close(write)
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
-    assert proc.returncode == 141, proc.stderr
+    assert proc.returncode == 0, proc.stderr  # status keeps its own status: the mirror is healthy
 
 
 def test_a_global_option_after_the_command_gets_the_right_order(harness: MirrorHarness, keep_logging: None) -> None:

@@ -3,16 +3,14 @@
 Exit status, one meaning per code (docs/operations.md, "Exit status"): 0 everything
 mirrored; 1 some projects failed; 2 configuration, environment or usage error (nothing
 touched); 3 another run holds the lock; 4 upstream unusable; 5 local I/O error during the
-run; 6 a first run wrote the default config; 130 interrupted; 70 an internal error (a bug);
-141 the reader of the output went away (``bandersnatch status --json | head``), as a shell
-reports a command ended by SIGPIPE.
+run; 6 a first run wrote the default config; 130 interrupted; 70 an internal error (a bug).
+A reader of the output that goes away (``status --json | head``) changes none of them.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shlex
 import signal
 import sys
@@ -32,7 +30,6 @@ logger = logging.getLogger("bandersnatch_classic")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_UPSTREAM, EXIT_LOCAL_IO, EXIT_NEW_CONFIG = 0, 1, 2, 3, 4, 5, 6
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug, logged with its traceback
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports an interrupted command
-EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE: the reader of stdout went away (| head)
 #: Commands that may write a first-run config (at the default path only): the others only read a mirror.
 WRITES_FIRST_CONFIG = ("mirror", "sync")
 #: What each command does: its line in ``bandersnatch --help`` and the first line of its own --help.
@@ -82,7 +79,7 @@ def _order_hint(argv: Sequence[str]) -> str:
     return f"; global options such as -c go before the command: {fixed}"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
     parser = _Parser(prog="bandersnatch", description="Mirror a Python package index to local disk.")
     parser.add_argument("--version", action="version", version=f"bandersnatch-classic {__version__}")
     parser.add_argument(
@@ -171,36 +168,16 @@ def setup_logging(debug: bool, log_config: str = "") -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    parser.argv = sys.argv[1:] if argv is None else argv  # type: ignore[attr-defined]
+    parser.argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     setup_logging(args.debug)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        status = _run(args)
-        sys.stdout.flush()  # a reader that went away is met here, not in the interpreter's exit
-        return status
-    except BrokenPipeError:
-        return _closed_pipe()
+        return _run(args)
     except (Exception, KeyboardInterrupt) as exc:
         return exit_status(exc)
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _closed_pipe() -> int:
-    """The reader of stdout went away (``| head``): nothing to say to anyone, so no traceback.
-
-    stdout is pointed at /dev/null so that the interpreter's own flush at exit finds no
-    broken pipe either (the recipe of the Python documentation, "Note on SIGPIPE").
-    """
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):  # stdout is not a real file (captured in tests): nothing to flush later
-        pass
-    finally:
-        os.close(devnull)
-    return EXIT_CLOSED_PIPE
 
 
 def _interrupt(signum: int, frame: Any) -> None:
