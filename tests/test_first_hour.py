@@ -236,3 +236,13 @@ def test_every_subcommand_help_says_what_it_does(command: str, capsys: pytest.Ca
     assert text.startswith(f"usage: bandersnatch {command}")
     description = text.split("\n\n")[1]  # after the usage, before the options
     assert description.strip() and not description.startswith(("options", "positional")), text
+
+
+# -- 7. the same messages on every Python ----------------------------------------------------------
+def test_a_config_syntax_error_is_one_line_on_every_python(harness: MirrorHarness) -> None:
+    """Python 3.13 gives configparser's bad line as it is (with its newline), older ones as its repr."""
+    harness.conf.write_text(f"[mirror]\ndirectory = {harness.dir}\nno equals here\n")
+    result = harness.main("mirror")
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.endswith("line 3: 'no equals here' is not 'key = value' (a key and its value are separated by '=')")
