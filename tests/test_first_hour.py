@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -246,3 +248,47 @@ def test_a_config_syntax_error_is_one_line_on_every_python(harness: MirrorHarnes
     assert result.returncode == 2
     (line,) = result.stderr.splitlines()
     assert line.endswith("line 3: 'no equals here' is not 'key = value' (a key and its value are separated by '=')")
+
+
+# -- 8. docs that hold ---------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parent.parent
+TOOL = "/opt/bandersnatch/bin/bandersnatch -c /etc/bandersnatch.conf"
+
+
+def _cron_command(marker: str) -> str:
+    """The command of the documented cron line that contains ``marker`` (schedule and user cut off)."""
+    lines = [line for line in (ROOT / "docs" / "operations.md").read_text().splitlines() if marker in line and "* *" in line]
+    assert len(lines) == 1, lines
+    return lines[0].strip().split(None, 6)[6]
+
+
+@pytest.mark.skipif(not os.path.exists("/bin/bash") or not shutil.which("logger"), reason="needs bash and logger(1)")
+@pytest.mark.parametrize(("broken", "mailed"), [(False, ""), (True, "bandersnatch mirror failed with exit status 2;")])
+def test_the_documented_cron_line_reports_a_failed_run(harness: MirrorHarness, broken: bool, mailed: str) -> None:
+    """Under SHELL=/bin/bash the documented line prints (so cron mails) one line when the run failed."""
+    if broken:
+        harness.configure({"workers": "zero"})
+    tool = f"{shlex.quote(sys.executable)} -m bandersnatch_classic -c {shlex.quote(str(harness.conf))}"
+    command = _cron_command("set -o pipefail").replace(TOOL, tool)
+    env = {**os.environ, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+    result = subprocess.run(["/bin/bash", "-c", command], capture_output=True, text=True, env=env, timeout=120)
+    assert result.stdout.strip().startswith(mailed) if mailed else result.stdout == "", result
+    assert result.stderr == ""
+    if os.path.exists("/bin/dash"):  # as the docs say: dash refuses the line, loudly
+        result = subprocess.run(["/bin/dash", "-c", command], capture_output=True, text=True, env=env, timeout=120)
+        assert "pipefail" in result.stderr and result.returncode != 0
+
+
+def test_the_documented_status_line_prints_only_when_unhealthy(harness: MirrorHarness) -> None:
+    tool = f"{shlex.quote(sys.executable)} -m bandersnatch_classic -c {shlex.quote(str(harness.conf))}"
+    command = _cron_command("status >/dev/null").replace(TOOL, tool)
+    env = {**os.environ, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+    assert harness.main("mirror").returncode == 0
+    healthy = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, env=env, timeout=120)
+    assert (healthy.returncode, healthy.stdout, healthy.stderr) == (0, "", "")
+    harness.upstream.fault(r"^/pypi/small/json", "status", times=None, status=500)
+    harness.upstream.corpus.touch("small")
+    assert harness.main("mirror").returncode == 1
+    unhealthy = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, env=env, timeout=120)
+    assert unhealthy.returncode == 1 and unhealthy.stdout == ""
+    assert len(unhealthy.stderr.splitlines()) == 1 and "ERROR: Mirror unhealthy" in unhealthy.stderr

@@ -292,6 +292,8 @@ class UpstreamServer:
         self.changelog_cap = 50_000
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str]] = []
+        #: Bytes of every answer, head and body (what a run costs on the wire).
+        self.sent_bytes = 0
         #: The XML-RPC method of every call, in order.
         self.xmlrpc_calls: list[str] = []
         self._lock = threading.Lock()
@@ -338,6 +340,7 @@ class UpstreamServer:
         """Forget the request log and every fault."""
         with self._lock:
             self.requests.clear()
+            self.sent_bytes = 0
             self.xmlrpc_calls.clear()
             self.faults.clear()
 
@@ -425,6 +428,8 @@ class _Handler(BaseHTTPRequestHandler):
             head.append("Connection: close")
             self.close_connection = True
         data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload
+        with self.upstream._lock:
+            self.upstream.sent_bytes += len(data)
         if fault is not None and fault.kind == "trickle":  # most of it, a pause, the rest
             cut = len(data) * 3 // 4
             self.wfile.write(data[:cut])
