@@ -292,3 +292,12 @@ def test_the_documented_status_line_prints_only_when_unhealthy(harness: MirrorHa
     unhealthy = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, env=env, timeout=120)
     assert unhealthy.returncode == 1 and unhealthy.stdout == ""
     assert len(unhealthy.stderr.splitlines()) == 1 and "ERROR: Mirror unhealthy" in unhealthy.stderr
+
+
+def test_the_benchmark_removes_its_temporary_directory(tmp_path: Path) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path), "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "a", "--scale", "0.001", "--tools", "ours"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "mirror check: ok" in result.stdout and f"removed {tmp_path}/bench-" in result.stdout
+    assert not list(tmp_path.glob("bench-*"))
