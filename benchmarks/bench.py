@@ -8,7 +8,10 @@ made, and the upstream's own CPU seconds. Each mirror is then checked file by fi
 against the upstream, so that a fast wrong mirror cannot win.
 
 usage: python benchmarks/bench.py CORPUS [--scale F] [--workers N] [--tools ours,reference]
-                                  [--latency-ms N] [--display-names] [--backend s3]
+                                  [--latency-ms N] [--display-names] [--backend s3] [--dir DIR | --keep]
+
+The mirrors go to a temporary ``bench-*`` directory that is removed at the end (``--keep``
+keeps it and ``--dir`` chooses one that is kept; either way its path is printed).
 
 With ``--backend s3`` this project also runs against a local S3 server (moto's standalone
 server, ``pip install -e '.[test]'``) as the tool ``ours-s3``, in the same run as the
@@ -182,9 +185,12 @@ def check_mirror(directory: Path, manifest: dict) -> str:
         if rel.endswith(".metadata") and not (web / rel).exists():
             continue  # the reference tool does not fetch .metadata files
         try:
-            with open(web / rel, "rb") as fh:
-                if hashlib.file_digest(fh, "sha256").hexdigest() != sha:
-                    wrong += 1
+            digest = hashlib.sha256()
+            with open(web / rel, "rb") as fh:  # hashlib.file_digest is 3.11+; the suite runs on 3.10 too
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            if digest.hexdigest() != sha:
+                wrong += 1
         except FileNotFoundError:
             missing += 1
     pages = sum(1 for name in manifest["projects"] if not (web / "simple" / canonical(name) / "index.html").exists())
@@ -247,7 +253,10 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the corpus's projects")
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--tools", default="ours,reference")
-    parser.add_argument("--dir", default="", help="where the mirrors go (default: a temporary directory)")
+    parser.add_argument("--dir", default="",
+                        help="where the mirrors and the tools' logs go, kept afterwards (default: a temporary "
+                             "directory, removed at the end)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (its path is printed)")
     parser.add_argument("--json", default="", help="also write the results to this file")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="round trip added to every upstream answer")
     parser.add_argument("--display-names", action="store_true",
@@ -312,6 +321,11 @@ def main() -> None:
         server.terminate()
         if s3_server is not None:
             s3_server.terminate()
+        if args.dir or args.keep:
+            print(f"mirrors and logs left in {root}")
+        else:  # a full corpus leaves hundreds of MB behind
+            shutil.rmtree(root, ignore_errors=True)
+            print(f"removed {root} (--keep or --dir keep it)")
 
     if "ours" in results and "reference" in results:
         print_ratios("ours / reference; below 1 is better", results["ours"], results["reference"], requests=True)

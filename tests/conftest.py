@@ -141,3 +141,14 @@ class MirrorHarness:
 @pytest.fixture
 def harness(tmp_path: Path, upstream: UpstreamServer) -> MirrorHarness:
     return MirrorHarness(tmp_path, upstream)
+
+
+@pytest.fixture
+def keep_logging() -> Any:
+    """For tests that call ``cli.main`` without a harness: put back the logging it sets up."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, {n: logging.getLogger(n).level for n in NOISY_LOGGERS}
+    yield
+    root.handlers[:], root.level = saved[0], saved[1]
+    for name, level in saved[2].items():
+        logging.getLogger(name).setLevel(level)

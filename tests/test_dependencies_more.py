@@ -26,9 +26,12 @@ def wheel_project(corpus: Corpus, name: str, version: str = "1.0", requires: lis
 
 
 def allowlist(h: MirrorHarness, packages: list[str], extra: str = "") -> None:
+    """Enable the filters the settings use: a filter named in [plugins] enabled that does nothing stops the run."""
     lines = "".join(f"    {p}\n" for p in packages)
-    h.configure(sections=f"[plugins]\nenabled =\n    allowlist_project\n    project_requirements\n"
-                         f"    blocklist_project\n[allowlist]\npackages =\n{lines}{extra}")
+    enabled = ["allowlist_project"] if packages else []
+    enabled += ["project_requirements"] if "requirements =" in extra else []
+    enabled += ["blocklist_project"] if "[blocklist]" in extra else []
+    h.configure(sections=f"[plugins]\nenabled = {' '.join(enabled)}\n[allowlist]\npackages =\n{lines}{extra}")
 
 
 @pytest.fixture

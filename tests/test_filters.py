@@ -15,6 +15,8 @@ import pytest
 from bandersnatch_classic.config import new_parser
 from bandersnatch_classic.errors import ConfigError
 from bandersnatch_classic.filters import ALL_FILTERS, FilterSet, parse_size
+from bandersnatch_classic.filters.metadata import VersionsCountProjectMetadata
+from bandersnatch_classic.filters.releases import LatestRelease
 from bandersnatch_classic.models import Project
 
 from .conftest import MirrorHarness
@@ -390,7 +392,8 @@ def test_unit_no_plugins_section_enables_nothing(caplog: pytest.LogCaptureFixtur
 
 def test_unit_all_enables_every_filter_and_names_may_share_a_line() -> None:
     assert filters("[plugins]\nenabled = all\n").active == list(ALL_FILTERS)
-    fs = filters("[plugins]\nenabled = blocklist_project regex_release\n    blocklist_project\n")
+    fs = filters("[plugins]\nenabled = blocklist_project regex_release\n    blocklist_project\n"
+                 "[blocklist]\npackages = a\n[filter_regex]\nreleases = .*dev\n")
     assert fs.active == ["blocklist_project", "regex_release"]
     assert len(ALL_FILTERS) == 16
 
@@ -398,10 +401,12 @@ def test_unit_all_enables_every_filter_and_names_may_share_a_line() -> None:
 def test_unit_filter_sections_without_their_plugin_warn(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
         filters("[plugins]\nenabled = blocklist_project\n[latest_release]\nkeep = 2\n[blocklist]\nplatforms = windows\n"
-                "surprise = 1\n")
+                "surprise = 1\npackages = a\n[allowlist]\npackages = b\n")
     assert "[latest_release] has no effect" in caplog.text
     assert "[blocklist] platforms has no effect" in caplog.text
     assert "Unknown key 'surprise' in [blocklist]" in caplog.text
+    assert "[allowlist] packages has no effect: enable allowlist_project or allowlist_release" in caplog.text
+    assert "[blocklist] packages has no effect" not in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -459,14 +464,12 @@ def test_unit_allowlist_project_normalises_names() -> None:
     assert fs.filter_project(simple("Foo.Bar_Baz", "1.0"))
 
 
-def test_unit_empty_allowlist_allows_everything(caplog: pytest.LogCaptureFixture) -> None:
+def test_unit_empty_allowlist_is_a_config_error_unless_under_all(caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(ConfigError, match=r"allowlist_project is enabled but does nothing: \[allowlist\] packages"):
+        filters("[plugins]\nenabled = allowlist_project\n")
     with caplog.at_level(logging.WARNING):
-        fs = filters("[plugins]\nenabled = allowlist_project\n")
+        fs = filters("[plugins]\nenabled = all\n")  # under "all", filters without settings are expected
     assert fs.allowlist() is None and fs.allows_name("anything")
-    assert "allowlist_project is enabled but does nothing" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING):
-        filters("[plugins]\nenabled = all\n")  # under "all", filters without settings are expected
     assert "does nothing" not in caplog.text
 
 
@@ -591,7 +594,7 @@ def test_unit_versions_count_project_metadata() -> None:
     fs = filters("[plugins]\nenabled = versions_count_project_metadata\n[versions_count_project_metadata]\n"
                  "min_versions = 2\n[allowlist]\npackages = A\n")
     assert fs.filter_project(simple("a", "1")) and not fs.filter_project(simple("b", "1"))  # allowlisted: exempt
-    fs = filters("[plugins]\nenabled = versions_count_project_metadata\n[versions_count_project_metadata]\nmax_versions = 0\n")
+    fs = FilterSet([VersionsCountProjectMetadata(maximum=0)])  # idle: named in [plugins] enabled, a config error
     assert fs.filter_project(simple("a", *map(str, range(50))))
 
 
@@ -636,7 +639,7 @@ def test_unit_latest_release_by_version() -> None:
 
 
 def test_unit_latest_release_keep_zero_and_by_time() -> None:
-    fs = filters("[plugins]\nenabled = latest_release\n[latest_release]\nkeep = 0\n")
+    fs = FilterSet([LatestRelease(keep=0)])  # idle: named in [plugins] enabled, a config error
     p = simple("a", "1", "2", "3")
     assert fs.filter_project(p) and len(p.releases) == 3
     fs = filters("[plugins]\nenabled = latest_release\n[latest_release]\nkeep = 1\nsort_by = time\n")

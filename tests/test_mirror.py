@@ -15,6 +15,8 @@ import pytest
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from bandersnatch_classic import cli, config as configuration
+
 from .conftest import MirrorHarness
 from .upstream import ProjectSpec, UpstreamServer, make_wheel
 
@@ -90,18 +92,26 @@ def assert_mirror_equals_upstream(h: MirrorHarness) -> None:
 
 
 # -- first run -----------------------------------------------------------------------------
-def test_first_run_writes_the_commented_default_config(tmp_path: Path, harness: MirrorHarness) -> None:
+def test_first_run_writes_the_commented_default_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], keep_logging: None,
+) -> None:
     conf = tmp_path / "etc" / "bandersnatch.conf"
     conf.parent.mkdir()
-    result = harness.main("mirror", config=conf)
+    monkeypatch.setattr(configuration, "DEFAULT_CONFIG_PATH", conf)  # only the default path gets one
+    code = cli.main(["mirror"])
+    result = subprocess.CompletedProcess([], code, "", capsys.readouterr().err)
     assert result.returncode == 6
     assert conf.read_text() == (ROOT / "examples" / "bandersnatch.conf").read_text()
     assert str(conf) in result.stderr and "review" in result.stderr.lower()
     assert all(LOG_LINE.match(line) for line in result.stderr.splitlines())
 
 
-def test_first_run_in_a_missing_directory_suggests_dash_c(tmp_path: Path, harness: MirrorHarness) -> None:
-    result = harness.main("mirror", config=tmp_path / "nowhere" / "bandersnatch.conf")
+def test_first_run_in_a_missing_directory_suggests_dash_c(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], keep_logging: None
+) -> None:
+    monkeypatch.setattr(configuration, "DEFAULT_CONFIG_PATH", tmp_path / "nowhere" / "bandersnatch.conf")
+    code = cli.main(["mirror"])
+    result = subprocess.CompletedProcess([], code, "", capsys.readouterr().err)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "-c" in lines[0] and "Traceback" not in result.stderr

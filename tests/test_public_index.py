@@ -225,7 +225,7 @@ def run_after_a_failed_run(h: MirrorHarness, method: str) -> dict[str, int]:
     h.upstream.fault(BROKEN, "status", times=None, status=404)
     second = h.main("mirror")
     assert second.returncode == 1, second.stderr
-    assert "Summary: 1 projects synced, 1 failed" in second.stderr, second.stderr
+    assert "Summary: 1 project synced, 1 failed" in second.stderr, second.stderr
     return dict(h.upstream.counts())
 
 

@@ -463,6 +463,8 @@ class _Handler(BaseHTTPRequestHandler):
             head.append("Connection: close")
             self.close_connection = True
         data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload
+        with self.upstream._lock:
+            self.upstream.sent_bytes += len(data)
         if fault is not None and fault.kind == "trickle":  # most of it, a pause, the rest
             cut = len(data) * 3 // 4
             self.wfile.write(data[:cut])
@@ -471,8 +473,6 @@ class _Handler(BaseHTTPRequestHandler):
                 self.upstream.on_trickle()
             time.sleep(fault.seconds)
             data = data[cut:]
-        with self.upstream._lock:
-            self.upstream.sent_bytes += len(data)
         self.wfile.write(data)
         self.wfile.flush()
         if fault is not None and fault.kind == "truncate":

@@ -4,17 +4,19 @@ Exit status, one meaning per code (docs/operations.md, "Exit status"): 0 everyth
 mirrored; 1 some projects failed; 2 configuration, environment or usage error (nothing
 touched); 3 another run holds the lock; 4 upstream unusable; 5 local I/O error, storage server
 error or lost storage lock during the run; 6 a first run wrote the default config; 130 interrupted; 70 an internal error (a bug).
+A reader of the output that goes away (``status --json | head``) changes none of them.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from packaging.utils import canonicalize_name
 
@@ -29,20 +31,67 @@ logger = logging.getLogger("bandersnatch_classic")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_UPSTREAM, EXIT_LOCAL_IO, EXIT_NEW_CONFIG = 0, 1, 2, 3, 4, 5, 6
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug, logged with its traceback
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports an interrupted command
+#: Commands that may write a first-run config (at the default path only): the others only read a mirror.
+WRITES_FIRST_CONFIG = ("mirror", "sync")
+#: What each command does: its line in ``bandersnatch --help`` and the first line of its own --help.
+COMMANDS = {
+    "mirror": "sync the mirror with the upstream",
+    "sync": "sync the named projects now (status and todo stay)",
+    "verify": "check every file; repair, and reclaim what nothing references",
+    "delete": "remove projects from the mirror",
+    "status": "report the mirror's health: serial, lag, last run, failures",
+    "serve": "serve the mirror over HTTP (PEP 691 negotiation)",
+}
 LOG_FORMAT = "%(asctime)s %(levelname)s: %(message)s"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bandersnatch", description="Mirror a Python package index to local disk.")
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a hint when a global option follows the command (``mirror -c FILE``)."""
+
+    #: The command line being parsed, for the hint.
+    argv: Sequence[str] = ()
+
+    def error(self, message: str) -> NoReturn:
+        super().error(message + _order_hint(self.argv))
+
+
+def _order_hint(argv: Sequence[str]) -> str:
+    """``; global options such as -c go before the command: bandersnatch -c FILE mirror`` when
+    ``argv`` has a global option after its command; else nothing."""
+    args = list(argv)
+    command = next((i for i, a in enumerate(args) if a in COMMANDS), None)
+    if command is None:
+        return ""
+    moved: list[str] = []
+    rest = args[command:]
+    i = 0
+    while i < len(rest):
+        arg = rest[i]
+        if arg in ("-c", "--config") and i + 1 < len(rest):
+            moved += rest[i:i + 2]
+            del rest[i:i + 2]
+        elif arg.startswith("--config=") or (arg.startswith("-c") and len(arg) > 2) or arg == "--debug":
+            moved.append(rest.pop(i))
+        else:
+            i += 1
+    if not moved:
+        return ""
+    fixed = shlex.join(["bandersnatch", *args[:command], *moved, *rest])
+    return f"; global options such as -c go before the command: {fixed}"
+
+
+def build_parser() -> _Parser:
+    parser = _Parser(prog="bandersnatch", description="Mirror a Python package index to local disk.")
     parser.add_argument("--version", action="version", version=f"bandersnatch-classic {__version__}")
     parser.add_argument(
-        "-c", "--config", type=Path, default=configuration.DEFAULT_CONFIG_PATH,
-        help=f"configuration file (default: {configuration.DEFAULT_CONFIG_PATH})",
+        "-c", "--config", type=Path, default=None,
+        help=f"configuration file (default: {configuration.DEFAULT_CONFIG_PATH}; only there does a first "
+             "`mirror` write a commented default config)",
     )
     parser.add_argument("--debug", action="store_true", help="log every request and file")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    mirror = commands.add_parser("mirror", help="sync the mirror with the upstream")
+    mirror = _command(commands, "mirror")
     mirror.add_argument("--force-check", action="store_true", help="compare every project, not only the changed ones")
     mirror.add_argument("--cleanup-todo", action="store_true", help="discard an unfinished run's todo file first")
     mirror.add_argument(
@@ -50,11 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept, for this run, a listing that removes more projects than [mirror] max-removals",
     )
 
-    sync_cmd = commands.add_parser("sync", help="sync the named projects now (status and todo stay)")
+    sync_cmd = _command(commands, "sync")
     sync_cmd.add_argument("--skip-simple-root", action="store_true", help="do not rewrite the root index")
     sync_cmd.add_argument("names", nargs="+", metavar="NAME")
 
-    verify = commands.add_parser("verify", help="check every file; repair, and reclaim what nothing references")
+    verify = _command(commands, "verify")
     verify.add_argument("--delete", action="store_true", help="delete files no mirrored project references")
     verify.add_argument("--dry-run", action="store_true", help="change nothing; report what would be fetched and deleted")
     verify.add_argument("--json-update", action="store_true", help="refresh every project's metadata from the upstream first")
@@ -65,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--read", action="store_true",
                         help="hash every file's bytes, also on object storage (default there: size and stored sha256)")
 
-    delete = commands.add_parser("delete", help="remove projects from the mirror")
+    delete = _command(commands, "delete")
     delete.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     # bandersnatch 8.x's delete fetches each project's JSON document first (--workers at a
     # time, none with --skip-json-fetch); this one reads what the mirror holds and fetches
@@ -74,14 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("--skip-json-fetch", action="store_true", help="accepted for bandersnatch 8.x; delete fetches nothing")
     delete.add_argument("names", nargs="+", metavar="NAME")
 
-    status = commands.add_parser("status", help="report the mirror's health: serial, lag, last run, failures")
+    status = _command(commands, "status")
     status.add_argument("--json", action="store_true", help="print a JSON document (keys: docs/operations.md)")
 
-    serve = commands.add_parser("serve", help="serve the mirror over HTTP (PEP 691 negotiation)")
+    serve = _command(commands, "serve")
     serve.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=_whole(1, 65535), default=8080, help="port to listen on, 1-65535 (default 8080)")
 
     return parser
+
+
+def _command(commands: Any, name: str) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` starts with what it does."""
+    what = COMMANDS[name]
+    return commands.add_parser(name, help=what, description=what[0].upper() + what[1:] + ".")
 
 
 def _whole(low: int, high: int | None) -> Any:
@@ -125,7 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal handlers earlier, before this module is imported."""
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        parser.argv = sys.argv[1:] if argv is None else argv
+        args = parser.parse_args(argv)
         setup_logging(args.debug)
         return _run(args)
     except (Exception, KeyboardInterrupt) as exc:
@@ -145,8 +202,8 @@ def exit_status(exc: BaseException) -> int:
     if isinstance(exc, StateError):
         logger.error("Mirror state error: %s", exc)
         return EXIT_USAGE
-    if isinstance(exc, LockHeld):
-        logger.error("%s", exc)
+    if isinstance(exc, LockHeld):  # another run is doing the work: worth knowing, not an error
+        logger.warning("%s", exc)
         return EXIT_LOCKED
     if isinstance(exc, LocalIOError):
         logger.error("%s, run stopped (unfinished projects stay in todo): %s", exc.headline, exc)
@@ -162,8 +219,15 @@ def exit_status(exc: BaseException) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    path: Path = args.config
+    path: Path = args.config or configuration.DEFAULT_CONFIG_PATH
     if not path.exists():
+        if args.config is not None:  # a path typed by hand: a typo is likelier than a wish for a new file
+            raise ConfigError(
+                f"-c {path}: no such file; check the path (a first `bandersnatch mirror` without -c writes a "
+                f"commented default config to {configuration.DEFAULT_CONFIG_PATH})"
+            )
+        if args.command not in WRITES_FIRST_CONFIG:
+            raise ConfigError(f"no config at {path}: give one with -c FILE, or run `bandersnatch mirror` to write a default")
         configuration.write_default_config(path)
         logger.error(
             "No config found: wrote a default one to %s. Review it (at least [mirror] directory), "

@@ -7,12 +7,14 @@ the program never looks at raw strings. Filter sections are validated by
 
 from __future__ import annotations
 
+import ast
 import configparser
 import dataclasses
 import difflib
 import logging
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -244,7 +246,9 @@ def _ini_error(path: Path, exc: Exception) -> str:
         return f"{where}, line {exc.lineno}: {exc.line.strip()!r} comes before any [section]; start the file with [mirror]"
     if isinstance(exc, configparser.ParsingError) and exc.errors:
         lineno, line = exc.errors[0]
-        return f"{where}, line {lineno}: {line} is not 'key = value' (a key and its value are separated by '=')"
+        if sys.version_info < (3, 13):  # before 3.13 the line comes as its repr
+            line = ast.literal_eval(line)
+        return f"{where}, line {lineno}: {line.strip()!r} is not 'key = value' (a key and its value are separated by '=')"
     if isinstance(exc, configparser.DuplicateOptionError):
         return f"{where}, line {exc.lineno}: [{exc.section}] {exc.option} is set a second time; keep one"
     if isinstance(exc, configparser.DuplicateSectionError):

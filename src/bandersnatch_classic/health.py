@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -556,12 +557,28 @@ def _aligned(rows: list[tuple[str, str]]) -> str:
     return "\n".join(f"{label:<{width}}  {value}".rstrip() for label, value in rows) + "\n"
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null after a broken pipe, so that the interpreter's own flush at exit
+    meets no broken pipe either (the recipe of the Python documentation, "Note on SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is no real file (captured in tests): nothing to flush at exit
+        pass
+    finally:
+        os.close(devnull)
+
+
 def status_command(
     storage: Storage, config: MirrorConfig, upstream: Upstream, allowlist: bool, as_json: bool
 ) -> int:
     """``bandersnatch status``: print the report; one error line on stderr when unhealthy."""
     doc, code = status_report(storage, config, upstream, allowlist)
-    print(json.dumps(doc, indent=2) if as_json else render_status(doc), end="" if not as_json else "\n")
+    try:
+        print(json.dumps(doc, indent=2) if as_json else render_status(doc), end="" if not as_json else "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # ``status --json | head``: the reader has what it wanted; the status still counts
+        _silence_stdout()
     if code == EXIT_NOT_A_MIRROR:
         logger.error("%s", doc["problems"][0])
     elif code == EXIT_UPSTREAM:

@@ -111,6 +111,11 @@ class Progress:
         )
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 project``, ``2 projects``, ``12,000 projects``."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def human(size: float) -> str:
     """Bytes for people: ``512 B``, ``1.2 MB``."""
     for unit in ("B", "KB", "MB", "GB", "TB"):

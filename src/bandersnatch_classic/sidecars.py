@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from . import layout
 from .errors import DamagedState, UpstreamError
 from .models import ReleaseFile
+from .progress import plural
 from .state import read_state_text
 from .storage import Storage
 from .upstream import Upstream
@@ -160,8 +161,8 @@ class MissingSidecars:
         incomplete = {c for (c, _), ok in zip(pending, results) if not ok}
         complete = set(self.projects) - incomplete
         logger.info(
-            "Asked again for %d missing .metadata files: %d projects now have all theirs",
-            len(pending),
-            len(complete),
+            "Asked again for %s: %s now %s all theirs",
+            plural(len(pending), "missing .metadata file"), plural(len(complete), "project"),
+            "has" if len(complete) == 1 else "have",
         )
         return complete

@@ -45,7 +45,7 @@ from .errors import ConfigError, LocalIOError, LockHeld, UnsafeListing, Upstream
 from .filters import FilterSet
 from .models import Project
 from .package import publish
-from .progress import Progress, human as _human
+from .progress import Progress, human as _human, plural
 from .sidecars import MissingSidecars
 from .state import VALIDATORS_FILE, MirrorState, Todo
 from .storage import FilesystemStorage, Storage
@@ -83,6 +83,12 @@ class Report:
     #: Requirement edges nothing in the mirror can satisfy, one line each with its chain.
     unsatisfied: list[str] = field(default_factory=list)
 
+    #: Projects the filters dropped after fetching them (metadata filters, a renamed project).
+    skipped: int = 0
+    #: Projects left in ``todo`` when the run ended (failed or not reached), and why the run stopped early.
+    left: int = 0
+    stopped: str = ""
+
     @property
     def exit_code(self) -> int:
         return 1 if self.failed else 0
@@ -90,9 +96,16 @@ class Report:
     def summary(self) -> str:
         seconds = time.monotonic() - self.started
         via = f" via {self.method}" if self.method else ""
+        serial = f"serial {self.serial}{via}" if self.serial else f"serial unknown{via}"
+        dropped = f", {self.skipped:,} dropped by the filters" if self.skipped else ""
+        left = ""
+        if self.left:
+            why = f"stopped: {self.stopped}" if self.stopped else "the failed ones are retried by the next run"
+            left = f"; {self.left:,} left in todo ({why})"
         return (
-            f"Summary: {self.synced} projects synced, {len(self.failed)} failed, {self.removed} removed; "
-            f"{self.files} files, {_human(self.bytes)} downloaded in {seconds:.1f}s; serial {self.serial}{via}"
+            f"Summary: {plural(self.synced, 'project')} synced, {len(self.failed):,} failed, "
+            f"{self.removed:,} removed{dropped}; {plural(self.files, 'file')}, {_human(self.bytes)} downloaded "
+            f"in {seconds:.1f}s; {serial}{left}"
         )
 
 
@@ -233,9 +246,13 @@ class Mirror:
         # An unfinished run (killed, or with projects that failed) left ``todo``: everything
         # up to its target was discovered already, so resume its projects and ask only for
         # what changed since. The status serial stays where it was until nothing is left.
-        if start.todo is not None and start.since > start.status:
+        todo = start.todo
+        resuming = todo is not None and (todo.target > start.status or bool(todo.projects))
+        if todo is not None and resuming:
+            self._drop_excluded(todo)
             logger.info(
-                "Resuming an unfinished run: %d projects left towards serial %d", len(start.todo.projects), start.since
+                "Resuming an unfinished run: %s left%s", plural(len(todo.projects), "project"),
+                f" towards serial {todo.target}" if todo.target else "",
             )
 
         validators = self.state.read_validators()
@@ -248,7 +265,8 @@ class Mirror:
                 known,
                 self.filters.allows_name,
                 self.filters.allowlist(),
-                start.full or start.compare or not start.since,
+                # resuming a first run: what it synced is known now
+                start.full or start.compare or not (start.since or resuming),
                 start.remembered if start.fresh else "",
                 validators,
             )
@@ -282,8 +300,8 @@ class Mirror:
             return report
 
         logger.info(
-            "%d projects to sync%s via %s%s",
-            len(work), f", {len(removed)} to remove" if removed else "", plan.method,
+            "%s to sync%s via %s%s",
+            plural(len(work), "project"), f", {len(removed)} to remove" if removed else "", plan.method,
             f", towards serial {target}" if target else "",
         )
         self.state.write_generation()
@@ -316,10 +334,28 @@ class Mirror:
             # no progress and sync everything again.
             todo.target = target
             self.state.write_todo(todo)
+        report.left = len(todo.projects)
         if not report.failed and not self._stopped:
             self.storage.write_bytes(layout.LAST_MODIFIED, report.started_at.strftime("%Y%m%dT%H:%M:%S\n").encode())
         self.write_diff_file()
         return report
+
+    def _drop_excluded(self, todo: Todo) -> None:
+        """Take out of an unfinished run's ``todo`` the names today's filters exclude, before any
+        request: a fixed typo in an allowlist must not leave a run asking for the whole index.
+        What such a run already mirrored stays (``bandersnatch delete`` removes it).
+
+        With resolve-dependencies the todo may hold dependencies that failed, which are outside
+        the allowlists by nature: there only the other project filters (blocklists) decide."""
+        allows = self.filters.allows_name if self.dependencies is None else self.filters.allows_dependency
+        excluded = [name for name in todo.projects if not allows(name)]
+        for name in excluded:
+            del todo.projects[name]
+        if excluded:
+            logger.info(
+                "Dropped %s the filters now exclude from the unfinished run's todo",
+                plural(len(excluded), "project"),
+            )
 
     def _check_removals(self, method: str, removed: set[str], mirrored: int) -> None:
         """Refuse a listing that would remove too much of the mirror: an outage page, a broken proxy."""
@@ -552,6 +588,7 @@ class Mirror:
                 if interrupted:
                     raise  # a second one: leave now
                 interrupted = self._stopped = True
+                self.report.stopped = self.report.stopped or "interrupted"
                 stop.set()
         progress.close()
         for runner in runners:
@@ -619,6 +656,7 @@ class Mirror:
             if self.config.cleanup:
                 self._remove_legacy_dirs(result.display, result.canonical)
         elif isinstance(result, Skipped):
+            report.skipped += 1
             self.sidecars.forget(canonicalize_name(result.name))
             self._skipped.add(canonicalize_name(result.name))
         elif isinstance(result, Gone):
@@ -628,6 +666,7 @@ class Mirror:
         elif isinstance(result, LocalError):
             self.local_error = self.local_error or result.kind(result.reason)
             self._stopped = True
+            report.stopped = report.stopped or "local I/O error"
             stop.set()
             return False
         elif isinstance(result, Failed):
@@ -636,6 +675,7 @@ class Mirror:
             if self.config.stop_on_error and not self._stopped:
                 logger.error("Stopping at the first failure (stop-on-error = true)")
                 self._stopped = True
+                report.stopped = report.stopped or "stop-on-error = true and a project failed"
                 stop.set()
             return False
         return True
@@ -749,6 +789,7 @@ class Mirror:
                 "really deleted them, run once with `bandersnatch mirror --allow-mass-removal`"
             )
             self._stopped = True
+            self.report.stopped = self.report.stopped or "too many projects answered 404 (max-removals)"
             stop.set()
         return False
 
@@ -783,6 +824,7 @@ class Mirror:
         for name in finished:
             todo.projects.pop(name, None)
         self.state.write_todo(todo)
+        self.report.left = len(todo.projects)
 
     # -- single projects, for verify and delete ---------------------------------------------
     def publish(self, project: Project) -> list[str]:

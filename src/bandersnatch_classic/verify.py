@@ -214,6 +214,7 @@ def verify(
             report.unowned[path] = size
             if not dry_run:
                 storage.delete(path)
+                logger.info("Deleted %s (%s)", path, _human(size))  # every one, as `delete` names what it removes
         if not dry_run:
             storage.remove_empty_dirs(layout.PACKAGES, keep_top=True)
     for path, size in sorted(report.unowned.items())[:1000] if dry_run else []:

@@ -31,7 +31,7 @@ from .errors import HashMismatch, LocalIOError, NotServed, ProjectGone, UnsafePa
 from .filters import FilterSet
 from .models import Project, check_project_name
 from .package import Download, check_name_fits, plan_downloads, publish, unserved_metadata
-from .progress import in_worker_process
+from .progress import in_worker_process, plural
 from .sidecars import Sidecar, sidecars_of
 from .storage import Storage
 from .upstream import Upstream
@@ -131,6 +131,8 @@ class Job:
         self.written: list[str] = []
         #: ``.metadata`` sidecars the upstream did not serve (paths below the mirror).
         self.missing: list[str] = []
+        #: Why the first of them was not served (the one WARNING line per project says it).
+        self.missing_reason = ""
         self.error: str | None = None
         self.local_error: LocalIOError | None = None
         self.unfinished = False
@@ -242,9 +244,10 @@ class Worker:
                 if not download.sidecar:
                     job.error = job.error or reason(exc)
                 else:
-                    logger.warning("%s: %s; mirrored without it, its pages offer no core metadata for that file", job.name, exc)
+                    logger.debug("%s: %s; mirrored without it", job.name, exc)
                     with self._lock:
                         job.missing.append(download.path)
+                        job.missing_reason = job.missing_reason or str(exc)
             except LocalIOError as exc:
                 job.local_error = job.local_error or exc
                 self.stop.set()
@@ -275,6 +278,13 @@ class Worker:
             return
         project = job.project
         assert project is not None
+        if job.missing:  # one line per project, not per file: a proxy without sidecars has thousands
+            logger.warning(
+                "%s: the upstream did not serve %s (%s%s); mirrored without them, their pages offer no core "
+                "metadata for those files (asked again daily)",
+                job.name, plural(len(job.missing), ".metadata file"), job.missing_reason,
+                "; --debug names every file" if len(job.missing) > 1 else "",
+            )
         try:
             unserved = unserved_metadata(project, self.config, self.storage, job.missing)
             project.drop_metadata(f.filename for f in unserved)

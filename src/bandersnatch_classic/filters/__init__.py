@@ -40,7 +40,7 @@ from packaging.utils import canonicalize_name
 
 from ..errors import ConfigError
 from ..models import Project
-from ._config import canonical_names, check_sections, parse_size, words
+from ._config import canonical_names, check_sections, idle_error, parse_size, words
 from .metadata import (
     RegexProjectMetadata,
     RegexReleaseFileMetadata,
@@ -105,6 +105,13 @@ _SECTION_USERS = {
     "regex_release_file_metadata": ("regex_release_file_metadata",),
     "version_range_release_file_metadata": ("version_range_release_file_metadata",),
 }
+#: Keys of the shared sections, by the filters that read them.
+_KEY_USERS = {
+    ("allowlist", "packages"): ("allowlist_project", "allowlist_release"),
+    ("allowlist", "requirements"): ("project_requirements", "project_requirements_pinned"),
+    ("blocklist", "packages"): ("blocklist_project", "blocklist_release"),
+    ("blocklist", "platforms"): ("exclude_platform",),
+}
 
 
 class FilterSet:
@@ -141,7 +148,9 @@ class FilterSet:
         """The filters of ``[plugins] enabled`` (names, or ``all``); none without [plugins].
 
         Raises :class:`ConfigError` (one line naming section, key and value) for an unknown
-        filter name or a value a filter cannot use.
+        filter name, a value a filter cannot use, or a filter named in ``enabled`` whose
+        settings make it drop nothing (an allowlist that lists no project would mirror the
+        whole index).
         """
         names = [n.lower() for n in words(parser, "plugins", "enabled")] if parser.has_section("plugins") else []
         names_given = list(names)
@@ -157,12 +166,13 @@ class FilterSet:
         if not parser.has_section("plugins") and any(parser.has_section(s) for s in _KNOWN_KEYS.keys() | _SECTION_USERS.keys()):
             logger.warning("Filter sections are set but [plugins] enabled is missing: no filter runs")
         elif parser.has_section("plugins"):
-            check_sections(parser, filters.active, _KNOWN_KEYS, _SECTION_USERS)
-        explicit = "all" not in names_given
+            check_sections(parser, filters.active, _KNOWN_KEYS, _SECTION_USERS, _KEY_USERS)
         for f in filters.filters:
             reason = f.idle()
-            if reason:  # worth a warning when named on purpose; expected of most filters under "all"
-                logger.log(logging.WARNING if explicit else logging.DEBUG, "%s is enabled but does nothing: %s", f.name, reason)
+            if reason and "all" not in names_given:  # named on purpose, it drops nothing: a typo, stop here
+                raise idle_error(parser, f.name, reason, _KNOWN_KEYS, _KNOWN_KEYS.keys() | _SECTION_USERS.keys())
+            if reason:  # expected of most filters under "all"
+                logger.debug("%s is enabled but does nothing: %s", f.name, reason)
         return filters
 
     def with_allowed(self, names: Iterable[str]) -> FilterSet:

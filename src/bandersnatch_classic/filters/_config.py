@@ -12,6 +12,7 @@ configures two kinds at once: a name filter and a release filter.
 from __future__ import annotations
 
 import configparser
+import difflib
 import glob
 import logging
 import re
@@ -198,8 +199,9 @@ def check_sections(
     enabled: Collection[str],
     known_keys: Mapping[str, Collection[str]],
     section_users: Mapping[str, Collection[str]],
+    key_users: Mapping[tuple[str, str], Collection[str]],
 ) -> None:
-    """Warn about keys no filter reads and about sections no enabled filter reads."""
+    """Warn about keys no filter reads, and about sections and keys no enabled filter reads."""
     defaults = parser.defaults()
     for section, known in known_keys.items():
         if parser.has_section(section):
@@ -211,8 +213,42 @@ def check_sections(
             logger.warning(
                 "[%s] has no effect: enable %s in [plugins] enabled", section, " or ".join(users)
             )
-    if parser.has_section("blocklist") and parser.has_option("blocklist", "platforms") and "exclude_platform" not in enabled:
-        logger.warning("[blocklist] platforms has no effect: enable exclude_platform in [plugins] enabled")
+    for (section, key), users in key_users.items():
+        if parser.has_option(section, key) and key not in defaults and not set(users) & set(enabled):
+            logger.warning("[%s] %s has no effect: enable %s in [plugins] enabled", section, key, " or ".join(users))
+
+
+#: ``[section]`` or ``[section] key`` at the start of an ``idle()`` reason.
+_IDLE_WHERE = re.compile(r"^\[([^\]]+)\](?: ([\w.-]+))?")
+
+
+def idle_error(
+    parser: configparser.ConfigParser, name: str, reason: str, known_keys: Mapping[str, Collection[str]],
+    sections: Collection[str],
+) -> ConfigError:
+    """The one-line error for filter ``name``, named in ``[plugins] enabled`` but idle for ``reason``.
+
+    An enabled filter that drops nothing is almost always a typo (``[allowlists]``, ``package =``)
+    and for an allowlist it means mirroring the whole index, so the run stops before any
+    request. The line names the section (and key) the filter reads and, when the config has a
+    close spelling of either, asks whether that was meant.
+    """
+    hint, where = "", name
+    match = _IDLE_WHERE.match(reason)
+    if match:
+        section, key = match.group(1), match.group(2)
+        where = f"[{section}]"
+        if not parser.has_section(section):
+            others = [s for s in parser.sections() if s != "mirror" and s not in sections]
+            close = difflib.get_close_matches(section, others, n=1, cutoff=0.75)
+            hint = f" (the config has [{close[0]}]: did you mean [{section}]?)" if close else f" (there is no [{section}] section)"
+        elif key in known_keys.get(section, ()) and not parser.has_option(section, key):
+            keys = [k for k in parser[section] if k not in parser.defaults()]
+            close = difflib.get_close_matches(key, keys, n=1, cutoff=0.75)
+            hint = f" ([{section}] has {close[0]!r}: did you mean {key!r}?)" if close else f" ([{section}] has no {key})"
+    return ConfigError(
+        f"{name} is enabled but does nothing: {reason}{hint}; fix {where} or remove {name} from [plugins] enabled"
+    )
 
 
 def canonical_names(names: Iterable[str]) -> frozenset[str]:
