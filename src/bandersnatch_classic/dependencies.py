@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from packaging.utils import canonicalize_name
 
 from . import layout
 from .config import parse_bool

@@ -146,8 +146,10 @@ class PlantedLink(LocalIOError):
     it would write or delete outside the mirror, so the run stops and names it.
     """
 
-    def __init__(self, path: str, action: str) -> None:
-        super().__init__(
+    @classmethod
+    def at(cls, path: str, action: str) -> PlantedLink:
+        """The error for a link found at ``path`` while trying to ``action`` through it."""
+        return cls(
             f"{path} is a symbolic link; refusing to {action} through it "
             "(someone planted it, or the mirror was set up with links): remove it"
         )

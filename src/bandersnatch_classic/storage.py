@@ -137,7 +137,7 @@ def _open_step(parent: int | None, name: str, shown: str, action: str, create: b
             raise
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(name, parent):
-            raise PlantedLink(shown, action) from None
+            raise PlantedLink.at(shown, action) from None
         raise
     return _open_step(parent, name, shown, action, create)  # known, but removed since
 
@@ -388,7 +388,7 @@ class FilesystemStorage:
             with self._directory(directory, "delete") as dir_fd:
                 mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
                 if stat.S_ISLNK(mode):
-                    raise PlantedLink(target, "delete")
+                    raise PlantedLink.at(target, "delete")
                 if not stat.S_ISDIR(mode):
                     return False
                 shutil.rmtree(name, dir_fd=dir_fd)
@@ -448,7 +448,7 @@ class FilesystemStorage:
                 if entry.is_dir(follow_symlinks=False):
                     sub = _open_step(dir_fd, entry.name, f"{self._root}/{path}", "list files", create=False)
                 elif entry.is_symlink() and entry.is_dir():
-                    raise PlantedLink(f"{self._root}/{path}", "list files")
+                    raise PlantedLink.at(f"{self._root}/{path}", "list files")
                 else:
                     size = entry.stat(follow_symlinks=False).st_size
             except FileNotFoundError:
