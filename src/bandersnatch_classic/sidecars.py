@@ -68,7 +68,7 @@ class MissingSidecars:
                 "removed it: the pages offer only the .metadata files the mirror holds; "
                 "`bandersnatch mirror --force-check` asks for the others again"
             ))
-            self.files.write_missing_sidecars(0, {})  # removes it
+            self.files.remove_missing_sidecars()
             return {}
         return projects
 

@@ -382,10 +382,13 @@ class StateFiles:
     def write_missing_sidecars(self, checked: float, projects: Mapping[str, list[Sidecar]]) -> None:
         """Record the sidecars still missing (none: the file is removed)."""
         if not projects:
-            self.storage.delete(MISSING_METADATA)
+            self.remove_missing_sidecars()
             return
         document = {"checked": int(checked), "projects": projects}
         self.storage.write_bytes(MISSING_METADATA, json.dumps(document, indent=0, sort_keys=True).encode())
+
+    def remove_missing_sidecars(self) -> None:
+        self.storage.delete(MISSING_METADATA)
 
     # -- an interrupted verify ---------------------------------------------------------
     def verify_progress(self) -> set[str]:
