@@ -135,6 +135,27 @@ def test_a_mirror_directory_the_user_cannot_create(nobody_harness: MirrorHarness
     assert not (shared_dir / "srv" / "pypi").exists()
 
 
+#: Every state file of the on-disk contract (docs/design.md, section 3).
+STATE_FILES = [
+    ".lock", "generation", "status", "todo", "projects.json", "upstream-method", "run-history.json",
+    "missing-metadata", "verify-progress", "page-validators.json", "dependencies.json",
+]
+
+
+def test_preflight_checks_every_state_file_the_contract_names() -> None:
+    from bandersnatch_classic import statefiles
+
+    assert sorted(statefiles.STATE_FILES) == sorted(STATE_FILES)
+
+
+@pytest.mark.parametrize("name", ["page-validators.json", "dependencies.json", "verify-progress", "status"])
+def test_a_state_file_that_is_a_directory(harness: MirrorHarness, name: str) -> None:
+    """Refused before the lock is taken, whichever state file it is."""
+    (harness.dir / name).mkdir(parents=True)
+    _one_error(harness.cli("mirror"), str(harness.dir / name), "is not a regular file")
+    assert sorted(p.name for p in harness.dir.iterdir()) == [name]  # not even the lock
+
+
 @unprivileged
 def test_a_state_file_the_user_cannot_write(nobody_harness: MirrorHarness) -> None:
     """The mirror was made by root, then handed to nobody, all but its lock file."""

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from bandersnatch_classic.sync import Mirror
-from bandersnatch_classic.verify import PROGRESS_FILE, verify
+from bandersnatch_classic.statefiles import VERIFY_PROGRESS as PROGRESS_FILE
+from bandersnatch_classic.verify import verify
 
 from .conftest import MirrorHarness
 from .test_mirror import assert_mirror_equals_upstream, expected_html

@@ -331,18 +331,21 @@ class _Reader:
         raise ConfigError(f"[mirror] {key} = {value!r} is not allowed; use one of {', '.join(allowed)}")
 
 
-def _read_mirror(section: configparser.SectionProxy, path: Path) -> MirrorConfig:
-    r = _Reader(section)
+def _directory(r: _Reader, path: Path) -> Path:
+    """``[mirror] directory``: required, absolute (``~`` and ``$VARS`` expanded)."""
     raw_directory = r.raw("directory")
     if not raw_directory:
-        close = difflib.get_close_matches("directory", [k for k in section if k != "directory"], n=1, cutoff=0.75)
+        close = difflib.get_close_matches("directory", [k for k in r.section if k != "directory"], n=1, cutoff=0.75)
         hint = f" ({close[0]!r} is set: a misspelling?)" if close else ""
         raise ConfigError(f"[mirror] directory is required in {path}; set it to an absolute path{hint}")
     directory = Path(os.path.expandvars(os.path.expanduser(raw_directory)))
     if not directory.is_absolute():
         raise ConfigError(f"[mirror] directory = {raw_directory!r} is not allowed; use an absolute path")
+    return directory
 
-    allow_non_https = r.boolean("allow-non-https", False)
+
+def _upstream_urls(r: _Reader, allow_non_https: bool) -> tuple[str, str, str]:
+    """``master`` (the index root, or a copied mirror tree), ``download-mirror`` and ``root_uri``, checked."""
     master = r.string("master") or default_master()
     from .tree import tree_url  # a copied mirror tree: file:///path or /path
 
@@ -356,7 +359,14 @@ def _read_mirror(section: configparser.SectionProxy, path: Path) -> MirrorConfig
     root_uri = r.string("root_uri")
     if root_uri:
         _check_url("root_uri", root_uri, allow_non_https=True)
+    return master, download_mirror, root_uri
 
+
+def _read_mirror(section: configparser.SectionProxy, path: Path) -> MirrorConfig:
+    r = _Reader(section)
+    directory = _directory(r, path)
+    allow_non_https = r.boolean("allow-non-https", False)
+    master, download_mirror, root_uri = _upstream_urls(r, allow_non_https)
     storage_backend = r.choice("storage-backend", "filesystem", ("filesystem", "s3"))
     if storage_backend == "s3" and not _importable("boto3"):
         raise ConfigError("[mirror] storage-backend = s3 needs boto3, which is not installed: "

@@ -12,7 +12,7 @@ Three ways to ask the upstream (``api-method``):
 
 The root listing and the project pages are asked conditionally (``If-None-Match``,
 ``If-Modified-Since``) with the validators of the upstream's last answer, kept in
-``page-validators.json`` (:data:`~bandersnatch_classic.state.VALIDATORS_FILE`): an unchanged
+``page-validators.json`` (:data:`~bandersnatch_classic.statefiles.VALIDATORS`): an unchanged
 listing or page costs a 304 and no body, and its serial is the one that answer gave. A full
 run (``--force-check``, a first run) asks without them.
 

@@ -4,7 +4,7 @@ Every ``mirror`` and ``sync`` run adds a record to ``run-history.json`` in the m
 directory when it starts (``finished`` null) and completes it when it ends, whatever the
 exit status. A run killed outright (SIGKILL, power loss) never completes its record, so
 ``status`` can tell such a run from one that finished: the truth survives a crash. The file
-keeps the last :data:`HISTORY_LENGTH` runs and is replaced atomically, like every state file.
+keeps the last :data:`~bandersnatch_classic.statefiles.HISTORY_LENGTH` runs and is replaced atomically, like every state file.
 
 ``status`` reads only the state files (no directory walk) and asks the upstream at most one
 question: its current serial, with the discovery method the mirror uses. After each run,
@@ -25,25 +25,23 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypedDict, TypeVar
+from typing import Any, TypeVar
 
 from . import layout
 from .config import MirrorConfig
 from .errors import DamagedState, LocalIOError, StateError, UpstreamError
 from .progress import human
-from .sidecars import read_missing
-from .state import GENERATION, PROJECTS_FILE, MirrorState, read_state_text
+from .state import MirrorState
+from .statefiles import GENERATION, HISTORY, PROJECTS, STATUS, TODO, RunRecord, Sidecar, StateFiles, Todo
 from .storage import Storage
 from .sync import Report
 from .upstream import Upstream
 
 logger = logging.getLogger(__name__)
 
-HISTORY_FILE = "run-history.json"
-#: Runs kept in the history.
-HISTORY_LENGTH = 50
 #: ``status`` names the projects that failed in each of this many last finished runs.
 FAILING_RUNS = 3
 #: ``status --json`` lists at most this many of the todo's projects (``count`` says how many there are).
@@ -56,79 +54,6 @@ _COMPARE = "compares the serial of every project the upstream lists with the mir
 T = TypeVar("T")
 
 
-class RunRecord(TypedDict):
-    """One run in ``run-history.json`` (times are Unix seconds)."""
-
-    command: str
-    pid: int
-    host: str
-    started: float
-    finished: float | None
-    exit_status: int | None
-    method: str
-    synced: int
-    removed: int
-    failed: dict[str, str]
-    files: int
-    bytes: int
-    serial: int
-    upstream_serial: int | None
-    #: Requirement edges nothing in the mirror satisfies (resolve-dependencies), one line each.
-    unsatisfied: list[str]
-
-
-# -- the history -------------------------------------------------------------------------
-#: The type each field of a run record must have when present (bool is refused as a number).
-_RUN_FIELDS: dict[str, tuple[type, ...]] = {
-    "command": (str,), "pid": (int,), "host": (str,), "started": (int, float), "finished": (int, float, type(None)),
-    "exit_status": (int, type(None)), "method": (str,), "synced": (int,), "removed": (int,), "failed": (dict,),
-    "files": (int,), "bytes": (int,), "serial": (int, type(None)), "upstream_serial": (int, type(None)),
-}
-#: Times in the history are Unix seconds before this (the year 2242): anything else is damage.
-_TIME_LIMIT = 2**33
-
-
-def read_history(storage: Storage) -> list[RunRecord]:
-    """The recorded runs, oldest first; :class:`DamagedState` when the file is not a history
-    this tool writes (each record is checked: a wrong type would crash ``status``)."""
-    text = read_state_text(storage, HISTORY_FILE)
-    if not text:
-        return []
-    try:
-        runs = json.loads(text)["runs"]
-        if not isinstance(runs, list):
-            raise ValueError("'runs' is not a list")
-        for number, run in enumerate(runs, 1):
-            problem = _run_problem(run)
-            if problem:
-                raise ValueError(f"run {number}: {problem}")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DamagedState(storage.display(HISTORY_FILE), f"is not a run history ({exc!s:.80})") from None
-    return runs
-
-
-def _run_problem(run: Any) -> str:
-    """What makes ``run`` not a run record ("" if nothing)."""
-    if not isinstance(run, dict) or "started" not in run:
-        return "not a run record"
-    for key, types in _RUN_FIELDS.items():
-        value = run.get(key)
-        if key in run and (isinstance(value, bool) or not isinstance(value, types)):
-            return f"{key!r} is {value!r:.40}"
-    for key in ("started", "finished"):
-        value = run.get(key)
-        if value is not None and not 0 <= value < _TIME_LIMIT:
-            return f"{key!r} is {value!r:.40}, not a time"
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in run.get("failed", {}).items()):
-        return "'failed' is not a map of names to reasons"
-    return ""
-
-
-def _write_history(storage: Storage, runs: list[RunRecord]) -> None:
-    data = json.dumps({"runs": runs[-HISTORY_LENGTH:]}, indent=1, sort_keys=True) + "\n"
-    storage.write_bytes(HISTORY_FILE, data.encode())
-
-
 class RunRecorder:
     """Records one ``mirror``/``sync`` run: :meth:`start` before it, :meth:`finish` after, always.
 
@@ -138,6 +63,7 @@ class RunRecorder:
 
     def __init__(self, storage: Storage, config: MirrorConfig, command: str, report: Report) -> None:
         self.storage = storage
+        self.files = StateFiles(storage)
         self.config = config
         self.command = command
         self.report = report
@@ -151,14 +77,14 @@ class RunRecorder:
     def start(self) -> None:
         try:
             try:
-                runs = read_history(self.storage)
+                runs = self.files.history()
             except DamagedState as damage:
                 logger.warning("%s", damage.named("starting a new history"))
                 runs = []
             self.record["serial"] = _serial(self.storage) or 0
-            _write_history(self.storage, [*runs, self.record])
+            self.files.write_history([*runs, self.record])
         except (LocalIOError, OSError) as exc:
-            logger.warning("Could not record the run's start in %s: %s", HISTORY_FILE, exc)
+            logger.warning("Could not record the run's start in %s: %s", HISTORY, exc)
 
     def finish(self, exit_status: int) -> None:
         """Complete the record with what the run did; write the metrics file."""
@@ -175,13 +101,13 @@ class RunRecorder:
         runs: list[RunRecord] = []
         try:
             try:
-                kept = [r for r in read_history(self.storage) if not _same_run(r, self.record)]
+                kept = [r for r in self.files.history() if not _same_run(r, self.record)]
             except DamagedState:  # named by start(), or damaged again since: the history starts anew
                 kept = []
             runs = [*kept, self.record]
-            _write_history(self.storage, runs)
+            self.files.write_history(runs)
         except (LocalIOError, OSError) as exc:
-            logger.warning("Could not record the run in %s: %s", HISTORY_FILE, exc)
+            logger.warning("Could not record the run in %s: %s", HISTORY, exc)
             runs = [self.record]
         if self.config.metrics_file:
             try:
@@ -199,7 +125,7 @@ def _serial(storage: Storage) -> int | None:
 
     A damaged ``status`` is named by the run itself, not here."""
     try:
-        return MirrorState(storage).status
+        return StateFiles(storage).status
     except DamagedState:
         return None
     except (StateError, LocalIOError) as exc:
@@ -209,7 +135,7 @@ def _serial(storage: Storage) -> int | None:
 
 def _todo_count(storage: Storage) -> int:
     try:
-        todo = MirrorState(storage).read_todo()
+        todo = StateFiles(storage).read_todo()
     except DamagedState:
         return 0
     return len(todo.projects) if todo else 0
@@ -359,19 +285,36 @@ def ask_upstream_serial(upstream: Upstream, method: str, allowlist: bool) -> tup
     return None, "not asked: api-method = auto has not found a working method against this master yet"
 
 
-def status_report(
-    storage: Storage, config: MirrorConfig, upstream: Upstream, allowlist: bool
-) -> tuple[dict[str, Any], int]:
-    """The ``status`` document and its exit status."""
-    now = time.time()
-    state = MirrorState(storage, config.hash_index, layout.ROOT_HTML[0] if config.write_html else layout.ROOT_JSON)
-    doc: dict[str, Any] = {"directory": str(config.directory)}
-    if not any(storage.exists(name) for name in ("status", "todo", HISTORY_FILE)):
-        doc.update(mirrored=False, healthy=False, exit_status=EXIT_NOT_A_MIRROR,
-                   problems=[f"{config.directory} is not a mirror yet: run `bandersnatch mirror` first"])
-        return doc, EXIT_NOT_A_MIRROR
+@dataclass
+class _Read:
+    """What ``status`` read of the state files; each damaged one is ``None`` (or empty) and named in ``damage``."""
 
-    # Damaged state files are problems, each named with what the next mirror run does about it.
+    runs: list[RunRecord]
+    serial: int | None
+    todo: Todo | None
+    generation: int | None
+    records: int | None
+    missing: dict[str, list[Sidecar]]
+    method: str
+    damage: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Upstream:
+    """The upstream's serial as ``status`` knows it."""
+
+    serial: int | None = None
+    #: How it is known: "asked now", "learned by the last run (...)", or None.
+    source: str | None = None
+    #: Why it was not asked ("" when it was).
+    unavailable: str = ""
+    #: Why asking failed ("" when it did not).
+    error: str = ""
+
+
+def _read_state(state: MirrorState, config: MirrorConfig) -> _Read:
+    """Every state file ``status`` reports on, through the state's owner; damage named with
+    what the next mirror run does about it."""
     damage: list[str] = []
 
     def read(what: Callable[[], T], default: T, repair: str) -> T:
@@ -381,68 +324,85 @@ def status_report(
             damage.append(exc.named(f"the next mirror run {repair}"))
             return default
 
-    runs = read(lambda: read_history(storage), [], "starts a new history")
-    mirror_serial: int | None = read(lambda: state.status, None, _COMPARE)
+    runs = read(state.history, [], "starts a new history")
+    serial: int | None = read(lambda: state.status, None, _COMPARE)
     todo = read(state.read_todo, None, f"discards it and {_COMPARE}")
     generation = read(lambda: state.generation, None, "checks every project (a full check)")
     records = read(state.stored_records, None, "rebuilds it from the project pages")
     published = state.published_count()
     if records is not None and published is not None and len(records) < published:
         damage.append(
-            f"{storage.display(PROJECTS_FILE)} lists {len(records)} projects but the root index lists {published}: "
+            f"{state.display(PROJECTS)} lists {len(records)} projects but the root index lists {published}: "
             "records were lost; the next mirror run restores them from the project pages"
         )
-    missing_projects = read(lambda: read_missing(storage)[1], {}, "removes it")
+    missing = read(lambda: state.missing_sidecars()[1], {}, "removes it")
     method = config.api_method
     if method == "auto":
         method = read(lambda: state.remembered_method(config.master)[0], "", "probes the upstream's methods again")
-    upstream_serial: int | None = None
-    unavailable = ""
-    error = ""
+    count = len(records) if records is not None else None
+    return _Read(runs, serial, todo, generation, count, missing, method, damage)
+
+
+def _ask_upstream(upstream: Upstream, read: _Read, allowlist: bool) -> _Upstream:
+    """The upstream's serial: asked now, else (an allowlist or html mirror) as its last run learned it."""
+    known = _Upstream()
     try:
-        upstream_serial, unavailable = ask_upstream_serial(upstream, method, allowlist)
+        known.serial, known.unavailable = ask_upstream_serial(upstream, read.method, allowlist)
     except UpstreamError as exc:
-        error = str(exc)
-    source = "asked now" if upstream_serial is not None else None
-    learned = _last_learned(runs) if method in ("simple", "html") and upstream_serial is None and not error else None
+        known.error = str(exc)
+    known.source = "asked now" if known.serial is not None else None
+    learned = _last_learned(read.runs) if read.method in ("simple", "html") and known.serial is None and not known.error else None
     if learned is not None:
         # an allowlist or html mirror has no index serial to ask for in one request; its last
         # run learned its projects' serials from their pages, and its target is the newest
-        upstream_serial, source = learned["upstream_serial"], f"learned by the last run ({_iso(learned['started'])})"
-    lag = max(0, upstream_serial - mirror_serial) if upstream_serial is not None and mirror_serial is not None else None
-    if upstream_serial is not None and mirror_serial is not None and mirror_serial > upstream_serial:
+        known.serial, known.source = learned["upstream_serial"], f"learned by the last run ({_iso(learned['started'])})"
+    return known
+
+
+def _ahead(state: MirrorState, read: _Read, upstream_serial: int | None) -> list[str]:
+    """``status`` or ``todo`` ahead of the upstream's serial: damage, as a mirror run judges it."""
+    damage = []
+    if upstream_serial is not None and read.serial is not None and read.serial > upstream_serial:
         damage.append(
-            f"{storage.display('status')} holds serial {mirror_serial}, ahead of the upstream's serial "
+            f"{state.display(STATUS)} holds serial {read.serial}, ahead of the upstream's serial "
             f"{upstream_serial}; not believed: the next mirror run {_COMPARE}"
         )
-    if upstream_serial is not None and todo is not None and todo.target > upstream_serial:
+    if upstream_serial is not None and read.todo is not None and read.todo.target > upstream_serial:
         damage.append(
-            f"{storage.display('todo')} aims at serial {todo.target}, ahead of the upstream's serial "
+            f"{state.display(TODO)} aims at serial {read.todo.target}, ahead of the upstream's serial "
             f"{upstream_serial}; not believed: the next mirror run syncs its projects and asks for the changes "
             "after the status serial"
         )
+    return damage
 
-    problems: list[str] = []
+
+def _run_problems(runs: list[RunRecord], last_view: dict[str, Any] | None) -> list[str]:
+    """The last run never finished, or the last finished one failed."""
+    problems = []
     finished = [r for r in runs if r.get("finished") is not None]
-    last = runs[-1] if runs else None
-    last_view = _run_view(last) if last else None
     if last_view and last_view["state"] == "unfinished":
         problems.append(f"the last run (started {last_view['started']}) never finished: killed or crashed")
     judged = finished[-1] if finished and (last_view is None or last_view["state"] != "unfinished") else None
     if judged is not None and judged.get("exit_status") != 0:
         problems.append(f"the last run ({judged.get('command')}, started {_iso(judged['started'])}) exited with {judged.get('exit_status')}")
+    return problems
+
+
+def _limit_problems(config: MirrorConfig, lag: int | None, success_age: float | None) -> list[str]:
+    """``max-lag`` and ``max-success-age`` exceeded."""
+    problems = []
     if config.max_lag and lag is not None and lag > config.max_lag:
         problems.append(f"lag of {lag} serials exceeds max-lag = {config.max_lag}")
-    success = _last_success(runs)
-    success_age = round(now - success["finished"], 1) if success and success["finished"] is not None else None
     if config.max_success_age:
         if success_age is None:
             problems.append("no mirror run has mirrored everything yet (max-success-age is set)")
         elif success_age > config.max_success_age:
             problems.append(f"the last successful mirror run ended {_age(success_age)} ago, more than max-success-age")
-    if error:
-        problems.append(f"upstream unusable: {error}")
+    return problems
 
+
+def _failing(finished: list[RunRecord]) -> tuple[list[RunRecord], dict[str, str]]:
+    """The last :data:`FAILING_RUNS` finished runs, and the projects that failed in each of them."""
     failing_runs = finished[-FAILING_RUNS:]
     failing: dict[str, str] = {}
     if failing_runs:
@@ -450,22 +410,47 @@ def status_report(
         for run in failing_runs[1:]:
             common &= set(run.get("failed", {}))
         failing = {name: failing_runs[-1]["failed"][name] for name in sorted(common)}
-    problems += damage
-    projects_bytes = storage.stat(PROJECTS_FILE)
+    return failing_runs, failing
+
+
+def status_report(
+    storage: Storage, config: MirrorConfig, upstream: Upstream, allowlist: bool
+) -> tuple[dict[str, Any], int]:
+    """The ``status`` document and its exit status."""
+    now = time.time()
+    state = MirrorState(storage, config.hash_index, layout.ROOT_HTML[0] if config.write_html else layout.ROOT_JSON)
+    doc: dict[str, Any] = {"directory": str(config.directory)}
+    if not state.has_run():
+        doc.update(mirrored=False, healthy=False, exit_status=EXIT_NOT_A_MIRROR,
+                   problems=[f"{config.directory} is not a mirror yet: run `bandersnatch mirror` first"])
+        return doc, EXIT_NOT_A_MIRROR
+    read = _read_state(state, config)
+    known = _ask_upstream(upstream, read, allowlist)
+    runs, serial, todo = read.runs, read.serial, read.todo
+    lag = max(0, known.serial - serial) if known.serial is not None and serial is not None else None
+    finished = [r for r in runs if r.get("finished") is not None]
+    last_view = _run_view(runs[-1]) if runs else None
+    success = _last_success(runs)
+    success_age = round(now - success["finished"], 1) if success and success["finished"] is not None else None
+    problems = _run_problems(runs, last_view) + _limit_problems(config, lag, success_age)
+    if known.error:
+        problems.append(f"upstream unusable: {known.error}")
+    problems += read.damage + _ahead(state, read, known.serial)
+    failing_runs, failing = _failing(finished)
     unsatisfied = list(finished[-1].get("unsatisfied") or []) if finished else []
 
-    exit_status = EXIT_UPSTREAM if error else EXIT_UNHEALTHY if problems else EXIT_OK
+    exit_status = EXIT_UPSTREAM if known.error else EXIT_UNHEALTHY if problems else EXIT_OK
     doc.update(
         mirrored=True,
         healthy=not problems,
         exit_status=exit_status,
         problems=problems,
-        serial=mirror_serial,
-        upstream_serial=upstream_serial,
-        upstream_method=method or None,
-        upstream_unavailable=unavailable or None,
-        upstream_serial_source=source,
-        upstream_error=error or None,
+        serial=serial,
+        upstream_serial=known.serial,
+        upstream_method=read.method or None,
+        upstream_unavailable=known.unavailable or None,
+        upstream_serial_source=known.source,
+        upstream_error=known.error or None,
         lag_serials=lag,
         last_success=_iso(success["finished"]) if success else None,
         last_success_age_seconds=success_age,
@@ -474,13 +459,13 @@ def status_report(
             "target": todo.target, "count": len(todo.projects), "projects": sorted(todo.projects)[:TODO_LISTED],
         } if todo else None,
         failing={"runs": len(failing_runs), "projects": failing},
-        projects=len(records) if records is not None else None,
-        projects_json_bytes=projects_bytes.st_size if projects_bytes is not None else None,
+        projects=read.records,
+        projects_json_bytes=state.size(PROJECTS),
         missing_metadata={
-            "projects": len(missing_projects), "files": sum(len(v) for v in missing_projects.values()),
+            "projects": len(read.missing), "files": sum(len(v) for v in read.missing.values()),
         },
         unsatisfied_requirements={"count": len(unsatisfied), "edges": unsatisfied},
-        generation=generation,
+        generation=read.generation,
         generation_current=GENERATION,
         runs_recorded=len(runs),
         max_lag=config.max_lag or None,

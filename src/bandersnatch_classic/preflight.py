@@ -5,7 +5,8 @@ log-config that does not exist would otherwise fail halfway with a traceback. Ea
 here raises :class:`~bandersnatch_classic.errors.ConfigError` with one line naming the
 path, the user the run acts as, and the fix; the CLI turns that into exit status 2.
 
-Only the top of the tree is checked (the mirror directory, its state files, ``web/`` and
+Only the top of the tree is checked (the mirror directory, its state files as
+:mod:`~bandersnatch_classic.statefiles` names them, ``web/`` and
 the directories right below it): a permission problem deeper down is met during the run
 and stops it as a local I/O error.
 """
@@ -20,12 +21,8 @@ from pathlib import Path
 from .config import MirrorConfig
 from .errors import ConfigError, effective_user
 from .layout import WEB_DIRS
+from .statefiles import STATE_FILES, WRITTEN_IN_PLACE
 
-#: The mirror's own files, each read and replaced by a run (``.lock`` is written in place).
-STATE_FILES = (
-    ".lock", "generation", "status", "todo", "projects.json", "upstream-method", "run-history.json",
-    "missing-metadata", "verify-progress",
-)
 
 
 def check(config: MirrorConfig, writes: bool = True) -> None:
@@ -151,7 +148,7 @@ def _check_state_file(path: Path, user: str) -> None:
         return
     if not path.is_file():
         raise ConfigError(f"the mirror's state file {path} is not a regular file; move it away")
-    mode = os.R_OK | os.W_OK if path.name == ".lock" else os.R_OK
+    mode = os.R_OK | os.W_OK if path.name in WRITTEN_IN_PLACE else os.R_OK
     if not _access(path, mode):
         raise ConfigError(
             f"cannot {'write' if mode & os.W_OK else 'read'} the mirror's state file {path} ({_owner(path)}) "

@@ -47,6 +47,7 @@ from typing import Any, BinaryIO
 
 from .config import MirrorConfig, parse_bool
 from .errors import ConfigError, LocalIOError, LockHeld, LockLost, StorageServerError
+from .statefiles import LOCK
 from .storage import check_relative
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ SPOOL_IN_MEMORY = 8 << 20
 #: Files above this size are uploaded in parts of this size (a multipart upload).
 MULTIPART = 64 << 20
 #: The lock object, next to the state files.
-LOCK_KEY = ".lock"
+LOCK_KEY = LOCK
 #: The requests that change the bucket: each is sent only while the run's lease is valid.
 WRITES = frozenset({
     "PutObject", "CopyObject", "DeleteObject", "DeleteObjects", "CreateMultipartUpload", "UploadPart",

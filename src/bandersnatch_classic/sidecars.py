@@ -14,9 +14,7 @@ nothing changed, and a whole-index mirror behind such a proxy can record thousan
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,26 +23,14 @@ from . import layout
 from .errors import DamagedState, UpstreamError
 from .models import ReleaseFile
 from .progress import plural
-from .state import read_state_text
+from .statefiles import Sidecar, StateFiles
 from .storage import Storage
 from .upstream import Upstream
 
 logger = logging.getLogger(__name__)
 
-MISSING_FILE = "missing-metadata"
-
 #: How long after the last try a mirror run asks for the recorded sidecars again.
 RETRY_SECONDS = 24 * 3600
-
-#: What a recorded sidecar may be: a ``.metadata`` file below ``web/packages`` (the storage
-#: refuses ``..``), its sha256, and a canonical project name. Anything else is damage: a
-#: retry writes to that path.
-_SIDECAR_RE = re.compile(rf"{layout.PACKAGES}/[^\0]+\{layout.METADATA_SUFFIX}")
-_SHA256_RE = re.compile(r"[0-9a-f]{64}")
-_CANONICAL_RE = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
-
-#: One recorded sidecar: (path below the mirror, upstream URL, sha256).
-Sidecar = tuple[str, str, str]
 
 
 def sidecars_of(files: Iterable[ReleaseFile]) -> list[Sidecar]:
@@ -54,34 +40,12 @@ def sidecars_of(files: Iterable[ReleaseFile]) -> list[Sidecar]:
     ]
 
 
-def read_missing(storage: Storage) -> tuple[float, dict[str, list[Sidecar]]]:
-    """``missing-metadata``: (when last asked, canonical -> sidecars); (0, {}) when there is
-    none, :class:`DamagedState` when it is not what a run writes."""
-    text = read_state_text(storage, MISSING_FILE)
-    if not text:
-        return 0.0, {}
-    try:
-        data = json.loads(text)
-        checked = float(data["checked"])
-        if not 0 <= checked < 2**33:
-            raise ValueError(f"'checked' is {checked}, not a time")
-        projects = {
-            str(k): [(str(p), str(u), str(h)) for p, u, h in v] for k, v in data["projects"].items()
-        }
-        for canonical, sidecars in projects.items():
-            for path, _url, sha256 in sidecars:
-                if not (_SIDECAR_RE.fullmatch(path) and _SHA256_RE.fullmatch(sha256) and _CANONICAL_RE.fullmatch(canonical)):
-                    raise ValueError(f"{canonical!r:.40}: {path!r:.60} is not a .metadata file below {layout.PACKAGES}")
-    except (ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise DamagedState(storage.display(MISSING_FILE), f"is not a record of missing .metadata files ({exc!s:.120})") from None
-    return checked, projects
-
-
 class MissingSidecars:
     """canonical project name -> the sidecars of its mirrored files that the upstream did not serve."""
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
+        self.files = StateFiles(storage)
         self._loaded: dict[str, list[Sidecar]] | None = None
         self._changed = False
         #: When the recorded sidecars were last asked for (epoch seconds).
@@ -98,13 +62,13 @@ class MissingSidecars:
         only sidecars the mirror holds, so nothing promised is lost; what it recorded is asked
         for again when its project changes, or by ``mirror --force-check``."""
         try:
-            self._checked, projects = read_missing(self.storage)
+            self._checked, projects = self.files.missing_sidecars()
         except DamagedState as damage:
             logger.warning("%s", damage.named(
                 "removed it: the pages offer only the .metadata files the mirror holds; "
                 "`bandersnatch mirror --force-check` asks for the others again"
             ))
-            self.storage.delete(MISSING_FILE)
+            self.files.remove_missing_sidecars()
             return {}
         return projects
 
@@ -126,11 +90,7 @@ class MissingSidecars:
     def save(self) -> None:
         if not self._changed:
             return
-        if self.projects:
-            document = {"checked": int(self._checked), "projects": self.projects}
-            self.storage.write_bytes(MISSING_FILE, json.dumps(document, indent=0, sort_keys=True).encode())
-        else:
-            self.storage.delete(MISSING_FILE)
+        self.files.write_missing_sidecars(self._checked, self.projects)
         self._changed = False
 
     def retry(self, upstream: Upstream, workers: int, always: bool = False) -> set[str]:

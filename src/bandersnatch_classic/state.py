@@ -1,144 +1,31 @@
-"""The mirror's own records: ``generation``, ``status``, ``todo``, ``projects.json``,
-``upstream-method``, ``dependencies.json`` and ``page-validators.json``.
+"""Where a run starts, and the project records: :class:`MirrorState`, the state of one mirror.
 
-``projects.json`` maps each mirrored project's canonical name to the serial its pages were
-written at, or to ``[display name, serial]`` when the display name differs from the canonical
-one. The root index is rendered from it (not by scanning directories), and the ``html``
-discovery method compares against it. A mirror made by the reference tool has no such file:
-it is rebuilt once from the ``<!--SERIAL N-->`` comments of the project pages; a corrupt one
-is rebuilt the same way.
-
-Nothing here is trusted as read. Every state file goes through :func:`read_state_text` and
-a parser that refuses what no run writes (bytes that are not UTF-8, truncation, a serial
-that is negative, not a number or beyond any index's); the refusal is a
-:class:`~bandersnatch_classic.errors.DamagedState` naming the file and the fault, and
-:meth:`MirrorState.start` turns each one into one log line and a repair (docs/operations.md,
-"Damaged state"). The project records repair themselves when loaded: a corrupt file, or one
-that lists fewer projects than the published root index (see :meth:`MirrorState._load_projects`),
-is completed from the project pages, which are the truth for what the mirror holds.
+It reads and writes every state file through :class:`~bandersnatch_classic.statefiles.StateFiles`
+(the owner of their names and formats) and adds what a run decides from them:
+:meth:`MirrorState.start` reads ``generation``, ``status``, ``todo`` and ``upstream-method``
+and turns damage in each into one log line and a repair (docs/operations.md, "Damaged
+state"); the project records (``projects.json``, :mod:`~bandersnatch_classic.records`)
+repair themselves when loaded: a corrupt file, or one that lists fewer projects than the
+published root index (see :meth:`MirrorState._load_projects`), is completed from the project
+pages, which are the truth for what the mirror holds.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import threading
-import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from html import unescape
-from typing import TYPE_CHECKING, Any, Union
+from collections.abc import Mapping
+from dataclasses import dataclass
 
-from packaging.utils import canonicalize_name
-
-from . import layout
-from .dependencies import Edge
-from .errors import DamagedState, LocalIOError, StateError
+from . import records as project_records
+from .errors import DamagedState
+from .records import Records
+from .statefiles import GENERATION, PROJECTS, STATUS, TODO, StateFiles, Todo, read_state_text
 from .storage import Storage
 
-if TYPE_CHECKING:
-    from .upstream import PageValidators
+__all__ = ["MirrorState", "Records", "StartPoint", "Todo"]
 
 logger = logging.getLogger(__name__)
-
-GENERATION = 5
-#: Older generations of the reference tool's layout: readable, but need a full sync.
-OLD_GENERATIONS = (3, 4)
-PROJECTS_FILE = "projects.json"
-#: ``<method> <unix time of the probe> <master>``: what ``api-method = auto`` found works.
-METHOD_FILE = "upstream-method"
-#: resolve-dependencies: ``{"edges": {project: [[requirement, origin, build], ...]},
-#: "versions": {project: [kept version, ...]}}``, the requirement edges of every mirrored
-#: project and the releases each keeps, so that a later run still keeps what they need.
-DEPENDENCIES_FILE = "dependencies.json"
-#: Conditional requests for project pages (``simple``/``html`` discovery, allowlist mirrors):
-#: ``{"pages": {project: {"etag": str, "last_modified": str, "serial": int}}}``, from the
-#: upstream's last answer for each page.
-VALIDATORS_FILE = "page-validators.json"
-#: How long a remembered method is trusted before ``auto`` probes the others again.
-REPROBE_SECONDS = 86400
-
-#: Serials are 64-bit integers on the upstream: a state file holding more is damaged.
-MAX_SERIAL = 2**63 - 1
-
-_SERIAL_RE = re.compile(rb"<!--SERIAL (\d+)-->\s*$")
-_DIGITS_RE = re.compile(r"[0-9]+")
-#: A project name as ``todo`` holds it (the project-name rule of the packaging specifications).
-_NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
-_TITLE_RE = re.compile(rb"<title>Links for (.*?)</title>")
-#: A canonical project name: a record's key, and a directory name below ``web/simple``.
-_CANONICAL_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
-#: The start of a line that is not a canonical name (in the keys joined by newlines).
-_BAD_CANONICAL = re.compile(r"^(?![a-z0-9](?:[a-z0-9-]*[a-z0-9])?$)", re.MULTILINE)
-
-
-@dataclass
-class Todo:
-    """Work of an unfinished run: the serial it aims at and the projects still to sync."""
-
-    target: int
-    projects: dict[str, int] = field(default_factory=dict)
-
-    def render(self) -> str:
-        lines = [str(self.target)] + [f"{name} {serial}" for name, serial in self.projects.items()]
-        return "\n".join(lines) + "\n"
-
-    @classmethod
-    def parse(cls, text: str) -> Todo:
-        """Parse a todo file; ValueError saying what is wrong (a truncated or hand-edited file)."""
-        lines = text.splitlines()
-        if not lines:
-            raise ValueError("is empty")
-        try:
-            target = parse_serial(lines[0])
-        except ValueError as exc:
-            raise ValueError(f"line 1 {exc}") from None
-        projects = {}
-        for number, line in enumerate(lines[1:], 2):
-            if not line.strip():
-                continue
-            parts = line.split()
-            try:
-                if len(parts) != 2 or not _NAME_RE.fullmatch(parts[0]):
-                    raise ValueError
-                projects[parts[0]] = parse_serial(parts[1])
-            except ValueError:
-                raise ValueError(f"line {number} holds {_shown(line)}, not '<project> <serial>'") from None
-        return cls(target, projects)
-
-
-def read_state_text(storage: Storage, rel: str) -> str | None:
-    """The text of the state file ``rel``, or None when there is none.
-
-    The one place a state file is read: bytes that are not UTF-8 raise
-    :class:`DamagedState` (naming the file and the first bad byte) instead of a
-    ``UnicodeDecodeError``; the callers' parsers refuse what else is wrong the same way.
-    """
-    try:
-        return storage.read_text(rel)
-    except UnicodeDecodeError as exc:
-        raise DamagedState(
-            storage.display(rel), f"is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
-        ) from None
-
-
-def parse_serial(text: str) -> int:
-    """A serial as the state files hold it; ValueError saying what is wrong (``holds 'x', not a serial``)."""
-    value = text.strip()
-    if not value:
-        raise ValueError("is empty")
-    if not _DIGITS_RE.fullmatch(value):
-        raise ValueError(f"holds {_shown(value)}, not a serial")
-    serial = int(value)
-    if serial > MAX_SERIAL:
-        raise ValueError(f"holds {_shown(value)}, beyond any index's serial")
-    return serial
-
-
-def _shown(text: str) -> str:
-    """``text`` quoted for a log line, cut short when long."""
-    return repr(text if len(text) <= 40 else text[:40] + "...")
 
 
 @dataclass
@@ -164,79 +51,11 @@ class StartPoint:
         return self.todo.target if self.todo is not None and self.todo.target > self.status else self.status
 
 
-#: A record as stored: the serial alone when the display name is the canonical name.
-_Stored = Union[int, list]
-
-
-class Records(Mapping[str, tuple[str, int]]):
-    """canonical name -> (display name, serial) of every mirrored project.
-
-    Kept in the stored form, which is what ``json`` reads and writes fastest: a mirror of
-    100,000 projects loads and saves its records on every run that syncs anything.
-    """
-
-    def __init__(self, stored: dict[str, _Stored] | None = None) -> None:
-        self._stored: dict[str, _Stored] = stored if stored is not None else {}
-
-    @classmethod
-    def from_json(cls, text: str) -> Records:
-        """Parse ``projects.json`` (also the older ``{name: [display, serial]}`` form); ValueError if malformed."""
-        stored = json.loads(text)
-        if not isinstance(stored, dict):
-            raise ValueError("not an object")
-        for canonical, value in stored.items():
-            if type(value) is int and 0 <= value <= MAX_SERIAL:
-                continue
-            if not (
-                type(value) is list and len(value) == 2 and isinstance(value[0], str)
-                and type(value[1]) is int and 0 <= value[1] <= MAX_SERIAL
-            ):
-                raise ValueError(f"bad record {canonical!r}: {str(value)[:40]}")
-            if value[0] == canonical:
-                stored[canonical] = value[1]
-        if stored and _BAD_CANONICAL.search("\n".join(stored)):  # one pass in C over every name, not a call per name
-            bad = next(c for c in stored if not _CANONICAL_RE.fullmatch(c))
-            raise ValueError(f"{bad[:40]!r} is not a canonical project name")
-        return cls(stored)
-
-    def to_json(self) -> str:
-        return json.dumps(self._stored, separators=(",", ":"))
-
-    def __getitem__(self, canonical: str) -> tuple[str, int]:
-        value = self._stored[canonical]
-        return (canonical, value) if type(value) is int else (value[0], value[1])
-
-    def __contains__(self, canonical: object) -> bool:
-        return canonical in self._stored
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._stored)
-
-    def __len__(self) -> int:
-        return len(self._stored)
-
-    def set(self, canonical: str, display: str, serial: int) -> None:
-        self._stored[canonical] = serial if display == canonical else [display, serial]
-
-    def pop(self, canonical: str) -> bool:
-        """Forget a project; True if it was recorded."""
-        return self._stored.pop(canonical, None) is not None
-
-    def rows(self) -> list[tuple[str, str, int]]:
-        """``(canonical, display, serial)`` of every project, in canonical-name order."""
-        stored = self._stored
-        return [
-            (c, c, v) if type(v) is int else (c, v[0], v[1])  # type: ignore[index]
-            for c in sorted(stored)
-            for v in (stored[c],)
-        ]
-
-
-class MirrorState:
-    """Reads and writes the state files of one mirror directory."""
+class MirrorState(StateFiles):
+    """The state of one mirror directory: its state files, where a run starts, the project records."""
 
     def __init__(self, storage: Storage, hash_index: bool = False, root_index: str | None = None) -> None:
-        self.storage = storage
+        super().__init__(storage)
         #: Where the project pages are, for rebuilding the records from them.
         self.hash_index = hash_index
         #: The published root index the records are checked against when loaded (None:
@@ -308,7 +127,7 @@ class MirrorState:
         if point.status > upstream_serial:
             logger.warning(
                 "%s holds serial %d, ahead of the upstream's serial %d; %s",
-                self.storage.display("status"), point.status, upstream_serial, _DISTRUSTED,
+                self.storage.display(STATUS), point.status, upstream_serial, _DISTRUSTED,
             )
             self.write_status(0)
             point.status, point.compare = 0, True
@@ -319,158 +138,11 @@ class MirrorState:
             logger.warning(
                 "%s aims at serial %d, ahead of the upstream's serial %d; not believed: its %d projects are "
                 "synced and the changes after the status serial %d are asked for",
-                self.storage.display("todo"), point.todo.target, upstream_serial, len(point.todo.projects), point.status,
+                self.storage.display(TODO), point.todo.target, upstream_serial, len(point.todo.projects), point.status,
             )
             point.todo.target = point.status
             return True
         return False
-
-    # -- generation and status -------------------------------------------------------
-    @property
-    def generation(self) -> int | None:
-        """The number in ``generation`` (None when there is none); :class:`DamagedState` when it holds none."""
-        text = read_state_text(self.storage, "generation")
-        if text is None:
-            return None
-        try:
-            return parse_serial(text)
-        except ValueError as exc:
-            raise DamagedState(self.storage.display("generation"), str(exc).replace("serial", "generation")) from None
-
-    def check_generation(self) -> bool:
-        """Validate ``generation``; return True when an old layout needs a full sync.
-
-        Raises :class:`DamagedState` when it holds no whole number (a run can repair
-        that), :class:`StateError` for a generation this tool does not know (a newer
-        tool's mirror: not touched).
-        """
-        generation = self.generation
-        if generation is None or generation == GENERATION:
-            return False
-        if generation in OLD_GENERATIONS:
-            logger.warning("Mirror generation %s is older than %s: forcing a full sync", generation, GENERATION)
-            return True
-        raise StateError(
-            f"{self.storage.display('generation')} says generation {generation}; this tool knows "
-            f"generation {GENERATION} (and reads {', '.join(map(str, OLD_GENERATIONS))})"
-        )
-
-    def write_generation(self) -> None:
-        self.storage.write_if_changed("generation", str(GENERATION).encode())
-
-    @property
-    def status(self) -> int:
-        """The serial in ``status`` (0 when there is none); :class:`DamagedState` when it holds no serial."""
-        text = read_state_text(self.storage, "status")
-        if text is None:
-            return 0
-        try:
-            return parse_serial(text)
-        except ValueError as exc:
-            raise DamagedState(self.storage.display("status"), str(exc)) from None
-
-    def check_status(self) -> None:
-        """For commands that do not repair state (``verify``, ``delete``): a damaged ``status``
-        stops them before any work (exit 2; ``mirror`` repairs it), instead of halfway, at
-        the root index."""
-        self.status  # noqa: B018 - read for the DamagedState it may raise
-
-    def write_status(self, serial: int) -> None:
-        self.storage.write_if_changed("status", str(serial).encode())
-
-    # -- the discovery method that worked ------------------------------------------
-    def remembered_method(self, master: str) -> tuple[str, bool]:
-        """The method ``auto`` last found working against ``master`` ("" if none), and whether
-        that was less than a day ago (else the others are probed again).
-
-        A file for another master is simply not used (the configuration changed); one that
-        is not ``<method> <time> <master>`` raises :class:`DamagedState`.
-        """
-        text = read_state_text(self.storage, METHOD_FILE)
-        if text is None:
-            return "", False
-        parts = text.split()
-        if len(parts) != 3 or parts[0] not in _METHODS or not _DIGITS_RE.fullmatch(parts[1]):
-            raise DamagedState(self.storage.display(METHOD_FILE), f"holds {_shown(text.strip())}, not '<method> <time> <master>'")
-        if parts[2] != master:
-            return "", False
-        age = time.time() - int(parts[1])
-        return parts[0], 0 <= age < REPROBE_SECONDS
-
-    def remember_method(self, method: str, master: str) -> None:
-        self.storage.write_bytes(METHOD_FILE, f"{method} {int(time.time())} {master}\n".encode())
-
-    # -- requirement edges (resolve-dependencies) -----------------------------------
-    def read_dependencies(self) -> tuple[dict[str, list[Edge]], dict[str, list[str]]]:
-        """The edges of every mirrored project and the versions each keeps (empty when unknown)."""
-        doc = self._read_json(DEPENDENCIES_FILE)
-        try:
-            edges = {str(k): [Edge(str(r), str(o), bool(b)) for r, o, b in v] for k, v in doc.get("edges", {}).items()}
-            versions = {str(k): [str(x) for x in v] for k, v in doc.get("versions", {}).items()}
-        except (AttributeError, TypeError, ValueError) as exc:
-            logger.warning("Ignoring the corrupt %s (%s)", self.storage.display(DEPENDENCIES_FILE), exc)
-            return {}, {}
-        return edges, versions
-
-    def write_dependencies(self, edges: Mapping[str, list[Edge]], versions: Mapping[str, list[str]]) -> None:
-        doc = {
-            "edges": {k: [[e.requirement, e.origin, e.build] for e in v] for k, v in sorted(edges.items())},
-            "versions": dict(sorted(versions.items())),
-        }
-        self.storage.write_if_changed(DEPENDENCIES_FILE, (json.dumps(doc, indent=1) + "\n").encode())
-
-    # -- validators of project pages ------------------------------------------------
-    def read_validators(self) -> dict[str, PageValidators]:
-        """Project (or ``/``, the root listing) -> the validators of its page's last answer."""
-        from .upstream import PageValidators
-
-        pages = self._read_json(VALIDATORS_FILE).get("pages", {})
-        if not isinstance(pages, dict):
-            return {}
-        return {
-            str(k): PageValidators(v["serial"], str(v.get("etag") or ""), str(v.get("last_modified") or ""))
-            for k, v in pages.items()
-            if isinstance(v, dict) and isinstance(v.get("serial"), int)
-        }
-
-    def write_validators(self, pages: Mapping[str, PageValidators]) -> None:
-        doc = {k: {"etag": v.etag, "last_modified": v.last_modified, "serial": v.serial} for k, v in sorted(pages.items())}
-        self.storage.write_if_changed(VALIDATORS_FILE, (json.dumps({"pages": doc}, indent=1) + "\n").encode())
-
-    def _read_json(self, path: str) -> dict[str, Any]:
-        """A JSON state file as a dict; missing or corrupt reads as empty (a corrupt one with a warning)."""
-        try:
-            text = read_state_text(self.storage, path)
-        except DamagedState as exc:
-            logger.warning("%s %s; ignored it (it is rebuilt by this run)", exc.path, exc.problem)
-            return {}
-        if not text:
-            return {}
-        try:
-            doc = json.loads(text)
-            if not isinstance(doc, dict):
-                raise ValueError("not an object")
-            return doc
-        except (ValueError, RecursionError) as exc:
-            logger.warning("Ignoring the corrupt %s (%s)", self.storage.display(path), exc)
-            return {}
-
-    # -- todo ------------------------------------------------------------------------
-    def read_todo(self) -> Todo | None:
-        """The unfinished run's work, None when there is none; :class:`DamagedState` when unreadable."""
-        text = read_state_text(self.storage, "todo")
-        if text is None:
-            return None
-        try:
-            return Todo.parse(text)
-        except ValueError as exc:
-            raise DamagedState(self.storage.display("todo"), str(exc)) from None
-
-    def write_todo(self, todo: Todo) -> None:
-        self.storage.write_bytes("todo", todo.render().encode())
-
-    def remove_todo(self) -> None:
-        self.storage.delete("todo")
 
     # -- per-project records ---------------------------------------------------------
     @property
@@ -504,64 +176,57 @@ class MirrorState:
         try:
             records = self.stored_records()
             if records is None:
-                records = self._scan_pages()
+                records = project_records.scan_pages(self.storage, self.hash_index)
                 if records:
                     logger.info(
                         "Rebuilt the records of %d projects from their pages (%s was missing)",
-                        len(records), self.storage.display(PROJECTS_FILE),
+                        len(records), self.storage.display(PROJECTS),
                     )
                 self._unsaved = True  # the rebuilt records are worth keeping
                 return records
         except DamagedState as damage:
-            records = self._scan_pages()
+            records = project_records.scan_pages(self.storage, self.hash_index)
             logger.warning("%s", damage.named(f"rebuilt it from the project pages: {len(records)} projects"))
             self._unsaved = self.names_changed = True
             return records
         published = self.published_count()
         if published is not None and len(records) < published:
-            found = self._scan_pages()
-            restored = [c for c in found if c not in records]
-            for canonical in restored:
-                records.set(canonical, *found[canonical])
-            if restored:
-                logger.warning(
-                    "%s lists %d projects but the root index lists %d: records were lost; restored %d from the project "
-                    "pages (the pages are what the mirror holds), %d projects now",
-                    self.storage.display(PROJECTS_FILE), len(records) - len(restored), published, len(restored),
-                    len(records),
-                )
-            else:  # e.g. a run stopped after removing projects, before it rewrote the root index
-                logger.info(
-                    "The root index lists %d projects, the records and the project pages %d: writing it anew",
-                    published, len(records),
-                )
-            self._unsaved = self.names_changed = True  # the root index is rewritten from what the pages say
+            self._restore_lost(records, published)
         return records
+
+    def _restore_lost(self, records: Records, published: int) -> None:
+        """Complete ``records``, which list fewer projects than the root index (``published``), from the pages."""
+        found = project_records.scan_pages(self.storage, self.hash_index)
+        restored = [c for c in found if c not in records]
+        for canonical in restored:
+            records.set(canonical, *found[canonical])
+        if restored:
+            logger.warning(
+                "%s lists %d projects but the root index lists %d: records were lost; restored %d from the project "
+                "pages (the pages are what the mirror holds), %d projects now",
+                self.storage.display(PROJECTS), len(records) - len(restored), published, len(restored),
+                len(records),
+            )
+        else:  # e.g. a run stopped after removing projects, before it rewrote the root index
+            logger.info(
+                "The root index lists %d projects, the records and the project pages %d: writing it anew",
+                published, len(records),
+            )
+        self._unsaved = self.names_changed = True  # the root index is rewritten from what the pages say
 
     def stored_records(self) -> Records | None:
         """``projects.json`` as stored (None when there is none); :class:`DamagedState` when it is not a set of records."""
-        text = read_state_text(self.storage, PROJECTS_FILE)
+        text = read_state_text(self.storage, PROJECTS)
         if text is None:
             return None
         try:
             return Records.from_json(text)
         except ValueError as exc:  # also a truncated document
-            raise DamagedState(self.storage.display(PROJECTS_FILE), f"is not a set of project records ({exc})") from None
+            raise DamagedState(self.storage.display(PROJECTS), f"is not a set of project records ({exc})") from None
 
     def published_count(self) -> int | None:
-        """How many projects the published root index lists (None when there is none).
-
-        Counted, not parsed: one entry per ``<a `` in the HTML root, one per ``"name":`` in
-        the JSON one; a root index of a million projects is counted in milliseconds.
-        """
-        paths = [self.root_index] if self.root_index else [layout.ROOT_HTML[0], layout.ROOT_JSON]
-        for path in paths:
-            try:
-                data = self.storage.read_bytes(path)
-            except FileNotFoundError:
-                continue
-            return data.count(b'"name":') if path == layout.ROOT_JSON else data.count(b"<a ")
-        return None
+        """How many projects the published root index lists (None when there is none)."""
+        return project_records.published_count(self.storage, self.root_index)
 
     def behind_records(self, listed: Mapping[str, int]) -> dict[str, int]:
         """Of the listed projects (name -> the upstream's serial, 0 when unknown), those the
@@ -572,13 +237,7 @@ class MirrorState:
         listed at that serial or below has not changed since. One listing and the records,
         instead of a request for every project.
         """
-        records = self.projects
-        behind: dict[str, int] = {}
-        for name, serial in listed.items():
-            record = records.get(canonicalize_name(name))
-            if not serial or record is None or serial > record[1]:
-                behind[name] = serial
-        return behind
+        return project_records.behind(self.projects, listed)
 
     def record(self, canonical: str, name: str, serial: int) -> None:
         with self._lock:
@@ -601,40 +260,12 @@ class MirrorState:
                 return
             data = self.projects.to_json()
             self._unsaved = False
-        self.storage.write_bytes(PROJECTS_FILE, data.encode())
-
-    def _scan_pages(self) -> Records:
-        """The project records the pages give (a mirror made by another tool, or damaged records)."""
-        found = Records()
-        depth = 3 if self.hash_index else 2  # below web/simple: [letter/]name/index.html
-        for path, _size in self.storage.files(layout.SIMPLE):
-            parts = path[len(layout.SIMPLE) + 1 :].split("/")
-            if len(parts) != depth or parts[-1] != layout.PAGE_HTML:
-                continue
-            canonical = canonicalize_name(parts[-2])
-            if not _CANONICAL_RE.fullmatch(canonical):
-                continue  # not a project's directory
-            try:
-                record = _read_page_record(self.storage.read_bytes(path), parts[-2])
-            except (OSError, LocalIOError):
-                continue
-            if record is not None:
-                found.set(canonical, *record)
-        return found
+        self.storage.write_bytes(PROJECTS, data.encode())
 
 
 #: How a run finds what changed when it cannot believe ``status`` or ``todo``.
 _COMPARED = "the serial of every project the upstream lists is compared with the mirror's records"
 #: What a run does with a ``status`` it cannot believe.
 _DISTRUSTED = f"not believed: the serial is set to 0 and {_COMPARED}"
-#: The discovery methods ``upstream-method`` may name.
-_METHODS = ("xmlrpc", "simple", "html")
 
 
-def _read_page_record(data: bytes, directory: str) -> tuple[str, int] | None:
-    serial = _SERIAL_RE.search(data[-64:])
-    title = _TITLE_RE.search(data[:512])
-    if serial is None:
-        return None
-    name = title.group(1).decode("utf-8", "replace") if title else directory
-    return unescape(name), int(serial.group(1))

@@ -47,7 +47,8 @@ from .models import Project
 from .package import publish
 from .progress import Progress, human as _human, plural
 from .sidecars import MissingSidecars
-from .state import VALIDATORS_FILE, MirrorState, Todo
+from .statefiles import LOCK, STATUS
+from .state import MirrorState, Todo
 from .storage import FilesystemStorage, Storage
 from .upstream import RetryPolicy, Upstream
 from .worker import (
@@ -112,14 +113,14 @@ class Report:
 @contextlib.contextmanager
 def mirror_lock(directory: Path) -> Iterator[None]:
     """Hold ``<directory>/.lock`` for the whole run; a second run gets :class:`LockHeld`."""
-    lock = filelock.FileLock(str(directory / ".lock"), timeout=0)
+    lock = filelock.FileLock(str(directory / LOCK), timeout=0)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except filelock.Timeout as exc:
-        raise LockHeld(f"another run holds {directory / '.lock'}; not starting a second one") from exc
+        raise LockHeld(f"another run holds {directory / LOCK}; not starting a second one") from exc
     except OSError as exc:  # pre-flight checked; this is a race with whoever changed it since
-        raise LocalIOError.of(str(directory / ".lock"), exc) from exc
+        raise LocalIOError.of(str(directory / LOCK), exc) from exc
     # filelock closes its descriptor in forked children, so a worker process orphaned by a
     # killed run would go on writing unlocked. A duplicate of the descriptor shares the
     # lock and stays open in the children: the lock lasts as long as any of them.
@@ -293,7 +294,7 @@ class Mirror:
         report.serial = target
         if auto and (plan.method != remembered or not fresh):
             self._remember_method(plan, changed=plan.method != remembered)
-        if not work and not removed and target == status and self.storage.exists("status") and not self.state.repaired:
+        if not work and not removed and target == status and self.storage.exists(STATUS) and not self.state.repaired:
             logger.debug("Nothing to do: the mirror is at serial %d", status)
             self.write_diff_file()  # empty: this run wrote nothing
             self._keep_validators(plan)
@@ -381,7 +382,7 @@ class Mirror:
         304 never hides a change), and with ``root`` the listing's. A 304 for the listing
         says nothing changed since it was read, so it is kept only when everything that
         listing asked for is done (after todo is written is not enough)."""
-        if plan.validators or self.storage.exists(VALIDATORS_FILE):
+        if plan.validators or self.state.has_validators():
             known = self.state.projects
             self.state.write_validators({k: v for k, v in plan.validators.items() if (root and k == ROOT) or k in known})
 

@@ -25,13 +25,11 @@ from .errors import BandersnatchError, DamagedState
 from .layout import Expected
 from .models import Project
 from .progress import human as _human
-from .state import read_state_text
 from .storage import Storage
 from .sync import Mirror
 
 logger = logging.getLogger(__name__)
 
-PROGRESS_FILE = "verify-progress"
 #: Projects checked together: their files are hashed in parallel.
 BATCH = 256
 
@@ -128,7 +126,7 @@ def verify(
 ) -> VerifyReport:
     """Check every file of every mirrored project; repair, and with ``delete`` reclaim.
     ``read``: hash every file's bytes, also where the backend stores hashes (``--read``)."""
-    storage, state = mirror.storage, mirror.state
+    state = mirror.state
     state.check_status()
     report = VerifyReport(dry_run=dry_run)
     names = sorted(state.projects)
@@ -138,93 +136,128 @@ def verify(
         for name, reason in synced.failed.items():
             report.unfixed[name] = reason
         names = sorted(state.projects)  # projects gone upstream were forgotten
-    done = _read_progress(storage) if not dry_run else set()
-    if done:
-        logger.info("Resuming an interrupted verify: %d projects were already checked", len(done))
-    referenced: set[str] = set()
-    #: Projects whose files are unknown: nothing may be deleted as unreferenced then.
-    unreadable: set[str] = set()
     threads = workers or (os.cpu_count() or 1) * 2
-    logger.debug("Verifying %d projects with %d threads", len(names), threads)
-    last_save = time.monotonic()
-    with ThreadPoolExecutor(threads, thread_name_prefix="verify") as pool:
-        # Projects go in batches, so that the pool hashes many files at once even when
-        # every project has only a few small ones.
-        for start in range(0, len(names), BATCH):
-            batch: list[tuple[str, str, str | None, int | None]] = []
-            stored = {}
-            for canonical in names[start : start + BATCH]:
-                try:
-                    project = stored_project(storage, canonical)
-                    expected = _expected(mirror, canonical, project)
-                except (ValueError, KeyError, TypeError, BandersnatchError) as exc:
-                    logger.error("%s: cannot read what the mirror holds for it: %s", canonical, exc)
-                    report.unfixed[canonical] = f"unreadable page or document: {exc}"
-                    unreadable.add(canonical)
-                    continue
-                stored[canonical] = project
-                referenced.update(expected)
-                report.projects += 1
-                if canonical not in done:
-                    batch += [(canonical, path, sha, size) for path, (sha, size) in expected.items()]
-            results = pool.map(lambda item: _check(storage, item[1], item[2], item[3], read), batch)
-            for (canonical, path, _, _), (ok, hashed) in zip(batch, results):
-                report.files += 1
-                report.bytes_hashed += hashed
-                if not ok:
-                    report.broken.setdefault(canonical, []).append(path)
-            for canonical, project in stored.items():
-                if canonical in done:
-                    continue
-                if canonical in report.broken:
-                    bad = report.broken[canonical]
-                    logger.warning("%s: %d missing or corrupt files, e.g. %s", canonical, len(bad), bad[0])
-                if _page_disagrees(mirror, canonical, project):
-                    report.pages_fixed.append(canonical)
-                done.add(canonical)
-            if not dry_run and time.monotonic() - last_save > 5:
-                _write_progress(storage, done)
-                last_save = time.monotonic()
+    scan = _Scan(mirror, report, read, done=_read_progress(mirror) if not dry_run else set())
+    scan.run(names, threads)
+    if not dry_run:
+        _repair(mirror, report, scan.referenced, threads, read)
+    if delete and scan.unreadable:
+        logger.error(
+            "Not deleting unreferenced files: what %d projects reference is unknown (e.g. %s)",
+            len(scan.unreadable),
+            min(scan.unreadable),
+        )
+    elif delete:
+        _reclaim(mirror.storage, report, scan.referenced, dry_run)
+    if dry_run:
+        _log_would(report)
+    else:
+        state.remove_verify_progress()
+    return report
+
+
+class _Scan:
+    """One pass over the mirrored projects: what each should hold, and whether it does."""
+
+    def __init__(self, mirror: Mirror, report: VerifyReport, read: bool, done: set[str]) -> None:
+        self.mirror, self.storage, self.report, self.read = mirror, mirror.storage, report, read
+        #: Projects already checked (by an interrupted verify, or by this one).
+        self.done = done
+        if done:
+            logger.info("Resuming an interrupted verify: %d projects were already checked", len(done))
+        #: Every path a project references.
+        self.referenced: set[str] = set()
+        #: Projects whose files are unknown: nothing may be deleted as unreferenced then.
+        self.unreadable: set[str] = set()
+
+    def run(self, names: list[str], threads: int) -> None:
+        logger.debug("Verifying %d projects with %d threads", len(names), threads)
+        last_save = time.monotonic()
+        with ThreadPoolExecutor(threads, thread_name_prefix="verify") as pool:
+            # Projects go in batches, so that the pool hashes many files at once even when
+            # every project has only a few small ones.
+            for start in range(0, len(names), BATCH):
+                self._batch(pool, names[start : start + BATCH])
+                if not self.report.dry_run and time.monotonic() - last_save > 5:
+                    self.mirror.state.write_verify_progress(self.done)
+                    last_save = time.monotonic()
+
+    def _batch(self, pool: ThreadPoolExecutor, names: list[str]) -> None:
+        report, storage, read = self.report, self.storage, self.read
+        batch: list[tuple[str, str, str | None, int | None]] = []
+        stored = {}
+        for canonical in names:
+            try:
+                project = stored_project(storage, canonical)
+                expected = _expected(self.mirror, canonical, project)
+            except (ValueError, KeyError, TypeError, BandersnatchError) as exc:
+                logger.error("%s: cannot read what the mirror holds for it: %s", canonical, exc)
+                report.unfixed[canonical] = f"unreadable page or document: {exc}"
+                self.unreadable.add(canonical)
+                continue
+            stored[canonical] = project
+            self.referenced.update(expected)
+            report.projects += 1
+            if canonical not in self.done:
+                batch += [(canonical, path, sha, size) for path, (sha, size) in expected.items()]
+        results = pool.map(lambda item: _check(storage, item[1], item[2], item[3], read), batch)
+        for (canonical, path, _, _), (ok, hashed) in zip(batch, results):
+            report.files += 1
+            report.bytes_hashed += hashed
+            if not ok:
+                report.broken.setdefault(canonical, []).append(path)
+        for canonical, project in stored.items():
+            if canonical in self.done:
+                continue
+            if canonical in report.broken:
+                bad = report.broken[canonical]
+                logger.warning("%s: %d missing or corrupt files, e.g. %s", canonical, len(bad), bad[0])
+            if _page_disagrees(self.mirror, canonical, project):
+                report.pages_fixed.append(canonical)
+            self.done.add(canonical)
+
+
+def _repair(mirror: Mirror, report: VerifyReport, referenced: set[str], threads: int, read: bool) -> None:
+    """Rewrite the pages that disagree, fetch what is missing or corrupt, and check the result;
+    what the repair brought in is added to ``referenced``."""
     repair = set(report.broken)
-    for canonical in report.pages_fixed if not dry_run else []:
+    for canonical in report.pages_fixed:
         if canonical in repair or not _rewrite_pages(mirror, canonical):
             repair.add(canonical)
-    if report.pages_fixed and not dry_run:
-        state.save_projects()
-    if not dry_run and mirror.config.core_metadata:
+    if report.pages_fixed:
+        mirror.state.save_projects()
+    if mirror.config.core_metadata:
         repair |= mirror.retry_sidecars(threads, always=True)  # served now: pages to rewrite
-    if read and not dry_run:
-        _drop_hidden_corruption(storage, report)
-    if repair and not dry_run:
+    if read:
+        _drop_hidden_corruption(mirror.storage, report)
+    if repair:
         logger.info("Re-syncing %d projects to repair them", len(repair))
         synced = mirror.sync_projects(sorted(repair))
         report.unfixed.update(synced.failed)
         for canonical in sorted(repair):  # what the repair brought in is referenced too
             referenced.update(_recheck(mirror, canonical, report))
-    if delete and unreadable:
-        logger.error(
-            "Not deleting unreferenced files: what %d projects reference is unknown (e.g. %s)",
-            len(unreadable),
-            min(unreadable),
-        )
-    elif delete:
-        for path, size in storage.files(layout.PACKAGES):
-            if path in referenced:
-                continue
-            report.unowned[path] = size
-            if not dry_run:
-                storage.delete(path)
-                logger.info("Deleted %s (%s)", path, _human(size))  # every one, as `delete` names what it removes
+
+
+def _reclaim(storage: Storage, report: VerifyReport, referenced: set[str], dry_run: bool) -> None:
+    """Delete (or with ``dry_run`` count) every file below ``web/packages`` no project references."""
+    for path, size in storage.files(layout.PACKAGES):
+        if path in referenced:
+            continue
+        report.unowned[path] = size
         if not dry_run:
-            storage.remove_empty_dirs(layout.PACKAGES, keep_top=True)
-    for path, size in sorted(report.unowned.items())[:1000] if dry_run else []:
+            storage.delete(path)
+            logger.info("Deleted %s (%s)", path, _human(size))  # every one, as `delete` names what it removes
+    if not dry_run:
+        storage.remove_empty_dirs(layout.PACKAGES, keep_top=True)
+
+
+def _log_would(report: VerifyReport) -> None:
+    """What a dry run would delete and fetch."""
+    for path, size in sorted(report.unowned.items())[:1000]:
         logger.info("Would delete %s (%s)", path, _human(size))
-    for canonical, paths in sorted(report.broken.items()) if dry_run else []:
+    for canonical, paths in sorted(report.broken.items()):
         for path in paths:
             logger.info("Would fetch %s (project %s)", path, canonical)
-    if not dry_run:
-        storage.delete(PROGRESS_FILE)
-    return report
 
 
 def _rewrite_pages(mirror: Mirror, canonical: str) -> bool:
@@ -285,19 +318,14 @@ def _page_disagrees(mirror: Mirror, canonical: str, project: Project | None) -> 
     return False
 
 
-def _read_progress(storage: Storage) -> set[str]:
+def _read_progress(mirror: Mirror) -> set[str]:
     """The projects an interrupted verify already checked; a damaged file is named and the
     verify starts from the beginning (it only costs time)."""
     try:
-        text = read_state_text(storage, PROGRESS_FILE)
+        return mirror.state.verify_progress()
     except DamagedState as damage:
         logger.warning("%s", damage.named("checking every project from the beginning"))
         return set()
-    return set(text.split()) if text else set()
-
-
-def _write_progress(storage: Storage, done: set[str]) -> None:
-    storage.write_bytes(PROGRESS_FILE, "\n".join(sorted(done)).encode())
 
 
 def delete_projects(mirror: Mirror, names: Iterable[str], dry_run: bool = False) -> list[str]:
