@@ -148,3 +148,20 @@ def test_document_keeps_only_kept_files():
     assert doc["releases"]["0.9"] == []
     # the upstream's document is left as it was
     assert len(project.raw["releases"]["1.0"]) == 2
+
+
+def test_root_json_set_in_place_is_what_rendering_it_whole_gives():
+    """A small run on a large mirror sets the serials of the projects it recorded in the root
+    JSON page instead of rendering every row; the bytes must be those of a whole render."""
+    rows = [(f"p-{i:04d}", f"P_{i:04d}" if i % 3 else f"p-{i:04d}", i + 1) for i in range(997)]
+    page = pages.root_json(rows, 1000).encode()
+    changed = {"p-0000": ("p-0000", 2001), "p-0500": ("P_0500", 2002), "p-0996": ("p-0996", 2003), "p-0331": ("P_0331", 7)}
+    patched = pages.patch_root_json(page, changed, 2003, len(rows))
+    now = [(c, d, changed[c][1] if c in changed else s) for c, d, s in rows]
+    assert patched == pages.root_json(now, 2003).encode()
+    # anything it cannot set in place is rendered whole by the caller
+    assert pages.patch_root_json(page, {"p-0999": ("p-0999", 5)}, 2003, len(rows)) is None  # not listed: a new name
+    assert pages.patch_root_json(page, {"p-0001": ("p-0001", 5)}, 2003, len(rows)) is None  # renamed (P_0001 listed)
+    assert pages.patch_root_json(page, {}, 2003, len(rows) + 1) is None  # the records list more than the page
+    assert pages.patch_root_json(page[:-1], {}, 2003, len(rows)) is None  # not a page this tool wrote
+    assert pages.patch_root_json(pages.root_json([], 0).encode(), {}, 5, 0) == pages.root_json([], 5).encode()

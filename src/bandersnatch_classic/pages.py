@@ -14,6 +14,7 @@ from html import escape
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
+from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from .layout import file_path, served_path
@@ -161,3 +162,70 @@ def root_json(projects: Iterable[tuple[str, str, int]], serial: int) -> str:
     meta = json.dumps({"api-version": API_VERSION, "_last-serial": serial})
     rows = ", ".join([f'{{"name": {encode_basestring_ascii(n)}, "_last-serial": {int(s)}}}' for _, n, s in projects])
     return f'{{"meta": {meta}, "projects": [{rows}]}}'
+
+
+_ROOT_JSON_HEAD = re.compile(
+    re.escape(f'{{"meta": {{"api-version": "{API_VERSION}", "_last-serial": '.encode()) + rb'(\d+)\}, "projects": \['
+)
+_ROOT_JSON_ENTRY = b'{"name": "'
+
+
+def patch_root_json(page: bytes, changed: dict[str, tuple[str, int]], serial: int, count: int) -> bytes | None:
+    """The PEP 691 root index ``page`` (as :func:`root_json` renders it) with the serials of the
+    ``changed`` projects (canonical name -> (display name, serial)) and its own serial set:
+    what :func:`root_json` gives for the records, when no project was added, renamed or removed.
+
+    Each entry is found by bisection (the entries are in canonical-name order), so ten
+    changes in a root index of a million projects cost a few hundred comparisons, a count
+    and one copy of the bytes, not a million rendered rows. None when the page is not as
+    rendered here, does not list ``count`` projects (the records' number), or an entry is
+    not found with the same display name: the caller renders it whole.
+    """
+    head = _ROOT_JSON_HEAD.match(page)
+    if head is None or not page.endswith(b"]}") or page.count(_ROOT_JSON_ENTRY) != count:
+        return None
+    edits = [(head.start(1), head.end(1), str(int(serial)).encode())]
+    for canonical, (display, project_serial) in changed.items():
+        at = _find_root_entry(page, head.end(), len(page) - 2, canonical)
+        prefix = f'{{"name": {encode_basestring_ascii(display)}, "_last-serial": '.encode()
+        if at is None or not page.startswith(prefix, at):
+            return None
+        start = at + len(prefix)
+        end = page.find(b"}", start)
+        if end < 0 or not page[start:end].isdigit():
+            return None
+        edits.append((start, end, str(int(project_serial)).encode()))
+    edits.sort()
+    pieces, done = [], 0
+    for start, end, text in edits:
+        pieces += [page[done:start], text]
+        done = end
+    pieces.append(page[done:])
+    return b"".join(pieces)
+
+
+def _find_root_entry(page: bytes, low: int, high: int, canonical: str) -> int | None:
+    """Where the entry of ``canonical`` starts in the root JSON ``page``, searching entries that
+    start in ``[low, high)``; None when there is none (or a name this search does not read).
+
+    ``{"name": "`` only ever starts an entry: a quote inside a name is escaped.
+    """
+    while low < high:
+        middle = (low + high) // 2
+        at = page.find(_ROOT_JSON_ENTRY, middle, high - 1 + len(_ROOT_JSON_ENTRY))
+        if at < 0:
+            high = middle
+            continue
+        start = at + len(_ROOT_JSON_ENTRY)
+        end = page.find(b'"', start)
+        name = page[start:end]
+        if end < 0 or b"\\" in name:
+            return None
+        key = canonicalize_name(name.decode("ascii"))
+        if key == canonical:
+            return at
+        if key < canonical:
+            low = at + 1
+        else:
+            high = at
+    return None

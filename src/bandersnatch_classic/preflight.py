@@ -23,7 +23,7 @@ from .layout import WEB_DIRS
 
 #: The mirror's own files, each read and replaced by a run (``.lock`` is written in place).
 STATE_FILES = (
-    ".lock", "generation", "status", "todo", "projects.json", "upstream-method", "run-history.json",
+    ".lock", "generation", "status", "todo", "projects.json", "projects.journal", "upstream-method", "run-history.json",
     "missing-metadata", "verify-progress",
 )
 

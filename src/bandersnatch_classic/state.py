@@ -41,6 +41,13 @@ GENERATION = 5
 #: Older generations of the reference tool's layout: readable, but need a full sync.
 OLD_GENERATIONS = (3, 4)
 PROJECTS_FILE = "projects.json"
+#: The records changed since ``projects.json`` was last written whole, one JSON object per
+#: save (``{canonical: stored record, or null when forgotten}``), applied in order on top of
+#: it. A run that changes ten records writes a line, not a million; the journal is folded
+#: into ``projects.json`` when it outgrows an eighth of it (:meth:`MirrorState.save_projects`).
+JOURNAL_FILE = "projects.journal"
+#: The size of ``projects.json`` (about 4,000 projects) below which it is always written whole.
+JOURNAL_FROM = 1 << 16
 #: ``<method> <unix time of the probe> <master>``: what ``api-method = auto`` found works.
 METHOD_FILE = "upstream-method"
 #: How long a remembered method is trusted before ``auto`` probes the others again.
@@ -93,6 +100,38 @@ class Todo:
             except ValueError:
                 raise ValueError(f"line {number} holds {_shown(line)}, not '<project> <serial>'") from None
         return cls(target, projects)
+
+
+def _checked(stored: object) -> dict[str, _Stored]:
+    """``stored`` if it is a set of records as ``projects.json`` holds them (records whose
+    display name is the canonical one reduced to the serial); ValueError saying what is not.
+
+    Most records are a bare serial: their types and range are checked in C (``map``,
+    ``min``, ``max``), so that a million records cost no Python call each; the names in
+    one regex pass over the joined keys.
+    """
+    if not isinstance(stored, dict):
+        raise ValueError("not an object")
+    values = stored.values()
+    kinds = set(map(type, values))
+    serials = values if kinds == {int} else [v for v in values if type(v) is int]
+    if serials and (min(serials) < 0 or max(serials) > MAX_SERIAL):
+        bad = next(c for c, v in stored.items() if type(v) is int and not 0 <= v <= MAX_SERIAL)
+        raise ValueError(f"bad record {bad!r}: {str(stored[bad])[:40]}")
+    if kinds != {int}:
+        for canonical in [c for c, v in stored.items() if type(v) is not int]:
+            value = stored[canonical]
+            if not (
+                type(value) is list and len(value) == 2 and isinstance(value[0], str)
+                and type(value[1]) is int and 0 <= value[1] <= MAX_SERIAL
+            ):
+                raise ValueError(f"bad record {canonical!r}: {str(value)[:40]}")
+            if value[0] == canonical:
+                stored[canonical] = value[1]
+    if stored and _BAD_CANONICAL.search("\n".join(stored)):  # one pass in C over every name, not a call per name
+        bad = next(c for c in stored if not _CANONICAL_RE.fullmatch(c))
+        raise ValueError(f"{bad[:40]!r} is not a canonical project name")
+    return stored
 
 
 def read_state_text(storage: Storage, rel: str) -> str | None:
@@ -168,23 +207,27 @@ class Records(Mapping[str, tuple[str, int]]):
     @classmethod
     def from_json(cls, text: str) -> Records:
         """Parse ``projects.json`` (also the older ``{name: [display, serial]}`` form); ValueError if malformed."""
-        stored = json.loads(text)
-        if not isinstance(stored, dict):
-            raise ValueError("not an object")
-        for canonical, value in stored.items():
-            if type(value) is int and 0 <= value <= MAX_SERIAL:
-                continue
-            if not (
-                type(value) is list and len(value) == 2 and isinstance(value[0], str)
-                and type(value[1]) is int and 0 <= value[1] <= MAX_SERIAL
-            ):
-                raise ValueError(f"bad record {canonical!r}: {str(value)[:40]}")
-            if value[0] == canonical:
-                stored[canonical] = value[1]
-        if stored and _BAD_CANONICAL.search("\n".join(stored)):  # one pass in C over every name, not a call per name
-            bad = next(c for c in stored if not _CANONICAL_RE.fullmatch(c))
-            raise ValueError(f"{bad[:40]!r} is not a canonical project name")
-        return cls(stored)
+        return cls(_checked(json.loads(text)))
+
+    def apply_journal(self, journal: str) -> None:
+        """Apply the lines of ``projects.journal`` in order; ValueError naming the first bad line."""
+        for number, line in enumerate(journal.splitlines(), 1):
+            try:
+                changes = json.loads(line)
+                if not isinstance(changes, dict):
+                    raise ValueError("not an object")
+                records = _checked({c: v for c, v in changes.items() if v is not None})
+            except ValueError as exc:
+                raise ValueError(f"line {number}: {exc}") from None
+            for canonical in changes:
+                if canonical in records:
+                    self._stored[canonical] = records[canonical]
+                else:
+                    self._stored.pop(canonical, None)
+
+    def stored(self, canonical: str) -> _Stored | None:
+        """A record as ``projects.json`` holds it (None when there is none)."""
+        return self._stored.get(canonical)
 
     def to_json(self) -> str:
         return json.dumps(self._stored, separators=(",", ":"))
@@ -232,7 +275,17 @@ class MirrorState:
         self._projects: Records | None = None
         #: Whether a project was added, renamed or removed since loading (the root HTML lists names).
         self.names_changed = False
+        #: canonical name -> (display name, serial) of every project recorded since loading: the
+        #: entries of the root JSON page to bring up to date when no name changed.
+        self.recorded: dict[str, tuple[str, int]] = {}
         self._unsaved = False
+        #: The records changed since the last save (None: forgotten), for the journal; with
+        #: ``_whole``, the records were rebuilt or repaired and ``projects.json`` is written whole.
+        self._changes: dict[str, _Stored | None] = {}
+        self._whole = False
+        #: ``projects.journal`` as read or last written, and the length of ``projects.json``.
+        self._journal = ""
+        self._base_size = 0
         self._lock = threading.RLock()  # workers record projects while the main thread saves
 
     # -- where a run starts ------------------------------------------------------------
@@ -442,12 +495,12 @@ class MirrorState:
                         "Rebuilt the records of %d projects from their pages (%s was missing)",
                         len(records), self.storage.display(PROJECTS_FILE),
                     )
-                self._unsaved = True  # the rebuilt records are worth keeping
+                self._unsaved = self._whole = True  # the rebuilt records are worth keeping
                 return records
         except DamagedState as damage:
             records = self._scan_pages()
             logger.warning("%s", damage.named(f"rebuilt it from the project pages: {len(records)} projects"))
-            self._unsaved = self.names_changed = True
+            self._unsaved = self._whole = self.names_changed = True
             return records
         published = self.published_count()
         if published is not None and len(records) < published:
@@ -467,18 +520,26 @@ class MirrorState:
                     "The root index lists %d projects, the records and the project pages %d: writing it anew",
                     published, len(records),
                 )
-            self._unsaved = self.names_changed = True  # the root index is rewritten from what the pages say
+            self._unsaved = self._whole = self.names_changed = True  # the root index is rewritten from what the pages say
         return records
 
     def stored_records(self) -> Records | None:
-        """``projects.json`` as stored (None when there is none); :class:`DamagedState` when it is not a set of records."""
+        """``projects.json`` as stored, with ``projects.journal`` applied (None when there is no
+        ``projects.json``); :class:`DamagedState` naming the file that is not a set of records."""
         text = read_state_text(self.storage, PROJECTS_FILE)
         if text is None:
             return None
         try:
-            return Records.from_json(text)
+            records = Records.from_json(text)
         except ValueError as exc:  # also a truncated document
             raise DamagedState(self.storage.display(PROJECTS_FILE), f"is not a set of project records ({exc})") from None
+        journal = read_state_text(self.storage, JOURNAL_FILE) or ""
+        try:
+            records.apply_journal(journal)
+        except ValueError as exc:
+            raise DamagedState(self.storage.display(JOURNAL_FILE), f"is not a journal of project records ({exc})") from None
+        self._journal, self._base_size = journal, len(text)
+        return records
 
     def published_count(self) -> int | None:
         """How many projects the published root index lists (None when there is none).
@@ -517,22 +578,45 @@ class MirrorState:
             old = self.projects.get(canonical)
             if old is None or old[0] != name:
                 self.names_changed = True
+            self.recorded[canonical] = (name, serial)
             if old != (name, serial):
                 self.projects.set(canonical, name, serial)
+                self._changes[canonical] = self.projects.stored(canonical)
                 self._unsaved = True
 
     def forget(self, canonical: str) -> None:
         with self._lock:
+            self.recorded.pop(canonical, None)
             if self.projects.pop(canonical):
                 self.names_changed = self._unsaved = True
+                self._changes[canonical] = None
 
     def save_projects(self) -> None:
-        """Write ``projects.json`` if a record changed since it was read or last written."""
+        """Save the records if one changed since they were read or last saved.
+
+        The changes are appended to ``projects.journal`` (rewritten with one more line), so
+        that a run that changes ten records of a million does not serialize and write all of
+        them. ``projects.json`` is written whole instead, and the journal removed, when the
+        records were rebuilt or repaired, when it is small (:data:`JOURNAL_FROM`), and when
+        the journal would outgrow an eighth of it. The journal goes first: a run that stops between the two
+        leaves ``projects.json`` as it was, which the check against the root index repairs
+        from the pages, never a journal that an older ``projects.json`` replays wrongly.
+        """
         with self._lock:
             if not self._unsaved:
                 return
-            data = self.projects.to_json()
-            self._unsaved = False
+            journal = self._journal + json.dumps(self._changes, separators=(",", ":")) + "\n"
+            whole = self._whole or self._base_size < JOURNAL_FROM or len(journal) > self._base_size // 8
+            data = self.projects.to_json() if whole else journal
+            self._unsaved = self._whole = False
+            self._changes = {}
+            self._journal = "" if whole else journal
+            if whole:
+                self._base_size = len(data)
+        if not whole:
+            self.storage.write_bytes(JOURNAL_FILE, data.encode())
+            return
+        self.storage.delete(JOURNAL_FILE)
         self.storage.write_bytes(PROJECTS_FILE, data.encode())
 
     def _scan_pages(self) -> Records:

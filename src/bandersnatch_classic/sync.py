@@ -678,15 +678,25 @@ class Mirror:
         write_html = self.config.write_html and (
             self.state.names_changed or not self.storage.exists(layout.ROOT_HTML[0])
         )
-        records = self.state.projects.rows() if write_html or self.config.write_json else []
+        page = old = None
+        if self.config.write_json and not write_html and not self.state.names_changed:
+            # no name changed: the serials of the projects recorded in this run, set in place
+            with contextlib.suppress(FileNotFoundError):
+                old = self.storage.read_bytes(layout.ROOT_JSON)
+                page = pages.patch_root_json(old, self.state.recorded, serial, len(self.state.projects))
+        records = self.state.projects.rows() if write_html or (self.config.write_json and page is None) else []
         if write_html:
             html = pages.root_html(records).encode()
             for path in layout.ROOT_HTML:
                 if self.storage.write_if_changed(path, html):
                     self.report.written.append(path)
         if self.config.write_json:
-            page = pages.root_json(records, serial).encode()
-            if self.storage.write_if_changed(layout.ROOT_JSON, page):
+            if page is None:
+                page = pages.root_json(records, serial).encode()
+            if old is None and self.storage.write_if_changed(layout.ROOT_JSON, page):
+                self.report.written.append(layout.ROOT_JSON)
+            elif old is not None and page != old:  # compared with the page as read above
+                self.storage.write_bytes(layout.ROOT_JSON, page)
                 self.report.written.append(layout.ROOT_JSON)
         self.state.save_projects()
 
