@@ -130,3 +130,25 @@ def test_a_damaged_journal_is_named_once_and_the_records_rebuilt_from_the_pages(
     # the pages are what the mirror holds: the seeding wrote four
     assert sorted(json.loads((h.dir / "projects.json").read_text())) == ["bulk-0001", "bulk-2000", "small", "tiny-lib"]
     assert sorted(canonicalize_name(n) for n in root_html_names(h)) == ["bulk-0001", "bulk-2000", "small", "tiny-lib"]
+
+
+@pytest.mark.parametrize("simple_format", ["ALL", "HTML"])
+def test_a_new_name_found_after_recording_without_the_records_is_in_the_html_root(
+    seeded: MirrorHarness, simple_format: str
+) -> None:
+    """A run that starts clean records projects without loading the records; a new name is
+    found when its entry is not in the root JSON page (or, with no JSON page, by loading them)."""
+    h = seeded
+    h.configure({"simple-format": simple_format})
+    h.corpus.add_file("Another_One", "1.0", "another_one-1.0.tar.gz", b"a" * 64)
+    h.corpus.touch("bulk-0001")
+    result = h.main("mirror")
+    assert result.returncode == 0, result.stderr
+    assert root_html_names(h) == sorted(h.corpus.projects)
+    if simple_format == "ALL":
+        assert json.loads(h.web("simple/index.v1_json").read_text()) == expected_root_json(h)
+    lines = (h.dir / "projects.journal").read_text().splitlines()
+    serial = h.corpus.projects["bulk-0001"].serial
+    assert [json.loads(line) for line in lines] == [
+        {"another-one": ["Another_One", h.corpus.projects["another-one"].serial], "bulk-0001": serial}
+    ]

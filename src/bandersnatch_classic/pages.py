@@ -170,7 +170,9 @@ _ROOT_JSON_HEAD = re.compile(
 _ROOT_JSON_ENTRY = b'{"name": "'
 
 
-def patch_root_json(page: bytes, changed: dict[str, tuple[str, int]], serial: int, count: int) -> bytes | None:
+def patch_root_json(
+    page: bytes, changed: dict[str, tuple[str, int]], serial: int, count: int | None
+) -> bytes | None:
     """The PEP 691 root index ``page`` (as :func:`root_json` renders it) with the serials of the
     ``changed`` projects (canonical name -> (display name, serial)) and its own serial set:
     what :func:`root_json` gives for the records, when no project was added, renamed or removed.
@@ -178,11 +180,11 @@ def patch_root_json(page: bytes, changed: dict[str, tuple[str, int]], serial: in
     Each entry is found by bisection (the entries are in canonical-name order), so ten
     changes in a root index of a million projects cost a few hundred comparisons, a count
     and one copy of the bytes, not a million rendered rows. None when the page is not as
-    rendered here, does not list ``count`` projects (the records' number), or an entry is
-    not found with the same display name: the caller renders it whole.
+    rendered here, does not list ``count`` projects (the records' number, when known), or an
+    entry is not found with the same display name: the caller renders it whole.
     """
     head = _ROOT_JSON_HEAD.match(page)
-    if head is None or not page.endswith(b"]}") or page.count(_ROOT_JSON_ENTRY) != count:
+    if head is None or not page.endswith(b"]}") or (count is not None and page.count(_ROOT_JSON_ENTRY) != count):
         return None
     edits = [(head.start(1), head.end(1), str(int(serial)).encode())]
     for canonical, (display, project_serial) in changed.items():
@@ -196,11 +198,13 @@ def patch_root_json(page: bytes, changed: dict[str, tuple[str, int]], serial: in
             return None
         edits.append((start, end, str(int(project_serial)).encode()))
     edits.sort()
-    pieces, done = [], 0
+    view = memoryview(page)  # slices without copies: one copy of the page, in the join
+    pieces: list[bytes | memoryview] = []
+    done = 0
     for start, end, text in edits:
-        pieces += [page[done:start], text]
+        pieces += [view[done:start], text]
         done = end
-    pieces.append(page[done:])
+    pieces.append(view[done:])
     return b"".join(pieces)
 
 

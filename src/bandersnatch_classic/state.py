@@ -216,14 +216,18 @@ class Records(Mapping[str, tuple[str, int]]):
                 changes = json.loads(line)
                 if not isinstance(changes, dict):
                     raise ValueError("not an object")
-                records = _checked({c: v for c, v in changes.items() if v is not None})
+                _checked({c: v for c, v in changes.items() if v is not None})
             except ValueError as exc:
                 raise ValueError(f"line {number}: {exc}") from None
-            for canonical in changes:
-                if canonical in records:
-                    self._stored[canonical] = records[canonical]
-                else:
-                    self._stored.pop(canonical, None)
+            self.apply(changes)
+
+    def apply(self, changes: Mapping[str, _Stored | None]) -> None:
+        """Set the checked stored ``changes`` (None: forget the project)."""
+        for canonical, value in changes.items():
+            if value is None:
+                self._stored.pop(canonical, None)
+            else:
+                self._stored[canonical] = value[1] if type(value) is list and value[0] == canonical else value
 
     def stored(self, canonical: str) -> _Stored | None:
         """A record as ``projects.json`` holds it (None when there is none)."""
@@ -286,6 +290,8 @@ class MirrorState:
         #: ``projects.journal`` as read or last written, and the length of ``projects.json``.
         self._journal = ""
         self._base_size = 0
+        #: Whether :meth:`record` and :meth:`forget` keep changes without loading the records (:meth:`_may_defer`).
+        self._deferred = False
         self._lock = threading.RLock()  # workers record projects while the main thread saves
 
     # -- where a run starts ------------------------------------------------------------
@@ -325,6 +331,7 @@ class MirrorState:
             self.remove_todo()
             todo, compare = None, True
         point = StartPoint(status, todo, full, compare=compare)
+        self._deferred = self._may_defer(point)
         if master is not None:
             try:
                 point.remembered, point.fresh = self.remembered_method(master)
@@ -364,6 +371,29 @@ class MirrorState:
             point.todo.target = point.status
             return True
         return False
+
+    def _may_defer(self, point: StartPoint) -> bool:
+        """Whether this run records projects without loading the records first (:meth:`record`).
+
+        On a large mirror (``projects.json`` of :data:`JOURNAL_FROM` or more) a run that
+        starts clean (no ``todo`` of an unfinished run, ``status`` and ``generation``
+        believed) and finds the journal readable: its changes go to the journal, and the
+        records are loaded (and checked against the root index) only when the run needs them,
+        which is when a name changes or the root JSON page cannot be set in place. A small run
+        then neither parses nor rewrites a million records.
+        """
+        if point.todo is not None or point.full or point.compare:
+            return False
+        stat = self.storage.stat(PROJECTS_FILE)
+        if stat is None or stat.st_size < JOURNAL_FROM:
+            return False
+        try:
+            journal = read_state_text(self.storage, JOURNAL_FILE) or ""
+            Records().apply_journal(journal)
+        except (DamagedState, ValueError):
+            return False  # loading the records names the damage and repairs it
+        self._journal, self._base_size = journal, stat.st_size
+        return True
 
     # -- generation and status -------------------------------------------------------
     @property
@@ -464,7 +494,23 @@ class MirrorState:
         with self._lock:
             if self._projects is None:
                 self._projects = self._load_projects()
+                if self._deferred:  # what this run recorded before they were loaded goes on top
+                    self._deferred = False
+                    self._projects.apply(self._changes)
+                    # the names the projects recorded so far had are not known (saved changes are in
+                    # the journal just read): the root HTML is rewritten
+                    self.names_changed = self.names_changed or bool(self.recorded) or bool(self._changes)
             return self._projects
+
+    @property
+    def deferred(self) -> bool:
+        """Whether this run records without having loaded the records (:meth:`_may_defer`)."""
+        return self._projects is None and self._deferred
+
+    def record_count(self) -> int | None:
+        """How many projects are recorded; None when a deferred run has not loaded the records."""
+        with self._lock:
+            return None if self.deferred else len(self.projects)
 
     @property
     def repaired(self) -> bool:
@@ -575,6 +621,11 @@ class MirrorState:
 
     def record(self, canonical: str, name: str, serial: int) -> None:
         with self._lock:
+            if self.deferred:
+                self.recorded[canonical] = (name, serial)
+                self._changes[canonical] = serial if name == canonical else [name, serial]
+                self._unsaved = True
+                return
             old = self.projects.get(canonical)
             if old is None or old[0] != name:
                 self.names_changed = True
@@ -587,6 +638,10 @@ class MirrorState:
     def forget(self, canonical: str) -> None:
         with self._lock:
             self.recorded.pop(canonical, None)
+            if self.deferred:
+                self._changes[canonical] = None
+                self.names_changed = self._unsaved = True
+                return
             if self.projects.pop(canonical):
                 self.names_changed = self._unsaved = True
                 self._changes[canonical] = None

@@ -387,7 +387,9 @@ class Mirror:
         """
         if self._stopped:
             return  # stop-on-error or a local I/O error: no new work, not even dependencies
-        records = self.state.projects  # loaded before forking, so that every worker inherits it
+        # loaded before forking, so that every worker inherits them; a run that defers loading
+        # them has no todo of an earlier run: every name it syncs was listed, as the upstream spells it
+        records: Mapping[str, tuple[str, int]] = {} if self.state.deferred else self.state.projects
         items: list[Item] = [(name, serial, self._display_name(name, records)) for name, serial in todo.projects.items()]
         processes = _process_count(self.config.workers, len(items))
         context = multiprocessing.get_context("fork") if processes > 1 else None
@@ -674,16 +676,22 @@ class Mirror:
         self.sidecars.save()
 
     def _write_root(self, serial: int) -> None:
-        """Render the root index from the project records (never from a directory scan)."""
-        write_html = self.config.write_html and (
-            self.state.names_changed or not self.storage.exists(layout.ROOT_HTML[0])
-        )
+        """Render the root index from the project records (never from a directory scan).
+
+        When no name changed, the root JSON page has the serials of the projects recorded in
+        this run set in place instead (:func:`pages.patch_root_json`); a run that deferred
+        loading the records (:meth:`MirrorState.record`) loads them only when that fails,
+        and learns then whether a name changed.
+        """
+        html_root = not self.config.write_html or self.storage.exists(layout.ROOT_HTML[0])
         page = old = None
-        if self.config.write_json and not write_html and not self.state.names_changed:
-            # no name changed: the serials of the projects recorded in this run, set in place
+        if self.config.write_json and html_root and not self.state.names_changed:
             with contextlib.suppress(FileNotFoundError):
                 old = self.storage.read_bytes(layout.ROOT_JSON)
-                page = pages.patch_root_json(old, self.state.recorded, serial, len(self.state.projects))
+                page = pages.patch_root_json(old, self.state.recorded, serial, self.state.record_count())
+        if page is None:
+            self.state.projects  # noqa: B018 - loaded: a deferred run learns whether a name changed
+        write_html = self.config.write_html and (self.state.names_changed or not html_root)
         records = self.state.projects.rows() if write_html or (self.config.write_json and page is None) else []
         if write_html:
             html = pages.root_html(records).encode()
