@@ -290,8 +290,10 @@ class MirrorState:
         #: ``projects.journal`` as read or last written, and the length of ``projects.json``.
         self._journal = ""
         self._base_size = 0
-        #: Whether :meth:`record` and :meth:`forget` keep changes without loading the records (:meth:`_may_defer`).
-        self._deferred = False
+        #: Whether :meth:`record` and :meth:`forget` keep changes without loading the records
+        #: (:meth:`_may_defer`; None: not asked yet), and whether the run started clean.
+        self._deferred: bool | None = None
+        self._clean_start = False
         self._lock = threading.RLock()  # workers record projects while the main thread saves
 
     # -- where a run starts ------------------------------------------------------------
@@ -331,7 +333,7 @@ class MirrorState:
             self.remove_todo()
             todo, compare = None, True
         point = StartPoint(status, todo, full, compare=compare)
-        self._deferred = self._may_defer(point)
+        self._clean_start = point.todo is None and not point.full and not point.compare
         if master is not None:
             try:
                 point.remembered, point.fresh = self.remembered_method(master)
@@ -372,17 +374,18 @@ class MirrorState:
             return True
         return False
 
-    def _may_defer(self, point: StartPoint) -> bool:
+    def _may_defer(self) -> bool:
         """Whether this run records projects without loading the records first (:meth:`record`).
 
-        On a large mirror (``projects.json`` of :data:`JOURNAL_FROM` or more) a run that
-        starts clean (no ``todo`` of an unfinished run, ``status`` and ``generation``
+        On a large mirror (``projects.json`` of :data:`JOURNAL_FROM` or more) a ``mirror`` run
+        that started clean (no ``todo`` of an unfinished run, ``status`` and ``generation``
         believed) and finds the journal readable: its changes go to the journal, and the
         records are loaded (and checked against the root index) only when the run needs them,
         which is when a name changes or the root JSON page cannot be set in place. A small run
-        then neither parses nor rewrites a million records.
+        then neither parses nor rewrites a million records. Asked when a run first records
+        (a no-change run asks nothing).
         """
-        if point.todo is not None or point.full or point.compare:
+        if not self._clean_start:
             return False
         stat = self.storage.stat(PROJECTS_FILE)
         if stat is None or stat.st_size < JOURNAL_FROM:
@@ -505,7 +508,12 @@ class MirrorState:
     @property
     def deferred(self) -> bool:
         """Whether this run records without having loaded the records (:meth:`_may_defer`)."""
-        return self._projects is None and self._deferred
+        with self._lock:
+            if self._projects is not None:
+                return False
+            if self._deferred is None:
+                self._deferred = self._may_defer()
+            return self._deferred
 
     def record_count(self) -> int | None:
         """How many projects are recorded; None when a deferred run has not loaded the records."""
