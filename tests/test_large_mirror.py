@@ -152,3 +152,17 @@ def test_a_new_name_found_after_recording_without_the_records_is_in_the_html_roo
     assert [json.loads(line) for line in lines] == [
         {"another-one": ["Another_One", h.corpus.projects["another-one"].serial], "bulk-0001": serial}
     ]
+
+
+def test_a_renamed_project_is_renamed_in_both_root_pages(seeded: MirrorHarness) -> None:
+    h = seeded
+    base = (h.dir / "projects.json").read_bytes()
+    h.corpus.projects["bulk-2000"].name = "Bulk.2000"  # the upstream now spells it so
+    h.corpus.touch("Bulk.2000")
+    result = h.main("mirror")
+    assert result.returncode == 0, result.stderr
+    assert (h.dir / "projects.json").read_bytes() == base
+    assert '<a href="bulk-2000/">Bulk.2000</a>' in h.web("simple/index.html").read_text()
+    assert json.loads(h.web("simple/index.v1_json").read_text()) == expected_root_json(h)
+    lines = (h.dir / "projects.journal").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [{"bulk-2000": ["Bulk.2000", h.corpus.projects["bulk-2000"].serial]}]

@@ -282,6 +282,8 @@ class MirrorState:
         #: canonical name -> (display name, serial) of every project recorded since loading: the
         #: entries of the root JSON page to bring up to date when no name changed.
         self.recorded: dict[str, tuple[str, int]] = {}
+        #: The projects forgotten since loading: the root entries to take out.
+        self.forgotten: set[str] = set()
         self._unsaved = False
         #: The records changed since the last save (None: forgotten), for the journal; with
         #: ``_whole``, the records were rebuilt or repaired and ``projects.json`` is written whole.
@@ -629,6 +631,7 @@ class MirrorState:
 
     def record(self, canonical: str, name: str, serial: int) -> None:
         with self._lock:
+            self.forgotten.discard(canonical)
             if self.deferred:
                 self.recorded[canonical] = (name, serial)
                 self._changes[canonical] = serial if name == canonical else [name, serial]
@@ -646,6 +649,7 @@ class MirrorState:
     def forget(self, canonical: str) -> None:
         with self._lock:
             self.recorded.pop(canonical, None)
+            self.forgotten.add(canonical)
             if self.deferred:
                 self._changes[canonical] = None
                 self.names_changed = self._unsaved = True

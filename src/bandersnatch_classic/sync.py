@@ -676,37 +676,64 @@ class Mirror:
         self.sidecars.save()
 
     def _write_root(self, serial: int) -> None:
-        """Render the root index from the project records (never from a directory scan).
-
-        When no name changed, the root JSON page has the serials of the projects recorded in
-        this run set in place instead (:func:`pages.patch_root_json`); a run that deferred
-        loading the records (:meth:`MirrorState.record`) loads them only when that fails,
-        and learns then whether a name changed.
-        """
-        html_root = not self.config.write_html or self.storage.exists(layout.ROOT_HTML[0])
-        page = old = None
-        if self.config.write_json and html_root and not self.state.names_changed:
-            with contextlib.suppress(FileNotFoundError):
-                old = self.storage.read_bytes(layout.ROOT_JSON)
-                page = pages.patch_root_json(old, self.state.recorded, serial, self.state.record_count())
-        if page is None:
-            self.state.projects  # noqa: B018 - loaded: a deferred run learns whether a name changed
-        write_html = self.config.write_html and (self.state.names_changed or not html_root)
-        records = self.state.projects.rows() if write_html or (self.config.write_json and page is None) else []
+        """Bring the root index up to date with the project records: edited in place where it
+        can be (:meth:`_edit_root`), else rendered from the records (never from a directory scan)."""
+        edited = self._edit_root(serial)
+        if edited is not None:
+            page, old, html = edited
+            if page != old:
+                self.storage.write_bytes(layout.ROOT_JSON, page)
+                self.report.written.append(layout.ROOT_JSON)
+            for path in layout.ROOT_HTML if html is not None else ():
+                if self.storage.write_if_changed(path, html):
+                    self.report.written.append(path)
+            self.state.save_projects()
+            return
+        projects = self.state.projects  # loaded: a deferred run learns here whether a name changed
+        write_html = self.config.write_html and (
+            self.state.names_changed or not self.storage.exists(layout.ROOT_HTML[0])
+        )
+        records = projects.rows() if write_html or self.config.write_json else []
         if write_html:
             html = pages.root_html(records).encode()
             for path in layout.ROOT_HTML:
                 if self.storage.write_if_changed(path, html):
                     self.report.written.append(path)
         if self.config.write_json:
-            if page is None:
-                page = pages.root_json(records, serial).encode()
-            if old is None and self.storage.write_if_changed(layout.ROOT_JSON, page):
-                self.report.written.append(layout.ROOT_JSON)
-            elif old is not None and page != old:  # compared with the page as read above
-                self.storage.write_bytes(layout.ROOT_JSON, page)
+            page = pages.root_json(records, serial).encode()
+            if self.storage.write_if_changed(layout.ROOT_JSON, page):
                 self.report.written.append(layout.ROOT_JSON)
         self.state.save_projects()
+
+    def _edit_root(self, serial: int) -> tuple[bytearray, bytes, bytearray | None] | None:
+        """The root JSON page edited in place for the projects this run recorded and removed
+        (:func:`pages.edit_root_json`), the page as read, and the root HTML page edited too
+        when a name changed (else None); None when they must be rendered whole.
+
+        Tried when the JSON page is written and the HTML page there is, and either no name
+        changed or the records are deferred (:meth:`MirrorState.record`: then the edit is how
+        a new, renamed or removed name is found). A small run on a million projects then
+        moves bytes instead of rendering every row, and need not load the records.
+        """
+        config, state = self.config, self.state
+        if not config.write_json or (config.write_html and not self.storage.exists(layout.ROOT_HTML[0])):
+            return None
+        if state.names_changed and not state.deferred:
+            return None
+        try:
+            old = self.storage.read_bytes(layout.ROOT_JSON)
+            edited = pages.edit_root_json(old, state.recorded, state.forgotten, serial, state.record_count())
+            if edited is None:
+                return None
+            page, names_changed = edited
+            html = None
+            if names_changed and config.write_html:
+                html = pages.edit_root_html(self.storage.read_bytes(layout.ROOT_HTML[0]), state.recorded, state.forgotten)
+                if html is None:
+                    return None
+        except FileNotFoundError:
+            return None
+        return page, old, html
 
     def _remove_legacy_dirs(self, display: str, canonical: str) -> None:
         """``cleanup = true``: remove the project's page directories of bandersnatch before 4.0
