@@ -116,15 +116,21 @@ def test_a_journal_that_outgrows_an_eighth_of_the_records_is_folded_into_them(se
     assert records == {c: p.serial if p.name == c else [p.name, p.serial] for c, p in h.corpus.projects.items()}
 
 
-def test_a_damaged_journal_is_named_once_and_the_records_rebuilt_from_the_pages(seeded: MirrorHarness) -> None:
+@pytest.mark.parametrize("data, fault", [
+    (b'{"bulk-0001": 5}\n{"../x": 7}\n', "is not a journal of project records (line 2: '../x' is not a canonical project name)"),
+    (b'{"bulk-0001": 5}\n\xff\n', "is not UTF-8 text (byte 0xff at offset 17)"),
+])
+def test_a_damaged_journal_is_named_once_and_the_records_rebuilt_from_the_pages(
+    seeded: MirrorHarness, data: bytes, fault: str
+) -> None:
     h = seeded
-    (h.dir / "projects.journal").write_text('{"bulk-0001": 5}\n{"../x": 7}\n')
+    (h.dir / "projects.journal").write_bytes(data)
     h.corpus.touch("small")
     result = h.main("mirror")
     assert result.returncode == 0, result.stderr
     named = [line for line in result.stderr.splitlines() if "projects.journal" in line]
     assert len(named) == 1 and "WARNING" in named[0], result.stderr
-    assert "projects.journal is not a journal of project records (line 2: '../x' is not a canonical project name)" in named[0]
+    assert f"projects.journal {fault}" in named[0]
     assert "rebuilt it from the project pages" in named[0]
     assert not (h.dir / "projects.journal").exists()
     # the pages are what the mirror holds: the seeding wrote four

@@ -279,18 +279,20 @@ class MirrorState:
         self._projects: Records | None = None
         #: Whether a project was added, renamed or removed since loading (the root HTML lists names).
         self.names_changed = False
-        #: canonical name -> (display name, serial) of every project recorded since loading: the
-        #: entries of the root JSON page to bring up to date when no name changed.
+        #: canonical name -> (display name, serial) of every project recorded in this run: the
+        #: root entries to set or insert when the root pages are edited in place.
         self.recorded: dict[str, tuple[str, int]] = {}
-        #: The projects forgotten since loading: the root entries to take out.
+        #: The projects forgotten in this run: the root entries to take out.
         self.forgotten: set[str] = set()
         self._unsaved = False
         #: The records changed since the last save (None: forgotten), for the journal; with
         #: ``_whole``, the records were rebuilt or repaired and ``projects.json`` is written whole.
         self._changes: dict[str, _Stored | None] = {}
         self._whole = False
-        #: ``projects.journal`` as read or last written, and the length of ``projects.json``.
+        #: ``projects.journal`` as read or last written (and whether there is one, readable or
+        #: not), and the length of ``projects.json``.
         self._journal = ""
+        self._journal_on_disk = False
         self._base_size = 0
         #: Whether :meth:`record` and :meth:`forget` keep changes without loading the records
         #: (:meth:`_may_defer`; None: not asked yet), and whether the run started clean.
@@ -382,10 +384,10 @@ class MirrorState:
         On a large mirror (``projects.json`` of :data:`JOURNAL_FROM` or more) a ``mirror`` run
         that started clean (no ``todo`` of an unfinished run, ``status`` and ``generation``
         believed) and finds the journal readable: its changes go to the journal, and the
-        records are loaded (and checked against the root index) only when the run needs them,
-        which is when a name changes or the root JSON page cannot be set in place. A small run
-        then neither parses nor rewrites a million records. Asked when a run first records
-        (a no-change run asks nothing).
+        records are loaded (and checked against the root index) only when the run needs them:
+        when a root page cannot be edited in place, a removal limit is asked for, or the
+        journal is folded. A small run then neither parses nor rewrites a million records.
+        Asked when a run first records (a no-change run asks nothing).
         """
         if not self._clean_start:
             return False
@@ -393,7 +395,9 @@ class MirrorState:
         if stat is None or stat.st_size < JOURNAL_FROM:
             return False
         try:
-            journal = read_state_text(self.storage, JOURNAL_FILE) or ""
+            text = read_state_text(self.storage, JOURNAL_FILE)
+            self._journal_on_disk = text is not None
+            journal = text or ""
             Records().apply_journal(journal)
         except (DamagedState, ValueError):
             return False  # loading the records names the damage and repairs it
@@ -589,7 +593,13 @@ class MirrorState:
             records = Records.from_json(text)
         except ValueError as exc:  # also a truncated document
             raise DamagedState(self.storage.display(PROJECTS_FILE), f"is not a set of project records ({exc})") from None
-        journal = read_state_text(self.storage, JOURNAL_FILE) or ""
+        try:
+            journal_text = read_state_text(self.storage, JOURNAL_FILE)
+        except DamagedState:
+            self._journal_on_disk = True  # removed when the rebuilt records are saved
+            raise
+        self._journal_on_disk = journal_text is not None
+        journal = journal_text or ""
         try:
             records.apply_journal(journal)
         except ValueError as exc:
@@ -665,9 +675,10 @@ class MirrorState:
         that a run that changes ten records of a million does not serialize and write all of
         them. ``projects.json`` is written whole instead, and the journal removed, when the
         records were rebuilt or repaired, when it is small (:data:`JOURNAL_FROM`), and when
-        the journal would outgrow an eighth of it. The journal goes first: a run that stops between the two
-        leaves ``projects.json`` as it was, which the check against the root index repairs
-        from the pages, never a journal that an older ``projects.json`` replays wrongly.
+        the journal would outgrow an eighth of it. The journal is removed first: a run that
+        stops between the two leaves ``projects.json`` as it was, which the check against the
+        root index repairs from the pages, never a journal that a newer ``projects.json``
+        would replay wrongly.
         """
         with self._lock:
             if not self._unsaved:
@@ -675,6 +686,7 @@ class MirrorState:
             journal = self._journal + json.dumps(self._changes, separators=(",", ":")) + "\n"
             whole = self._whole or self._base_size < JOURNAL_FROM or len(journal) > self._base_size // 8
             data = self.projects.to_json() if whole else journal
+            stale, self._journal_on_disk = whole and self._journal_on_disk, not whole
             self._unsaved = self._whole = False
             self._changes = {}
             self._journal = "" if whole else journal
@@ -683,7 +695,8 @@ class MirrorState:
         if not whole:
             self.storage.write_bytes(JOURNAL_FILE, data.encode())
             return
-        self.storage.delete(JOURNAL_FILE)
+        if stale:
+            self.storage.delete(JOURNAL_FILE)
         self.storage.write_bytes(PROJECTS_FILE, data.encode())
 
     def _scan_pages(self) -> Records:
