@@ -8,10 +8,20 @@ made, and the upstream's own CPU seconds. Each mirror is then checked file by fi
 against the upstream, so that a fast wrong mirror cannot win.
 
 usage: python benchmarks/bench.py CORPUS [--scale F] [--workers N] [--tools ours,reference]
-                                  [--latency-ms N] [--display-names] [--backend s3] [--dir DIR | --keep]
+                                  [--latency-ms N] [--display-names] [--backend s3] [--seed]
+                                  [--dir DIR | --keep]
 
-The mirrors go to a temporary ``bench-*`` directory that is removed at the end (``--keep``
-keeps it and ``--dir`` chooses one that is kept; either way its path is printed).
+With ``--seed`` (this project only; for corpus (d), a million projects) the full sync is
+replaced by laying the mirror's state down directly, as a completed full sync leaves it:
+``projects.json`` with a record for every project, ``status``, ``generation``,
+``upstream-method``, and pages and files for a sample of the projects (every project a
+``/_change`` picks among them), synced by the tool's own ``sync`` command over HTTP, which
+also renders the root index from the records. The first run after it must be a no-op (one
+request, nothing written): the tool accepts the seeded mirror as up to date. Then the
+10-changed and no-change runs, and the time to render the root index from the records.
+
+The mirrors go to a temporary directory (in /dev/shm with ``--seed``) that is removed at
+the end, unless ``--dir`` names one or ``--keep`` is given (then its path is printed).
 
 With ``--backend s3`` this project also runs against a local S3 server (moto's standalone
 server, ``pip install -e '.[test]'``) as the tool ``ours-s3``, in the same run as the
@@ -79,6 +89,55 @@ def ours_command() -> list[str]:
 
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(bandersnatch_classic.__file__).parent)], check=True)
     return [sys.executable, "-m", "bandersnatch_classic"]
+
+
+def seed_mirror(cmd: list[str], conf: Path, directory: Path, master: str, log: Path) -> dict[str, float]:
+    """Lay down what a completed full sync of the upstream leaves in ``directory``.
+
+    Records for every listed project (at the serial the upstream lists), ``status`` at the
+    upstream's serial, ``generation``, ``upstream-method`` (XML-RPC, found working now), and
+    pages and files for a sample, written by the tool's ``sync`` command, which renders the
+    root index from the records as a ``mirror`` run does. The sample is about 1,000 projects,
+    every ``stride``-th, which includes the ten ``/_change`` picks (they are spread over the
+    corpus at multiples of a tenth of it) when the count is a multiple of 10,000.
+    """
+    request = urllib.request.Request(f"{master}/simple/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    with urllib.request.urlopen(request, timeout=600) as response:
+        listing = json.loads(response.read())
+    projects = [(p["name"], p["_last-serial"]) for p in listing["projects"]]
+    directory.mkdir(parents=True, exist_ok=True)
+    records = {canonical(n): (s if canonical(n) == n else [n, s]) for n, s in projects}
+    (directory / "projects.json").write_text(json.dumps(records, separators=(",", ":")))
+    (directory / "generation").write_text("5")
+    (directory / "status").write_text(str(listing["meta"]["_last-serial"]))
+    (directory / "upstream-method").write_text(f"xmlrpc {int(time.time())} {master}\n")
+    stride = max(1, len(projects) // 1000)
+    sample = [name for name, _ in projects[::stride]]
+    run = timed_run([*cmd, "-c", str(conf), "sync", *sample], log)
+    (directory / "web" / "last-modified").write_text(time.strftime("%Y%m%dT%H:%M:%S\n", time.gmtime()))
+    return {**run, "sample": len(sample)}
+
+
+def state_mtimes(directory: Path) -> dict[str, int]:
+    """Modification times of the state files and root index a no-op run must not touch."""
+    names = ["projects.json", "status", "web/simple/index.html", "web/simple/index.v1_json"]
+    return {name: (directory / name).stat().st_mtime_ns for name in names if (directory / name).exists()}
+
+
+def root_render(directory: Path) -> dict[str, float]:
+    """Seconds and megabytes to render the root index (HTML and PEP 691 JSON) from the records."""
+    from bandersnatch_classic import pages
+    from bandersnatch_classic.state import Records
+
+    start = time.perf_counter()
+    rows = Records.from_json((directory / "projects.json").read_text()).rows()
+    loaded = time.perf_counter()
+    html = pages.root_html(rows)
+    rendered_html = time.perf_counter()
+    page = pages.root_json(rows, 1)
+    done = time.perf_counter()
+    return {"projects": len(rows), "load": loaded - start, "html": rendered_html - loaded, "html_mb": len(html) / 1e6,
+            "json": done - rendered_html, "json_mb": len(page) / 1e6}
 
 
 def write_config(path: Path, directory: Path, master: str, workers: int, tool: str, s3: str = "") -> None:
@@ -249,7 +308,7 @@ def canonical(name: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("corpus", choices=["a", "b", "c"])
+    parser.add_argument("corpus", choices=["a", "b", "c", "d"])
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the corpus's projects")
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--tools", default="ours,reference")
@@ -263,7 +322,12 @@ def main() -> None:
                         help="projects with non-canonical names, whose JSON API redirects other spellings")
     parser.add_argument("--backend", choices=["filesystem", "s3"], default="filesystem",
                         help="s3: also run this project against a local S3 server (the tool ours-s3)")
+    parser.add_argument("--seed", action="store_true",
+                        help="lay the mirror down as a full sync leaves it instead of running one (this project only)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory of the mirrors")
     args = parser.parse_args()
+    if args.seed and (args.tools != "ours" or args.backend != "filesystem"):
+        parser.error("--seed runs this project only: give --tools ours, without --backend s3")
 
     tools = {"ours": ours_command, "reference": reference_command}
     chosen = [t.strip() for t in args.tools.split(",") if t.strip()]
@@ -271,9 +335,20 @@ def main() -> None:
     s3_server, s3_endpoint = start_s3_server() if args.backend == "s3" else (None, "")
     if s3_server is not None:
         commands["ours-s3"] = ours_command()
-    root = Path(args.dir or tempfile.mkdtemp(prefix="bench-"))
+    root = Path(args.dir or tempfile.mkdtemp(prefix="bench-", dir="/dev/shm" if args.seed else None))
     root.mkdir(parents=True, exist_ok=True)
+    try:
+        run_benchmark(args, commands, root, s3_server, s3_endpoint)
+    finally:
+        if args.dir or args.keep:
+            print(f"mirrors kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
+
+def run_benchmark(args: argparse.Namespace, commands: dict[str, list[str]], root: Path,
+                  s3_server: subprocess.Popen[bytes] | None, s3_endpoint: str) -> None:
+    """Start the upstream, run every tool's phases against it, check the mirrors, print the figures."""
     server_cmd = [sys.executable, str(HERE / "upstream.py"), args.corpus, "--scale", str(args.scale),
                   "--latency-ms", str(args.latency_ms)]
     if args.display_names:
@@ -294,7 +369,14 @@ def main() -> None:
             s3 = s3_endpoint if tool == "ours-s3" else ""
             write_config(conf, directory / "mirror", master, args.workers, tool, s3)
             results[tool] = {}
-            for phase in ("full", "10 changed", "no change"):
+            phases = ("full", "10 changed", "no change")
+            if args.seed:
+                seeded = seed_mirror(cmd, conf, directory / "mirror", master, root / f"{tool}.log")
+                print(f"  {tool:9} seeded     wall {seeded['wall']:8.2f}s for the sync of a sample of "
+                      f"{seeded['sample']} projects and the root index  exit {seeded['exit']}", flush=True)
+                phases = ("seeded no-op", "10 changed", "no change")
+                before = state_mtimes(directory / "mirror")
+            for phase in phases:
                 if phase == "10 changed":
                     http_json(f"{master}/_change?n=10")
                 http_json(f"{master}/_reset")
@@ -309,12 +391,24 @@ def main() -> None:
                     run["bound"] = stats["requests"] * args.latency_ms / 1000 / args.workers
                     bound = f"  bound {run['bound']:6.2f}s ({run['wall'] / max(run['bound'], 1e-9):.2f}x)"
                 results[tool][phase] = run
-                print(f"  {tool:9} {phase:10}  wall {run['wall']:8.2f}s  cpu {run['cpu']:8.2f}s  "
+                if phase == "seeded no-op":
+                    touched = [name for name, mtime in state_mtimes(directory / "mirror").items() if before.get(name) != mtime]
+                    if run["requests"] != 1 or run["exit"] or touched:
+                        raise SystemExit(f"the seeded mirror is not taken as up to date: {run['requests']} requests, "
+                                         f"exit {run['exit']}, rewrote {touched or 'nothing'}; see {root / f'{tool}.log'}")
+                print(f"  {tool:9} {phase:12}  wall {run['wall']:8.2f}s  cpu {run['cpu']:8.2f}s  "
                       f"rss {run['rss_mb']:7.1f}MB  requests {run['requests']:7d}  upstream cpu {run['upstream_cpu']:6.2f}s"
                       f"  exit {run['exit']}{bound}"
                       + (f"  s3 server cpu {run['s3_server_cpu']:6.2f}s" if "s3_server_cpu" in run else ""), flush=True)
             if s3:
                 copy_bucket_out(s3_endpoint, tool, directory / "mirror")
+            if args.seed:
+                render = root_render(directory / "mirror")
+                results[tool]["root index"] = render
+                print(f"  {tool:9} root index of {render['projects']} projects from the records: load {render['load']:.2f}s, "
+                      f"HTML {render['html']:.2f}s ({render['html_mb']:.1f} MB), JSON {render['json']:.2f}s "
+                      f"({render['json_mb']:.1f} MB)", flush=True)
+                continue  # pages for a sample only: the file-by-file check needs a full sync
             results[tool]["check"] = check_mirror(directory / "mirror", http_json(f"{master}/_manifest"))  # type: ignore[assignment]
             print(f"  {tool:9} mirror check: {results[tool]['check']}", flush=True)
     finally:

@@ -22,6 +22,7 @@ usage: python benchmarks/upstream.py CORPUS [--scale F] [--latency-ms N] [--disp
 from __future__ import annotations
 
 import argparse
+import bisect
 import hashlib
 import json
 import re
@@ -40,10 +41,11 @@ CORPORA = {
     "a": (2000, 10, 3, (16_000, 24_000), True),
     "b": (50, 1, 2, (50 << 20, 50 << 20), False),
     "c": (100_000, 1, 1, (200, 400), False),
+    "d": (1_000_000, 1, 1, (200, 400), False),
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class File:
     path: str
     filename: str
@@ -53,7 +55,7 @@ class File:
     metadata: bytes | None
 
 
-@dataclass
+@dataclass(slots=True)
 class Project:
     name: str
     serial: int
@@ -74,10 +76,13 @@ class Corpus:
         self.files: dict[str, File] = {}
         self._prefix_states: dict[int, "hashlib._Hash"] = {}
         self.lock = threading.Lock()
+        #: ``(serial, name)`` of every change in serial order: the changelog, asked by bisection.
+        self.log: list[tuple[int, str]] = []
         for p in range(self.count):
             name = f"Bench_{p:06d}" if display_names else f"bench-{p:06d}"
             self.serial += 1
             project = self.projects[name] = self.by_canonical[canonical(name)] = Project(name, self.serial)
+            self.log.append((self.serial, name))
             for r in range(releases):
                 for f in range(files):
                     self._add_file(project, f"{r}.0", f)
@@ -114,6 +119,7 @@ class Corpus:
                 self._add_file(project, version, 0)
                 self.serial += 1
                 project.serial = self.serial
+                self.log.append((self.serial, name))
             return names
 
     def json_doc(self, project: Project, base: str) -> bytes:
@@ -205,8 +211,8 @@ class Handler(socketserver.StreamRequestHandler):
                 elif name == "list_packages_with_serial":
                     result = {p.name: p.serial for p in corpus.projects.values()}
                 else:
-                    since = int(params[0])
-                    result = [[p.name, "", 0, "change", p.serial] for p in corpus.projects.values() if p.serial > since]
+                    start = bisect.bisect_right(corpus.log, (int(params[0]), "\uffff"))
+                    result = [[name, "", 0, "change", serial] for serial, name in corpus.log[start:]]
             return self.send("200 OK", xmlrpc.client.dumps((result,), methodresponse=True).encode(), "text/xml")
         head_only = method == "HEAD"
         if path.startswith("/packages/"):

@@ -148,3 +148,41 @@ def test_document_keeps_only_kept_files():
     assert doc["releases"]["0.9"] == []
     # the upstream's document is left as it was
     assert len(project.raw["releases"]["1.0"]) == 2
+
+
+def test_root_pages_edited_in_place_are_what_rendering_them_whole_gives():
+    """A small run on a large mirror edits the root pages in place (serials set, names
+    inserted, renamed, removed) instead of rendering every row; the bytes must be those of a
+    whole render of the records."""
+    rows = [(f"p-{i:04d}", f"P_{i:04d}" if i % 3 else f"p-{i:04d}", i + 1) for i in range(1, 998)]
+    page, html = pages.root_json(rows, 1000).encode(), pages.root_html(rows).encode()
+    recorded = {
+        "p-0001": ("p-0001", 2001),  # renamed (P_0001 before)
+        "p-0500": ("P_0500", 2002),  # a new serial
+        "p-0997": ("p-0997", 2003),  # the last entry
+        "a-first": ("A.First", 2004),  # inserted before every entry
+        "p-0331-x": ("p-0331-x", 2005),  # inserted between two
+        "q-last": ("Q_Last", 2006),  # inserted after every entry
+    }
+    removed = {"p-0002", "p-0600", "gone-already"}
+    now = {c: (d, s) for c, d, s in rows if c not in removed}
+    now.update(recorded)
+    whole = [(c, *now[c]) for c in sorted(now)]
+    assert pages.edit_root_json(page, recorded, removed, 2006, len(rows)) == (pages.root_json(whole, 2006).encode(), True)
+    assert pages.edit_root_html(html, recorded, removed) == pages.root_html(whole).encode()
+    # serials only: no name changed
+    serials = {"p-0500": ("P_0500", 7), "p-0003": ("p-0003", 8)}
+    now = {c: serials.get(c, (d, s)) for c, d, s in rows}
+    assert pages.edit_root_json(page, serials, (), 9, None) == (pages.root_json([(c, *now[c]) for c in now], 9).encode(), False)
+    # from nothing, and back to nothing
+    empty = pages.root_json([], 0).encode()
+    one = pages.edit_root_json(empty, {"x": ("X", 3)}, (), 3, 0)
+    assert one == (pages.root_json([("x", "X", 3)], 3).encode(), True)
+    assert pages.edit_root_json(one[0], {}, {"x"}, 4, None) == (pages.root_json([], 4).encode(), True)
+    assert pages.edit_root_html(pages.root_html([]).encode(), {"x": ("X", 3)}, ()) == pages.root_html([("x", "X", 3)]).encode()
+    # what it cannot edit is rendered whole by the caller
+    assert pages.edit_root_json(page, {}, (), 1000, len(rows) + 1) is None  # the records list more than the page
+    assert pages.edit_root_json(page[:-1], {}, (), 1000, None) is None  # not a page this tool wrote
+    assert pages.edit_root_html(html[1:], {}, ()) is None
+    quoted = pages.root_json([("a", 'a"', 1), ("b", "b", 2)], 2).encode()  # a name with an escape is not read
+    assert pages.edit_root_json(quoted, {"a": ("a", 5)}, (), 5, None) is None

@@ -137,8 +137,8 @@ def test_a_mirror_directory_the_user_cannot_create(nobody_harness: MirrorHarness
 
 #: Every state file of the on-disk contract (docs/design.md, section 3).
 STATE_FILES = [
-    ".lock", "generation", "status", "todo", "projects.json", "upstream-method", "run-history.json",
-    "missing-metadata", "verify-progress", "page-validators.json", "dependencies.json",
+    ".lock", "generation", "status", "todo", "projects.json", "projects.journal", "upstream-method",
+    "run-history.json", "missing-metadata", "verify-progress", "page-validators.json", "dependencies.json",
 ]
 
 

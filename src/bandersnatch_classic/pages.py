@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from html import escape
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
+from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from .layout import file_path, served_path
@@ -161,3 +162,135 @@ def root_json(projects: Iterable[tuple[str, str, int]], serial: int) -> str:
     meta = json.dumps({"api-version": API_VERSION, "_last-serial": serial})
     rows = ", ".join([f'{{"name": {encode_basestring_ascii(n)}, "_last-serial": {int(s)}}}' for _, n, s in projects])
     return f'{{"meta": {meta}, "projects": [{rows}]}}'
+
+
+_ROOT_JSON_HEAD = re.compile(
+    re.escape(f'{{"meta": {{"api-version": "{API_VERSION}", "_last-serial": '.encode()) + rb'(\d+)\}, "projects": \['
+)
+_ROOT_JSON_ENTRY = b'{"name": "'
+_ROOT_HTML_ENTRY = b'    <a href="'
+
+
+def edit_root_json(
+    page: bytes, recorded: Mapping[str, tuple[str, int]], removed: Iterable[str], serial: int, count: int | None
+) -> tuple[bytearray, bool] | None:
+    """The PEP 691 root index ``page`` (as :func:`root_json` renders it) brought up to date in
+    place: the entries of the ``recorded`` projects (canonical name -> (display name,
+    serial)) set or inserted, those of the ``removed`` ones taken out, its own serial set.
+    Returns the page and whether a name was added, renamed or removed (the HTML root, which
+    lists names only, then needs :func:`edit_root_html` too).
+
+    Each entry is found by bisection (the entries are in canonical-name order), so ten
+    changes in a root index of a million projects cost a few hundred comparisons and a few
+    moves of the bytes, not a million rendered rows; a test pins the result to a whole
+    render. None when the page is not as rendered here, does not list ``count`` projects
+    (the records' number, when known), or holds a name this search does not read: the
+    caller renders it whole.
+    """
+    head = _ROOT_JSON_HEAD.match(page)
+    if head is None or not page.endswith(b"]}") or (count is not None and page.count(_ROOT_JSON_ENTRY) != count):
+        return None
+    buf = bytearray(page)
+    buf[head.start(1):head.end(1)] = str(int(serial)).encode()
+    first = head.end() - (head.end(1) - head.start(1)) + len(str(int(serial)))
+    names_changed = False
+    for canonical, (display, project_serial) in recorded.items():
+        entry = f'{{"name": {encode_basestring_ascii(display)}, "_last-serial": {int(project_serial)}}}'.encode()
+        found = _bisect(buf, first, len(buf) - 2, _ROOT_JSON_ENTRY, canonical, _json_key)
+        if found is None:
+            return None
+        at, exists = found
+        if exists:
+            end = buf.index(b"}", at) + 1
+            names_changed = names_changed or not buf.startswith(entry[: entry.index(b', "_last-serial"')], at)
+            buf[at:end] = entry
+        else:
+            names_changed = True
+            if at < len(buf) - 2:
+                buf[at:at] = entry + b", "
+            else:
+                buf[at:at] = entry if buf[at - 1 : at] == b"[" else b", " + entry
+    for canonical in removed:
+        found = _bisect(buf, first, len(buf) - 2, _ROOT_JSON_ENTRY, canonical, _json_key)
+        if found is None:
+            return None
+        at, exists = found
+        if not exists:
+            continue
+        names_changed = True
+        end = buf.index(b"}", at) + 1
+        if buf[end : end + 2] == b", ":
+            del buf[at : end + 2]
+        elif buf[at - 2 : at] == b", ":
+            del buf[at - 2 : end]
+        else:
+            del buf[at:end]
+    return buf, names_changed
+
+
+def edit_root_html(page: bytes, recorded: Mapping[str, tuple[str, int]], removed: Iterable[str]) -> bytearray | None:
+    """The PEP 503 root index ``page`` (as :func:`root_html` renders it) with the lines of the
+    ``recorded`` projects set or inserted and those of the ``removed`` ones taken out, found
+    by bisection as in :func:`edit_root_json`; None when the page is not as rendered here."""
+    head = _PAGE_HEAD.format(title="Simple Index", version=API_VERSION).encode()
+    if not page.startswith(head) or not page.endswith(_PAGE_TAIL.encode()):
+        return None
+    buf = bytearray(page)
+    for canonical, (display, _serial) in recorded.items():
+        line = f'    <a href="{escape(canonical)}/">{escape(display)}</a><br/>\n'.encode()
+        found = _bisect(buf, len(head), len(buf) - len(_PAGE_TAIL), _ROOT_HTML_ENTRY, canonical, _html_key)
+        if found is None:
+            return None
+        at, exists = found
+        buf[at : buf.index(b"\n", at) + 1 if exists else at] = line
+    for canonical in removed:
+        found = _bisect(buf, len(head), len(buf) - len(_PAGE_TAIL), _ROOT_HTML_ENTRY, canonical, _html_key)
+        if found is None:
+            return None
+        at, exists = found
+        if exists:
+            del buf[at : buf.index(b"\n", at) + 1]
+    return buf
+
+
+def _json_key(buf: bytearray, at: int) -> str | None:
+    """The canonical name of the root JSON entry at ``at`` (None: an escaped name, not read here)."""
+    start = at + len(_ROOT_JSON_ENTRY)
+    name = bytes(buf[start : buf.index(b'"', start)])
+    return None if b"\\" in name else canonicalize_name(name.decode("ascii"))
+
+
+def _html_key(buf: bytearray, at: int) -> str | None:
+    """The canonical name of the root HTML line at ``at``: its link, ``<canonical>/``."""
+    start = at + len(_ROOT_HTML_ENTRY)
+    href = bytes(buf[start : buf.index(b'"', start)])
+    return href[:-1].decode("ascii") if href.endswith(b"/") and b"&" not in href else None
+
+
+def _bisect(
+    buf: bytearray, low: int, high: int, marker: bytes, canonical: str, key: Callable[[bytearray, int], str | None]
+) -> tuple[int, bool] | None:
+    """Where the entry of ``canonical`` starts among the entries (each starting with
+    ``marker``, in canonical-name order) that start in ``[low, high)``, and True; else where
+    it would be inserted (the start of the first entry after it, or ``high``) and False.
+    None when an entry's name cannot be read.
+
+    The marker only ever starts an entry: a quote inside a name is escaped.
+    """
+    after = high  # no entry starts in [high, after)
+    while low < high:
+        middle = (low + high) // 2
+        at = buf.find(marker, middle, high - 1 + len(marker))
+        if at < 0:
+            high = middle
+            continue
+        name = key(buf, at)
+        if name is None:
+            return None
+        if name == canonical:
+            return at, True
+        if name < canonical:
+            low = at + 1
+        else:
+            high = after = at
+    return after, False

@@ -20,8 +20,8 @@ from typing import Union
 from packaging.utils import canonicalize_name
 
 from . import layout
-from .errors import LocalIOError
-from .statefiles import MAX_SERIAL
+from .errors import DamagedState, LocalIOError
+from .statefiles import JOURNAL, JOURNAL_FROM, MAX_SERIAL, PROJECTS, read_state_text
 from .storage import Storage
 
 _SERIAL_RE = re.compile(rb"<!--SERIAL (\d+)-->\s*$")
@@ -33,6 +33,38 @@ _BAD_CANONICAL = re.compile(r"^(?![a-z0-9](?:[a-z0-9-]*[a-z0-9])?$)", re.MULTILI
 
 #: A record as stored: the serial alone when the display name is the canonical name.
 _Stored = Union[int, list]
+
+
+def _checked(stored: object) -> dict[str, _Stored]:
+    """``stored`` if it is a set of records as ``projects.json`` holds them (records whose
+    display name is the canonical one reduced to the serial); ValueError saying what is not.
+
+    Most records are a bare serial: their types and range are checked in C (``map``,
+    ``min``, ``max``), so that a million records cost no Python call each; the names in
+    one regex pass over the joined keys.
+    """
+    if not isinstance(stored, dict):
+        raise ValueError("not an object")
+    values = stored.values()
+    kinds = set(map(type, values))
+    serials = values if kinds == {int} else [v for v in values if type(v) is int]
+    if serials and (min(serials) < 0 or max(serials) > MAX_SERIAL):
+        bad = next(c for c, v in stored.items() if type(v) is int and not 0 <= v <= MAX_SERIAL)
+        raise ValueError(f"bad record {bad!r}: {str(stored[bad])[:40]}")
+    if kinds != {int}:
+        for canonical in [c for c, v in stored.items() if type(v) is not int]:
+            value = stored[canonical]
+            if not (
+                type(value) is list and len(value) == 2 and isinstance(value[0], str)
+                and type(value[1]) is int and 0 <= value[1] <= MAX_SERIAL
+            ):
+                raise ValueError(f"bad record {canonical!r}: {str(value)[:40]}")
+            if value[0] == canonical:
+                stored[canonical] = value[1]
+    if stored and _BAD_CANONICAL.search("\n".join(stored)):  # one pass in C over every name, not a call per name
+        bad = next(c for c in stored if not CANONICAL_RE.fullmatch(c))
+        raise ValueError(f"{bad[:40]!r} is not a canonical project name")
+    return stored
 
 
 class Records(Mapping[str, tuple[str, int]]):
@@ -48,23 +80,31 @@ class Records(Mapping[str, tuple[str, int]]):
     @classmethod
     def from_json(cls, text: str) -> Records:
         """Parse ``projects.json`` (also the older ``{name: [display, serial]}`` form); ValueError if malformed."""
-        stored = json.loads(text)
-        if not isinstance(stored, dict):
-            raise ValueError("not an object")
-        for canonical, value in stored.items():
-            if type(value) is int and 0 <= value <= MAX_SERIAL:
-                continue
-            if not (
-                type(value) is list and len(value) == 2 and isinstance(value[0], str)
-                and type(value[1]) is int and 0 <= value[1] <= MAX_SERIAL
-            ):
-                raise ValueError(f"bad record {canonical!r}: {str(value)[:40]}")
-            if value[0] == canonical:
-                stored[canonical] = value[1]
-        if stored and _BAD_CANONICAL.search("\n".join(stored)):  # one pass in C over every name, not a call per name
-            bad = next(c for c in stored if not CANONICAL_RE.fullmatch(c))
-            raise ValueError(f"{bad[:40]!r} is not a canonical project name")
-        return cls(stored)
+        return cls(_checked(json.loads(text)))
+
+    def apply_journal(self, journal: str) -> None:
+        """Apply the lines of ``projects.journal`` in order; ValueError naming the first bad line."""
+        for number, line in enumerate(journal.splitlines(), 1):
+            try:
+                changes = json.loads(line)
+                if not isinstance(changes, dict):
+                    raise ValueError("not an object")
+                _checked({c: v for c, v in changes.items() if v is not None})
+            except ValueError as exc:
+                raise ValueError(f"line {number}: {exc}") from None
+            self.apply(changes)
+
+    def apply(self, changes: Mapping[str, _Stored | None]) -> None:
+        """Set the checked stored ``changes`` (None: forget the project)."""
+        for canonical, value in changes.items():
+            if value is None:
+                self._stored.pop(canonical, None)
+            else:
+                self._stored[canonical] = value[1] if type(value) is list and value[0] == canonical else value
+
+    def stored(self, canonical: str) -> _Stored | None:
+        """A record as ``projects.json`` holds it (None when there is none)."""
+        return self._stored.get(canonical)
 
     def to_json(self) -> str:
         return json.dumps(self._stored, separators=(",", ":"))
@@ -154,3 +194,92 @@ def behind(records: Mapping[str, tuple[str, int]], listed: Mapping[str, int]) ->
         if not serial or record is None or serial > record[1]:
             found[name] = serial
     return found
+
+
+class RecordsFile:
+    """``projects.json`` and ``projects.journal`` on a storage: the records as stored, and
+    their changes saved as a journal line or the whole file.
+
+    The journal holds the records changed since ``projects.json`` was last written whole,
+    one JSON object per save (``{canonical: stored record, or null when forgotten}``),
+    applied in order on top of it, so that a run that changes ten records of a million
+    does not serialize and write all of them.
+    """
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        #: ``projects.journal`` as read or last written, whether there is one (readable or
+        #: not), and the length of ``projects.json``.
+        self._journal = ""
+        self._journal_on_disk = False
+        self._base_size = 0
+
+    def read(self) -> Records | None:
+        """``projects.json`` as stored, with ``projects.journal`` applied (None when there is no
+        ``projects.json``); :class:`DamagedState` naming the file that is not a set of records."""
+        text = read_state_text(self.storage, PROJECTS)
+        if text is None:
+            return None
+        try:
+            records = Records.from_json(text)
+        except ValueError as exc:  # also a truncated document
+            raise DamagedState(self.storage.display(PROJECTS), f"is not a set of project records ({exc})") from None
+        try:
+            journal_text = read_state_text(self.storage, JOURNAL)
+        except DamagedState:
+            self._journal_on_disk = True  # removed when the rebuilt records are saved
+            raise
+        self._journal_on_disk = journal_text is not None
+        journal = journal_text or ""
+        try:
+            records.apply_journal(journal)
+        except ValueError as exc:
+            raise DamagedState(self.storage.display(JOURNAL), f"is not a journal of project records ({exc})") from None
+        self._journal, self._base_size = journal, len(text)
+        return records
+
+    def journal_usable(self) -> bool:
+        """Whether ``projects.json`` is large enough to keep changes in the journal
+        (:data:`~bandersnatch_classic.statefiles.JOURNAL_FROM` or more) and the journal reads
+        as one; nothing is parsed but the journal."""
+        stat = self.storage.stat(PROJECTS)
+        if stat is None or stat.st_size < JOURNAL_FROM:
+            return False
+        try:
+            text = read_state_text(self.storage, JOURNAL)
+            self._journal_on_disk = text is not None
+            journal = text or ""
+            Records().apply_journal(journal)
+        except (DamagedState, ValueError):
+            return False  # loading the records names the damage and repairs it
+        self._journal, self._base_size = journal, stat.st_size
+        return True
+
+    def needs_whole(self, changes: Mapping[str, _Stored | None], repaired: bool) -> bool:
+        """Whether saving ``changes`` writes ``projects.json`` whole: after a repair (the records
+        were rebuilt), while it is small, or when the journal would outgrow an eighth of it."""
+        return repaired or self._base_size < JOURNAL_FROM or len(self._journal) + len(_line(changes)) > self._base_size // 8
+
+    def save(self, records: Records | None, changes: Mapping[str, _Stored | None], whole: bool) -> None:
+        """Save ``changes`` as a journal line, or ``records`` whole (``whole``, from
+        :meth:`needs_whole`; ``records`` is then required) and the journal removed. The
+        journal is removed first: a run that stops between the two leaves ``projects.json``
+        as it was, which the check against the root index repairs from the pages, never a
+        journal that a newer ``projects.json`` would replay wrongly.
+        """
+        if not whole:
+            self._journal += _line(changes)
+            self._journal_on_disk = True
+            self.storage.write_bytes(JOURNAL, self._journal.encode())
+            return
+        assert records is not None, "the records are loaded to be written whole"
+        data = records.to_json()
+        stale, self._journal_on_disk, self._journal, self._base_size = self._journal_on_disk, False, "", len(data)
+        if stale:
+            self.storage.delete(JOURNAL)
+        self.storage.write_bytes(PROJECTS, data.encode())
+
+
+def _line(changes: Mapping[str, _Stored | None]) -> str:
+    """One line of ``projects.journal``."""
+    return json.dumps(changes, separators=(",", ":")) + "\n"

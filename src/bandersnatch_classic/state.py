@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from . import records as project_records
 from .errors import DamagedState
 from .records import Records
-from .statefiles import GENERATION, PROJECTS, STATUS, TODO, StateFiles, Todo, read_state_text
+from .statefiles import GENERATION, PROJECTS, STATUS, TODO, StateFiles, Todo
 from .storage import Storage
 
 __all__ = ["MirrorState", "Records", "StartPoint", "Todo"]
@@ -62,9 +62,23 @@ class MirrorState(StateFiles):
         #: whichever of the HTML and the JSON root there is).
         self.root_index = root_index
         self._projects: Records | None = None
+        self._file = project_records.RecordsFile(storage)
         #: Whether a project was added, renamed or removed since loading (the root HTML lists names).
         self.names_changed = False
+        #: canonical name -> (display name, serial) of every project recorded in this run: the
+        #: root entries to set or insert when the root pages are edited in place.
+        self.recorded: dict[str, tuple[str, int]] = {}
+        #: The projects forgotten in this run: the root entries to take out.
+        self.forgotten: set[str] = set()
         self._unsaved = False
+        #: The records changed since the last save (None: forgotten), for the journal; with
+        #: ``_whole``, the records were rebuilt or repaired and ``projects.json`` is written whole.
+        self._changes: dict[str, object] = {}
+        self._whole = False
+        #: Whether :meth:`record` and :meth:`forget` keep changes without loading the records
+        #: (:meth:`_may_defer`; None: not asked yet), and whether the run started clean.
+        self._deferred: bool | None = None
+        self._clean_start = False
         self._lock = threading.RLock()  # workers record projects while the main thread saves
 
     # -- where a run starts ------------------------------------------------------------
@@ -104,6 +118,7 @@ class MirrorState(StateFiles):
             self.remove_todo()
             todo, compare = None, True
         point = StartPoint(status, todo, full, compare=compare)
+        self._clean_start = point.todo is None and not point.full and not point.compare
         if master is not None:
             try:
                 point.remembered, point.fresh = self.remembered_method(master)
@@ -151,7 +166,37 @@ class MirrorState(StateFiles):
         with self._lock:
             if self._projects is None:
                 self._projects = self._load_projects()
+                if self._deferred:  # what this run recorded before they were loaded goes on top
+                    self._deferred = False
+                    self._projects.apply(self._changes)  # type: ignore[arg-type]
+                    # the names the projects recorded so far had are not known (saved changes are in
+                    # the journal just read): the root HTML is rewritten
+                    self.names_changed = self.names_changed or bool(self.recorded) or bool(self._changes)
             return self._projects
+
+    @property
+    def deferred(self) -> bool:
+        """Whether this run records projects without loading the records first.
+
+        On a large mirror a ``mirror`` run that started clean (no ``todo`` of an unfinished
+        run, ``status`` and ``generation`` believed) and finds the journal readable
+        (:meth:`RecordsFile.journal_usable`): its changes go to the journal, and the records
+        are loaded (and checked against the root index) only when the run needs them: when a
+        root page cannot be edited in place, a removal limit is asked for, or the journal is
+        folded. A small run then neither parses nor rewrites a million records. Asked when a
+        run first records (a no-change run asks nothing).
+        """
+        with self._lock:
+            if self._projects is not None:
+                return False
+            if self._deferred is None:
+                self._deferred = self._clean_start and self._file.journal_usable()
+            return self._deferred
+
+    def record_count(self) -> int | None:
+        """How many projects are recorded; None when a deferred run has not loaded the records."""
+        with self._lock:
+            return None if self.deferred else len(self.projects)
 
     @property
     def repaired(self) -> bool:
@@ -182,12 +227,12 @@ class MirrorState(StateFiles):
                         "Rebuilt the records of %d projects from their pages (%s was missing)",
                         len(records), self.storage.display(PROJECTS),
                     )
-                self._unsaved = True  # the rebuilt records are worth keeping
+                self._unsaved = self._whole = True  # the rebuilt records are worth keeping
                 return records
         except DamagedState as damage:
             records = project_records.scan_pages(self.storage, self.hash_index)
             logger.warning("%s", damage.named(f"rebuilt it from the project pages: {len(records)} projects"))
-            self._unsaved = self.names_changed = True
+            self._unsaved = self._whole = self.names_changed = True
             return records
         published = self.published_count()
         if published is not None and len(records) < published:
@@ -212,17 +257,12 @@ class MirrorState(StateFiles):
                 "The root index lists %d projects, the records and the project pages %d: writing it anew",
                 published, len(records),
             )
-        self._unsaved = self.names_changed = True  # the root index is rewritten from what the pages say
+        self._unsaved = self._whole = self.names_changed = True  # the root index is rewritten from what the pages say
 
     def stored_records(self) -> Records | None:
-        """``projects.json`` as stored (None when there is none); :class:`DamagedState` when it is not a set of records."""
-        text = read_state_text(self.storage, PROJECTS)
-        if text is None:
-            return None
-        try:
-            return Records.from_json(text)
-        except ValueError as exc:  # also a truncated document
-            raise DamagedState(self.storage.display(PROJECTS), f"is not a set of project records ({exc})") from None
+        """``projects.json`` as stored, with ``projects.journal`` applied (None when there is no
+        ``projects.json``); :class:`DamagedState` naming the file that is not a set of records."""
+        return self._file.read()
 
     def published_count(self) -> int | None:
         """How many projects the published root index lists (None when there is none)."""
@@ -241,26 +281,44 @@ class MirrorState(StateFiles):
 
     def record(self, canonical: str, name: str, serial: int) -> None:
         with self._lock:
+            self.forgotten.discard(canonical)
+            self.recorded[canonical] = (name, serial)
+            if self.deferred:
+                self._changes[canonical] = serial if name == canonical else [name, serial]
+                self._unsaved = True
+                return
             old = self.projects.get(canonical)
             if old is None or old[0] != name:
                 self.names_changed = True
             if old != (name, serial):
                 self.projects.set(canonical, name, serial)
+                self._changes[canonical] = self.projects.stored(canonical)
                 self._unsaved = True
 
     def forget(self, canonical: str) -> None:
         with self._lock:
+            self.recorded.pop(canonical, None)
+            self.forgotten.add(canonical)
+            if self.deferred:
+                self._changes[canonical] = None
+                self.names_changed = self._unsaved = True
+                return
             if self.projects.pop(canonical):
                 self.names_changed = self._unsaved = True
+                self._changes[canonical] = None
 
     def save_projects(self) -> None:
-        """Write ``projects.json`` if a record changed since it was read or last written."""
+        """Save the records if one changed since they were read or last saved: a line of
+        ``projects.journal``, or ``projects.json`` whole (:class:`RecordsFile`)."""
         with self._lock:
             if not self._unsaved:
                 return
-            data = self.projects.to_json()
-            self._unsaved = False
-        self.storage.write_bytes(PROJECTS, data.encode())
+            changes = self._changes
+            whole = self._file.needs_whole(changes, self._whole)  # type: ignore[arg-type]
+            records = self.projects if whole else self._projects  # a deferred run loads them to write them whole
+            self._unsaved = self._whole = False
+            self._changes = {}
+        self._file.save(records, changes, whole)  # type: ignore[arg-type]
 
 
 #: How a run finds what changed when it cannot believe ``status`` or ``todo``.

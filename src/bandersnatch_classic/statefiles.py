@@ -54,6 +54,13 @@ GENERATION_FILE = "generation"
 STATUS = "status"
 TODO = "todo"
 PROJECTS = "projects.json"
+#: The records changed since ``projects.json`` was last written whole, one JSON object per
+#: save (``{canonical: stored record, or null when forgotten}``), applied in order on top of
+#: it. A run that changes ten records writes a line, not a million; the journal is folded
+#: into ``projects.json`` when it outgrows an eighth of it (:meth:`MirrorState.save_projects`).
+JOURNAL = "projects.journal"
+#: The size of ``projects.json`` (about 4,000 projects) below which it is always written whole.
+JOURNAL_FROM = 1 << 16
 METHOD = "upstream-method"
 HISTORY = "run-history.json"
 MISSING_METADATA = "missing-metadata"
@@ -64,7 +71,7 @@ DEPENDENCIES = "dependencies.json"
 LAST_MODIFIED = layout.LAST_MODIFIED
 #: The mirror's own files, each read and replaced by a run.
 STATE_FILES = (
-    LOCK, GENERATION_FILE, STATUS, TODO, PROJECTS, METHOD, HISTORY, MISSING_METADATA, VERIFY_PROGRESS,
+    LOCK, GENERATION_FILE, STATUS, TODO, PROJECTS, JOURNAL, METHOD, HISTORY, MISSING_METADATA, VERIFY_PROGRESS,
     VALIDATORS, DEPENDENCIES,
 )
 #: The state files written in place rather than replaced (so they must be writable themselves).

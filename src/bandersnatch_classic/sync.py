@@ -546,7 +546,9 @@ class Mirror:
         """
         if self._stopped:
             return  # stop-on-error or a local I/O error: no new work, not even dependencies
-        records = self.state.projects  # loaded before forking, so that every worker inherits it
+        # loaded before forking, so that every worker inherits them; a run that defers loading
+        # them has no todo of an earlier run: every name it syncs was listed, as the upstream spells it
+        records: Mapping[str, tuple[str, int]] = {} if self.state.deferred else self.state.projects
         items: list[Item] = [(name, serial, self._display_name(name, records)) for name, serial in todo.projects.items()]
         processes = _process_count(self.config.workers, len(items))
         context = multiprocessing.get_context("fork") if processes > 1 else None
@@ -856,11 +858,24 @@ class Mirror:
         self.sidecars.save()
 
     def _write_root(self, serial: int) -> None:
-        """Render the root index from the project records (never from a directory scan)."""
+        """Bring the root index up to date with the project records: edited in place where it
+        can be (:meth:`_edit_root`), else rendered from the records (never from a directory scan)."""
+        edited = self._edit_root(serial)
+        if edited is not None:
+            page, old, html = edited
+            if page != old:
+                self.storage.write_bytes(layout.ROOT_JSON, page)
+                self.report.written.append(layout.ROOT_JSON)
+            for path in layout.ROOT_HTML if html is not None else ():
+                if self.storage.write_if_changed(path, html):
+                    self.report.written.append(path)
+            self.state.save_projects()
+            return
+        projects = self.state.projects  # loaded: a deferred run learns here whether a name changed
         write_html = self.config.write_html and (
             self.state.names_changed or not self.storage.exists(layout.ROOT_HTML[0])
         )
-        records = self.state.projects.rows() if write_html or self.config.write_json else []
+        records = projects.rows() if write_html or self.config.write_json else []
         if write_html:
             html = pages.root_html(records).encode()
             for path in layout.ROOT_HTML:
@@ -871,6 +886,36 @@ class Mirror:
             if self.storage.write_if_changed(layout.ROOT_JSON, page):
                 self.report.written.append(layout.ROOT_JSON)
         self.state.save_projects()
+
+    def _edit_root(self, serial: int) -> tuple[bytearray, bytes, bytearray | None] | None:
+        """The root JSON page edited in place for the projects this run recorded and removed
+        (:func:`pages.edit_root_json`), the page as read, and the root HTML page edited too
+        when a name changed (else None); None when they must be rendered whole.
+
+        Tried when the JSON page is written and the HTML page there is, and either no name
+        changed or the records are deferred (:meth:`MirrorState.record`: then the edit is how
+        a new, renamed or removed name is found). A small run on a million projects then
+        moves bytes instead of rendering every row, and need not load the records.
+        """
+        config, state = self.config, self.state
+        if not config.write_json or (config.write_html and not self.storage.exists(layout.ROOT_HTML[0])):
+            return None
+        if state.names_changed and not state.deferred:
+            return None
+        try:
+            old = self.storage.read_bytes(layout.ROOT_JSON)
+            edited = pages.edit_root_json(old, state.recorded, state.forgotten, serial, state.record_count())
+            if edited is None:
+                return None
+            page, names_changed = edited
+            html = None
+            if names_changed and config.write_html:
+                html = pages.edit_root_html(self.storage.read_bytes(layout.ROOT_HTML[0]), state.recorded, state.forgotten)
+                if html is None:
+                    return None
+        except FileNotFoundError:
+            return None
+        return page, old, html
 
     def _remove_legacy_dirs(self, display: str, canonical: str) -> None:
         """``cleanup = true``: remove the project's page directories of bandersnatch before 4.0
