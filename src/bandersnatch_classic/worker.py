@@ -20,6 +20,7 @@ import os
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from typing import Any, Callable, Union
 
 from .config import MirrorConfig
 from .dependencies import DependencyPolicy, Edge, requirements_of
-from .errors import HashMismatch, LocalIOError, NotServed, ProjectGone, UnsafePath
+from .errors import HashMismatch, LocalIOError, NotServed, ProjectGone, UnsafePath, UpstreamError
 from .filters import FilterSet
 from .models import Project, check_project_name
 from .package import Download, check_name_fits, plan_downloads, publish, unserved_metadata
@@ -37,6 +38,11 @@ from .storage import Storage
 from .upstream import Upstream
 
 logger = logging.getLogger(__name__)
+
+#: What fails one project and nothing more: the upstream's answer or its data (a name, a
+#: path, a document it cannot be mirrored from). Any other exception is a bug: the run
+#: stops starting new work and exits 70 (:class:`Crashed`), never "project failed".
+PROJECT_FAILURES = (UpstreamError, UnsafePath)
 
 #: One project to sync: (canonical name, serial wanted, the name to ask the upstream for).
 Item = tuple[str, int, str]
@@ -101,6 +107,16 @@ class LocalError:
 
 
 @dataclass(frozen=True)
+class Crashed:
+    """An exception the code does not expect (a bug) stopped the project: the run starts
+    nothing new and exits 70. ``details`` is the traceback, as text so that it crosses
+    from a worker process."""
+
+    name: str
+    details: str
+
+
+@dataclass(frozen=True)
 class Unfinished:
     """The run stopped before the project's downloads were done (not a failure)."""
 
@@ -112,7 +128,7 @@ class Exited:
     """The worker has reported everything it took and stopped."""
 
 
-Result = Union[Synced, Skipped, Gone, Failed, LocalError, Unfinished, Exited]
+Result = Union[Synced, Skipped, Gone, Failed, LocalError, Crashed, Unfinished, Exited]
 
 
 class Job:
@@ -135,6 +151,8 @@ class Job:
         self.missing_reason = ""
         self.error: str | None = None
         self.local_error: LocalIOError | None = None
+        #: The traceback of an exception no one expected in one of its downloads.
+        self.bug: str | None = None
         self.unfinished = False
 
 
@@ -205,8 +223,11 @@ class Worker:
         except LocalIOError as exc:
             self._stop_local(job, exc)
             return
-        except Exception as exc:  # every failure must be reported, or the run never ends
+        except PROJECT_FAILURES as exc:
             self._report(Failed(job.name, reason(exc)))
+            return
+        except Exception:  # a bug; reported all the same, or the run never ends
+            self._crash(job, traceback.format_exc())
             return
         if not downloads:
             self._finish(job)
@@ -251,8 +272,11 @@ class Worker:
             except LocalIOError as exc:
                 job.local_error = job.local_error or exc
                 self.stop.set()
-            except Exception as exc:
+            except PROJECT_FAILURES as exc:
                 job.error = job.error or reason(exc)
+            except Exception:
+                job.bug = job.bug or traceback.format_exc()
+                self.stop.set()
         else:
             job.unfinished = True
         with self._lock:
@@ -266,7 +290,15 @@ class Worker:
         self.stop.set()
         self._report(LocalError(job.name, str(exc), type(exc)))
 
+    def _crash(self, job: Job, details: str) -> None:
+        """A bug: start no new work, and hand the traceback to the main process."""
+        self.stop.set()
+        self._report(Crashed(job.name, details))
+
     def _finish(self, job: Job) -> None:
+        if job.bug is not None:
+            self._crash(job, job.bug)
+            return
         if job.local_error is not None:
             self._report(LocalError(job.name, str(job.local_error), type(job.local_error)))
             return
@@ -290,15 +322,18 @@ class Worker:
             project.drop_metadata(f.filename for f in unserved)
             missing = sidecars_of(unserved) if self.config.core_metadata else []
             job.written += publish(project, self.config, self.storage)
+            policy = self.dependencies
+            requires = requirements_of(project, self.storage, policy.build) if policy is not None else []
+            versions = list(project.releases) if policy is not None else []
         except LocalIOError as exc:
             self._stop_local(job, exc)
             return
-        except Exception as exc:
+        except PROJECT_FAILURES as exc:
             self._report(Failed(job.name, reason(exc)))
             return
-        policy = self.dependencies
-        requires = requirements_of(project, self.storage, policy.build) if policy is not None else []
-        versions = list(project.releases) if policy is not None else []
+        except Exception:
+            self._crash(job, traceback.format_exc())
+            return
         logger.info("%s: synced at serial %d", project.name, project.serial)
         self._report(
             Synced(
