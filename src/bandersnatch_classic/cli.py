@@ -1,6 +1,6 @@
 """The ``bandersnatch`` command line.
 
-Exit status, one meaning per code (docs/operations.md, "Exit status"): 0 everything
+Exit status, one meaning per code (defined in errors.py; docs/operations.md, "Exit status"): 0 everything
 mirrored; 1 some projects failed; 2 configuration, environment or usage error (nothing
 touched); 3 another run holds the lock; 4 upstream unusable; 5 local I/O error, storage server
 error or lost storage lock during the run; 6 a first run wrote the default config; 130 interrupted; 70 an internal error (a bug).

@@ -7,9 +7,9 @@ download in parallel and no thread ever waits on another.
 
 A worker runs in a thread of the main process or in a forked process. Either way it
 changes nothing but the files it writes: it reports what became of each project as one
-of the small result types below, through one queue, and only
-:class:`~bandersnatch_classic.sync.Mirror`, in the main process, applies them (project
-records, the report, ``todo`` checkpoints, removals, stop-on-error). A write by a forked
+of the small result types below, through one queue, and only the main process applies
+them (:mod:`bandersnatch_classic.applier`: project records, the report, ``todo``
+checkpoints, removals, stop-on-error). A write by a forked
 worker to the mirror's records would be lost when the process ends.
 """
 
