@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bandersnatch_classic import pages
+from bandersnatch_classic import pages, worker
 from bandersnatch_classic.models import Project
 
 from .conftest import MirrorHarness
@@ -88,3 +88,21 @@ def test_a_second_sync_on_one_mirror_starts_clean(harness: MirrorHarness) -> Non
         second = mirror.sync_projects(["Tiny-Lib"])
     assert second.synced == 1 and not second.failed and not second.stopped
     assert harness.web("simple/tiny-lib/index.html").exists()
+
+
+def test_a_bug_outside_any_project_task_exits_70(harness: MirrorHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in the worker's own loop (not in one project's tasks) stops the run the same way."""
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError(INJECTED)
+
+    monkeypatch.setattr(worker.Job, "__init__", broken)
+    result = harness.main("mirror")
+    assert result.returncode == 70, result.stderr
+    assert result.stderr.count("Traceback (most recent call last)") == 1, result.stderr
+    assert "Internal error (a bug" in result.stderr and f"RuntimeError: {INJECTED}" in result.stderr
+    assert not (harness.dir / "status").exists() and (harness.dir / "todo").exists()
+    monkeypatch.undo()
+    again = harness.main("mirror")
+    assert again.returncode == 0, again.stderr
+    assert_mirror_equals_upstream(harness)

@@ -185,7 +185,7 @@ class WorkerBug(Exception):
 
     def __init__(self, name: str, details: str) -> None:
         self.name, self.details = name, details
-        super().__init__(f"a worker met an unexpected error while syncing {name}")
+        super().__init__(f"a worker met an unexpected error{f' while syncing {name}' if name else ''}")
 
 
 def exit_status_of(exc: BaseException) -> int:

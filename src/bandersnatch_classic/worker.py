@@ -112,6 +112,7 @@ class Crashed:
     nothing new and exits 70. ``details`` is the traceback, as text so that it crosses
     from a worker process."""
 
+    #: The project, or "" for a bug outside any one project's tasks.
     name: str
     details: str
 
@@ -367,9 +368,13 @@ class SharedCursor:
 
 
 def run_worker(worker: Worker, items: Iterable[Item]) -> None:
-    """Run ``worker`` over ``items``, then say so (:class:`Exited`)."""
+    """Run ``worker`` over ``items``, then say so (:class:`Exited`). A bug outside any one
+    project's tasks stops the run the same way as one inside (:class:`Crashed`, exit 70)."""
     try:
         worker.run(items)
+    except Exception:
+        worker.stop.set()
+        worker.emit(Crashed("", traceback.format_exc()))
     finally:
         worker.emit(Exited())
 
