@@ -324,7 +324,6 @@ def main() -> None:
                         help="s3: also run this project against a local S3 server (the tool ours-s3)")
     parser.add_argument("--seed", action="store_true",
                         help="lay the mirror down as a full sync leaves it instead of running one (this project only)")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory of the mirrors")
     args = parser.parse_args()
     if args.seed and (args.tools != "ours" or args.backend != "filesystem"):
         parser.error("--seed runs this project only: give --tools ours, without --backend s3")
@@ -337,13 +336,7 @@ def main() -> None:
         commands["ours-s3"] = ours_command()
     root = Path(args.dir or tempfile.mkdtemp(prefix="bench-", dir="/dev/shm" if args.seed else None))
     root.mkdir(parents=True, exist_ok=True)
-    try:
-        run_benchmark(args, commands, root, s3_server, s3_endpoint)
-    finally:
-        if args.dir or args.keep:
-            print(f"mirrors kept in {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+    run_benchmark(args, commands, root, s3_server, s3_endpoint)  # removes root unless --dir or --keep
 
 
 def run_benchmark(args: argparse.Namespace, commands: dict[str, list[str]], root: Path,

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from bandersnatch_classic import cli, config as configuration
-from bandersnatch_classic.sync import Report, Mirror, mirror_lock
+from bandersnatch_classic.run import Report
+from bandersnatch_classic.sync import Mirror, mirror_lock
 from bandersnatch_classic.upstream import RetryPolicy
 
 from .upstream import Corpus, UpstreamServer, standard_corpus

@@ -9,7 +9,7 @@ before this.
 import signal
 import sys
 
-EXIT_INTERRUPTED = 130  # the same as cli.EXIT_INTERRUPTED, which is not imported yet
+from .errors import EXIT_INTERRUPTED  # errors.py imports nothing heavy
 
 
 def interrupt(signum: int, frame: object) -> None:

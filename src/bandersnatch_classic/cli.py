@@ -1,6 +1,6 @@
 """The ``bandersnatch`` command line.
 
-Exit status, one meaning per code (docs/operations.md, "Exit status"): 0 everything
+Exit status, one meaning per code (defined in errors.py; docs/operations.md, "Exit status"): 0 everything
 mirrored; 1 some projects failed; 2 configuration, environment or usage error (nothing
 touched); 3 another run holds the lock; 4 upstream unusable; 5 local I/O error, storage server
 error or lost storage lock during the run; 6 a first run wrote the default config; 130 interrupted; 70 an internal error (a bug).
@@ -22,15 +22,16 @@ from packaging.utils import canonicalize_name
 
 from . import __version__, config as configuration, layout, preflight
 from .__main__ import interrupt as _interrupt
-from .errors import BandersnatchError, ConfigError, LocalIOError, LockHeld, StateError, UpstreamError
+from .errors import (
+    EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_NEW_CONFIG, EXIT_OK, ConfigError, LocalIOError, LockHeld,
+    StateError, UpstreamError, WorkerBug, exit_status_of,
+)
 from .progress import StatusLineHandler
-from .sync import Mirror, Report
+from .run import Report
+from .sync import Mirror
 
 logger = logging.getLogger("bandersnatch_classic")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_UPSTREAM, EXIT_LOCAL_IO, EXIT_NEW_CONFIG = 0, 1, 2, 3, 4, 5, 6
-EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug, logged with its traceback
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports an interrupted command
 #: Commands that may write a first-run config (at the default path only): the others only read a mirror.
 WRITES_FIRST_CONFIG = ("mirror", "sync")
 #: What each command does: its line in ``bandersnatch --help`` and the first line of its own --help.
@@ -192,30 +193,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def exit_status(exc: BaseException) -> int:
-    """Log the one line that says why a command stopped; return its exit status."""
+    """Log the one line that says why a command stopped; return its exit status
+    (:func:`~bandersnatch_classic.errors.exit_status_of`)."""
+    status = exit_status_of(exc)
     if isinstance(exc, KeyboardInterrupt):
         logger.error("Interrupted; the next run resumes where this one stopped")
-        return EXIT_INTERRUPTED
-    if isinstance(exc, ConfigError):
+    elif isinstance(exc, ConfigError):
         logger.error("Configuration error: %s", exc)
-        return EXIT_USAGE
-    if isinstance(exc, StateError):
+    elif isinstance(exc, StateError):
         logger.error("Mirror state error: %s", exc)
-        return EXIT_USAGE
-    if isinstance(exc, LockHeld):  # another run is doing the work: worth knowing, not an error
+    elif isinstance(exc, LockHeld):  # another run is doing the work: worth knowing, not an error
         logger.warning("%s", exc)
-        return EXIT_LOCKED
-    if isinstance(exc, LocalIOError):
+    elif isinstance(exc, LocalIOError):
         logger.error("%s, run stopped (unfinished projects stay in todo): %s", exc.headline, exc)
-        return EXIT_LOCAL_IO
-    if isinstance(exc, UpstreamError):
+    elif isinstance(exc, UpstreamError):
         logger.error("Upstream unusable: %s", exc)
-        return EXIT_UPSTREAM
-    if isinstance(exc, BandersnatchError):
+    elif isinstance(exc, WorkerBug):  # the traceback is the worker's, maybe from another process
+        logger.error(
+            "Internal error (a bug: please report it with this traceback), run stopped (unfinished projects "
+            "stay in todo): %s\n%s", exc, exc.details.rstrip(),
+        )
+    elif status != EXIT_INTERNAL:
         logger.error("%s", exc)
-        return EXIT_FAILED
-    logger.error("Internal error (a bug: please report it with this traceback)", exc_info=exc)
-    return EXIT_INTERNAL
+    else:
+        logger.error("Internal error (a bug: please report it with this traceback)", exc_info=exc)
+    return status
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -288,11 +290,12 @@ def _sync_command(args: argparse.Namespace, engine: Mirror) -> int:
     """Record the run in the history (and the metrics file) around it, whatever its exit status."""
     from .health import RunRecorder
 
-    recorder = RunRecorder(engine.storage, engine.config, args.command, engine.report)
+    report = Report()
+    recorder = RunRecorder(engine.storage, engine.config, args.command, report)
     recorder.start()
     status = EXIT_INTERNAL
     try:
-        status = _sync_run(args, engine)
+        status = _sync_run(args, engine, report)
     except KeyboardInterrupt:
         status = EXIT_INTERRUPTED
         raise
@@ -301,21 +304,21 @@ def _sync_command(args: argparse.Namespace, engine: Mirror) -> int:
     return status
 
 
-def _sync_run(args: argparse.Namespace, engine: Mirror) -> int:
+def _sync_run(args: argparse.Namespace, engine: Mirror, report: Report) -> int:
     """``mirror`` or ``sync``: the run, then its failures and the summary line, whatever happened."""
-    report: Report = engine.report
     try:
         if args.command == "mirror":
             engine.run(
                 force_check=args.force_check,
                 cleanup_todo=args.cleanup_todo or engine.config.cleanup_todo,
                 allow_mass_removal=args.allow_mass_removal,
+                report=report,
             )
         else:
-            engine.sync_projects(args.names, write_root=not args.skip_simple_root)
+            engine.sync_projects(args.names, write_root=not args.skip_simple_root, report=report)
             engine.write_diff_file()
             for name in args.names:
-                if not engine.filters.allows_name(name):
+                if name in report.excluded:
                     report.failed[name] = "not synced: the filters of this mirror exclude it"
                 elif canonicalize_name(name) in report.gone:
                     report.failed[name] = "the upstream has no such project (HTTP 404): check the name"

@@ -1,14 +1,36 @@
-"""Exception classes, one per way a run can go wrong.
+"""Exception classes, one per way a run can go wrong, and the exit statuses they map to.
 
-The CLI maps them to exit codes (see docs/operations.md, "Exit status"): configuration
-and environment problems exit 2, lock contention 3, an unusable upstream 4, a local I/O
-error, a storage server error or a lost storage lock during a run 5; per-project failures are collected and make the run exit 1.
+Every command exits with one of the ``EXIT_*`` statuses below, one meaning each (see
+docs/operations.md, "Exit status"); :func:`exit_status_of` maps an exception to its
+status: configuration and environment problems exit 2, lock contention 3, an unusable
+upstream 4, a local I/O error, a storage server error or a lost storage lock during a
+run 5, anything the code does not expect (a bug) 70; per-project failures are collected
+and make the run exit 1.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+
+#: Everything done (``status``: the mirror is healthy).
+EXIT_OK = 0
+#: Some projects failed (``status``: the mirror is unhealthy; ``verify``: problems found).
+EXIT_FAILED = 1
+#: Configuration, environment or usage error, nothing touched (``status``: not a mirror).
+EXIT_USAGE = 2
+#: Another run holds the mirror's lock.
+EXIT_LOCKED = 3
+#: The upstream is unusable.
+EXIT_UPSTREAM = 4
+#: A local I/O error, a storage server error or a lost storage lock stopped the run.
+EXIT_LOCAL_IO = 5
+#: A first run wrote the default config.
+EXIT_NEW_CONFIG = 6
+#: EX_SOFTWARE: an internal error (a bug), logged with its traceback.
+EXIT_INTERNAL = 70
+#: 128 + SIGINT, as a shell reports an interrupted command.
+EXIT_INTERRUPTED = 130
 
 
 class BandersnatchError(Exception):
@@ -153,6 +175,34 @@ class PlantedLink(LocalIOError):
             f"{path} is a symbolic link; refusing to {action} through it "
             "(someone planted it, or the mirror was set up with links): remove it"
         )
+
+
+class WorkerBug(Exception):
+    """An exception a worker did not expect (a bug) while syncing a project: the run stopped
+    starting new work, kept what was done, and exits 70. Not a :class:`BandersnatchError`:
+    nothing raises it on purpose. ``details`` is the worker's traceback, which may come
+    from another process."""
+
+    def __init__(self, name: str, details: str) -> None:
+        self.name, self.details = name, details
+        super().__init__(f"a worker met an unexpected error{f' while syncing {name}' if name else ''}")
+
+
+def exit_status_of(exc: BaseException) -> int:
+    """The exit status a command ends with when ``exc`` stops it."""
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(exc, (ConfigError, StateError)):
+        return EXIT_USAGE
+    if isinstance(exc, LockHeld):
+        return EXIT_LOCKED
+    if isinstance(exc, LocalIOError):
+        return EXIT_LOCAL_IO
+    if isinstance(exc, UpstreamError):
+        return EXIT_UPSTREAM
+    if isinstance(exc, BandersnatchError):
+        return EXIT_FAILED
+    return EXIT_INTERNAL
 
 
 def effective_user() -> str:

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from . import layout
 from .config import MirrorConfig
-from .errors import DamagedState, LocalIOError, StateError, UpstreamError
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_UPSTREAM, EXIT_USAGE, DamagedState, LocalIOError, StateError, UpstreamError
 from .progress import human
 from .state import MirrorState
 from .statefiles import GENERATION, HISTORY, PROJECTS, STATUS, TODO, RunRecord, Sidecar, StateFiles, Todo
@@ -47,7 +47,8 @@ FAILING_RUNS = 3
 #: ``status --json`` lists at most this many of the todo's projects (``count`` says how many there are).
 TODO_LISTED = 1000
 
-EXIT_OK, EXIT_UNHEALTHY, EXIT_NOT_A_MIRROR, EXIT_UPSTREAM = 0, 1, 2, 4
+#: ``status`` exits with the statuses every command uses (errors.py), in its own words.
+EXIT_UNHEALTHY, EXIT_NOT_A_MIRROR = EXIT_FAILED, EXIT_USAGE
 #: What the next ``mirror`` run does about a serial it cannot believe.
 _COMPARE = "compares the serial of every project the upstream lists with the mirror's records"
 

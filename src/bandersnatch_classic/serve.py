@@ -26,7 +26,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from packaging.version import InvalidVersion, Version
 
-from .errors import LocalIOError, UnsafePath
+from .errors import EXIT_OK, EXIT_USAGE, LocalIOError, UnsafePath
 from .layout import PAGE_HTML, PAGE_V1_HTML, PAGE_V1_JSON, WEB, pages_dir, release_path, served_path
 from .models import check_project_name
 from .pages import JSON_CONTENT_TYPE as SIMPLE_JSON
@@ -635,7 +635,7 @@ def serve(web_dir: Path | str, bind: str, port: int, hash_index: bool = False, s
     shown = storage.display(WEB) if storage is not None else str(web_dir)
     if not (storage.exists(f"{WEB}/simple") if storage is not None else Path(web_dir, "simple").is_dir()):
         logger.error("%s has no simple index yet: run `bandersnatch mirror` first", shown)
-        return 2
+        return EXIT_USAGE
     try:
         if storage is not None:
             server = make_storage_server(storage, bind, port, hash_index)
@@ -643,7 +643,7 @@ def serve(web_dir: Path | str, bind: str, port: int, hash_index: bool = False, s
             server = make_server(web_dir, bind, port, hash_index)
     except OSError as exc:
         logger.error("Cannot listen on %s port %d: %s", bind, port, exc)
-        return 2
+        return EXIT_USAGE
     logger.info("Serving %s at %s (hash-index %s; Ctrl-C to stop)", shown, server.url, "on" if hash_index else "off")
     try:
         server.serve_forever()
@@ -651,4 +651,4 @@ def serve(web_dir: Path | str, bind: str, port: int, hash_index: bool = False, s
         logger.info("Stopped serving")
     finally:
         server.server_close()
-    return 0
+    return EXIT_OK

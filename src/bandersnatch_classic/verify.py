@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from packaging.utils import canonicalize_name
 
 from . import layout, pages
-from .errors import BandersnatchError, DamagedState
+from .errors import EXIT_FAILED, EXIT_OK, BandersnatchError, DamagedState
 from .layout import Expected
 from .models import Project
 from .progress import human as _human
@@ -50,7 +50,7 @@ class VerifyReport:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.broken or self.unfixed or self.unowned or self.pages_fixed else 0
+        return EXIT_FAILED if self.broken or self.unfixed or self.unowned or self.pages_fixed else EXIT_OK
 
     def summary(self) -> str:
         seconds = time.monotonic() - self.started

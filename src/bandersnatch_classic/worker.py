@@ -7,9 +7,9 @@ download in parallel and no thread ever waits on another.
 
 A worker runs in a thread of the main process or in a forked process. Either way it
 changes nothing but the files it writes: it reports what became of each project as one
-of the small result types below, through one queue, and only
-:class:`~bandersnatch_classic.sync.Mirror`, in the main process, applies them (project
-records, the report, ``todo`` checkpoints, removals, stop-on-error). A write by a forked
+of the small result types below, through one queue, and only the main process applies
+them (:mod:`bandersnatch_classic.applier`: project records, the report, ``todo``
+checkpoints, removals, stop-on-error). A write by a forked
 worker to the mirror's records would be lost when the process ends.
 """
 
@@ -20,6 +20,7 @@ import os
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from typing import Any, Callable, Union
 
 from .config import MirrorConfig
 from .dependencies import DependencyPolicy, Edge, requirements_of
-from .errors import HashMismatch, LocalIOError, NotServed, ProjectGone, UnsafePath
+from .errors import HashMismatch, LocalIOError, NotServed, ProjectGone, UnsafePath, UpstreamError
 from .filters import FilterSet
 from .models import Project, check_project_name
 from .package import Download, check_name_fits, plan_downloads, publish, unserved_metadata
@@ -37,6 +38,11 @@ from .storage import Storage
 from .upstream import Upstream
 
 logger = logging.getLogger(__name__)
+
+#: What fails one project and nothing more: the upstream's answer or its data (a name, a
+#: path, a document it cannot be mirrored from). Any other exception is a bug: the run
+#: stops starting new work and exits 70 (:class:`Crashed`), never "project failed".
+PROJECT_FAILURES = (UpstreamError, UnsafePath)
 
 #: One project to sync: (canonical name, serial wanted, the name to ask the upstream for).
 Item = tuple[str, int, str]
@@ -101,6 +107,17 @@ class LocalError:
 
 
 @dataclass(frozen=True)
+class Crashed:
+    """An exception the code does not expect (a bug) stopped the project: the run starts
+    nothing new and exits 70. ``details`` is the traceback, as text so that it crosses
+    from a worker process."""
+
+    #: The project, or "" for a bug outside any one project's tasks.
+    name: str
+    details: str
+
+
+@dataclass(frozen=True)
 class Unfinished:
     """The run stopped before the project's downloads were done (not a failure)."""
 
@@ -112,7 +129,7 @@ class Exited:
     """The worker has reported everything it took and stopped."""
 
 
-Result = Union[Synced, Skipped, Gone, Failed, LocalError, Unfinished, Exited]
+Result = Union[Synced, Skipped, Gone, Failed, LocalError, Crashed, Unfinished, Exited]
 
 
 class Job:
@@ -135,6 +152,8 @@ class Job:
         self.missing_reason = ""
         self.error: str | None = None
         self.local_error: LocalIOError | None = None
+        #: The traceback of an exception no one expected in one of its downloads.
+        self.bug: str | None = None
         self.unfinished = False
 
 
@@ -205,8 +224,11 @@ class Worker:
         except LocalIOError as exc:
             self._stop_local(job, exc)
             return
-        except Exception as exc:  # every failure must be reported, or the run never ends
+        except PROJECT_FAILURES as exc:
             self._report(Failed(job.name, reason(exc)))
+            return
+        except Exception:  # a bug; reported all the same, or the run never ends
+            self._crash(job, traceback.format_exc())
             return
         if not downloads:
             self._finish(job)
@@ -251,8 +273,11 @@ class Worker:
             except LocalIOError as exc:
                 job.local_error = job.local_error or exc
                 self.stop.set()
-            except Exception as exc:
+            except PROJECT_FAILURES as exc:
                 job.error = job.error or reason(exc)
+            except Exception:
+                job.bug = job.bug or traceback.format_exc()
+                self.stop.set()
         else:
             job.unfinished = True
         with self._lock:
@@ -266,7 +291,15 @@ class Worker:
         self.stop.set()
         self._report(LocalError(job.name, str(exc), type(exc)))
 
+    def _crash(self, job: Job, details: str) -> None:
+        """A bug: start no new work, and hand the traceback to the main process."""
+        self.stop.set()
+        self._report(Crashed(job.name, details))
+
     def _finish(self, job: Job) -> None:
+        if job.bug is not None:
+            self._crash(job, job.bug)
+            return
         if job.local_error is not None:
             self._report(LocalError(job.name, str(job.local_error), type(job.local_error)))
             return
@@ -290,15 +323,18 @@ class Worker:
             project.drop_metadata(f.filename for f in unserved)
             missing = sidecars_of(unserved) if self.config.core_metadata else []
             job.written += publish(project, self.config, self.storage)
+            policy = self.dependencies
+            requires = requirements_of(project, self.storage, policy.build) if policy is not None else []
+            versions = list(project.releases) if policy is not None else []
         except LocalIOError as exc:
             self._stop_local(job, exc)
             return
-        except Exception as exc:
+        except PROJECT_FAILURES as exc:
             self._report(Failed(job.name, reason(exc)))
             return
-        policy = self.dependencies
-        requires = requirements_of(project, self.storage, policy.build) if policy is not None else []
-        versions = list(project.releases) if policy is not None else []
+        except Exception:
+            self._crash(job, traceback.format_exc())
+            return
         logger.info("%s: synced at serial %d", project.name, project.serial)
         self._report(
             Synced(
@@ -332,9 +368,13 @@ class SharedCursor:
 
 
 def run_worker(worker: Worker, items: Iterable[Item]) -> None:
-    """Run ``worker`` over ``items``, then say so (:class:`Exited`)."""
+    """Run ``worker`` over ``items``, then say so (:class:`Exited`). A bug outside any one
+    project's tasks stops the run the same way as one inside (:class:`Crashed`, exit 70)."""
     try:
         worker.run(items)
+    except Exception:
+        worker.stop.set()
+        worker.emit(Crashed("", traceback.format_exc()))
     finally:
         worker.emit(Exited())
 
