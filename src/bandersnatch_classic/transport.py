@@ -264,9 +264,10 @@ class Transport:
         adapter (its connection pool and its retries). A redirect is followed by the
         session from the answer already received, as ``Session.request`` would.
         """
-        options, session_headers, auth = self._settings(url)
-        merged = CaseInsensitiveDict(session_headers)
-        merged.update(headers or {})
+        options, merged, auth = self._settings(url)
+        if headers:
+            merged = CaseInsensitiveDict(merged)
+            merged.update(headers)
         prepared = requests.PreparedRequest()
         prepared.prepare(method=method, url=url, headers=merged, data=data, auth=auth)
         try:
