@@ -8,6 +8,7 @@ not offer the method (:class:`~bandersnatch_classic.errors.MethodUnavailable`), 
 from __future__ import annotations
 
 import xmlrpc.client
+from collections.abc import Callable
 from typing import Any
 from xml.parsers.expat import ExpatError
 
@@ -35,7 +36,7 @@ class XmlRpcApi:
         self.transport = transport
         self.url = f"{master}/pypi"
 
-    def call(self, method: str, *params: Any, convert: Any = None) -> Any:
+    def call(self, method: str, *params: Any, convert: Callable[[Any], Any] | None = None) -> Any:
         """``method(*params)``, its result passed through ``convert`` (which may refuse it)."""
         body = xmlrpc.client.dumps(params, method).encode()
         response = self.transport.fetch("POST", self.url, data=body, headers={"Content-Type": "text/xml"})
