@@ -18,7 +18,7 @@ import pytest
 from bandersnatch_classic import cli, config as configuration
 from bandersnatch_classic.run import Report
 from bandersnatch_classic.sync import Mirror, mirror_lock
-from bandersnatch_classic.upstream import RetryPolicy
+from bandersnatch_classic.transport import RetryPolicy
 
 from .upstream import Corpus, UpstreamServer, standard_corpus
 

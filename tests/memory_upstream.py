@@ -18,9 +18,8 @@ from urllib.parse import urlsplit
 
 from packaging.utils import canonicalize_name
 
-from bandersnatch_classic.errors import HashMismatch, NotServed, ProjectGone
+from bandersnatch_classic.errors import HashMismatch, MethodUnavailable, NotServed, ProjectGone
 from bandersnatch_classic.models import Project
-from bandersnatch_classic.upstream import MethodUnavailable
 
 from .upstream import Corpus
 

@@ -95,3 +95,30 @@ def test_relative_file_urls_in_the_json_api_are_resolved(harness: MirrorHarness)
     report = harness.run()
     assert report.exit_code == 0, report.failed
     assert_mirror_equals_upstream(harness)
+
+
+def test_a_corrupt_xmlrpc_answer_makes_auto_fall_back(harness: MirrorHarness) -> None:
+    """An XML-RPC answer that does not parse is the upstream's: the method is unavailable."""
+    harness.upstream.fault("POST /pypi", "corrupt", times=None)
+    result = harness.main("mirror")
+    assert result.returncode == 0, result.stderr
+    assert "Upstream method: simple (xmlrpc unavailable" in result.stderr
+    assert_mirror_equals_upstream(harness)
+
+
+def test_a_bug_in_the_xmlrpc_parse_exits_70_without_falling_back(
+    harness: MirrorHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception the parse does not expect is a bug: not "xmlrpc unavailable", no other method."""
+    from bandersnatch_classic import xmlrpc_api
+
+    def broken(body: bytes) -> object:
+        raise RuntimeError("injected bug in the XML-RPC parse")
+
+    monkeypatch.setattr(xmlrpc_api, "parse_response", broken)
+    result = harness.main("mirror")
+    assert result.returncode == 70, result.stderr
+    assert "Internal error" in result.stderr and "RuntimeError: injected bug in the XML-RPC parse" in result.stderr
+    assert "unavailable" not in result.stderr and "Upstream method" not in result.stderr
+    assert [p for _m, p in harness.upstream.requests if not p.startswith("/pypi")] == []
+    assert not (harness.dir / "upstream-method").exists()

@@ -35,10 +35,11 @@ from typing import Any
 
 from packaging.utils import canonicalize_name
 
-from .errors import RedirectRefused, UnsafePath, UnusableEntry, UpstreamError
+from .errors import MethodUnavailable, RedirectRefused, UnsafePath, UnusableEntry, UpstreamError
 from .models import check_project_name
 from .package import check_name_fits
-from .upstream import MethodUnavailable, PageValidators, Upstream
+from .transport import PageValidators
+from .upstream import Upstream
 
 logger = logging.getLogger(__name__)
 

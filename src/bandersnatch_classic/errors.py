@@ -89,6 +89,11 @@ class RedirectRefused(UpstreamError):
     """The upstream redirected an https request to plain http (``allow-non-https`` is off)."""
 
 
+class MethodUnavailable(UpstreamError):
+    """The upstream does not offer this discovery method: it answers 404 or 405, not JSON,
+    or not XML-RPC. ``api-method = auto`` then tries the next method."""
+
+
 class UpstreamKnowsNone(UpstreamError):
     """Every project a run asked for was answered with 404: a wrong ``master`` or allowlist,
     or a proxy that does not forward the JSON API (exit 4)."""

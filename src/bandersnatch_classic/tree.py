@@ -2,7 +2,7 @@
 
 An air-gapped mirror syncs from a copy of another mirror on a disk. The copy is read
 through :class:`TreeAdapter`, a ``requests`` transport adapter mounted for ``file://``
-URLs on the :class:`~bandersnatch_classic.upstream.Upstream`'s session, so discovery,
+URLs on the :class:`~bandersnatch_classic.transport.Transport`'s session, so discovery,
 the JSON API, downloads, retries and digest checks are the ones every upstream gets. The
 adapter answers the way ``bandersnatch serve`` does over the same tree: PEP 691
 negotiation on ``/simple/``, any spelling of a name for ``/pypi/<name>/json`` and
