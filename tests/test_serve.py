@@ -26,10 +26,12 @@ from pathlib import Path
 
 import pytest
 
-from bandersnatch_classic import pages
+from bandersnatch_classic import pages, routing
 from bandersnatch_classic import serve as serve_module
 from bandersnatch_classic.models import Project, ReleaseFile
-from bandersnatch_classic.serve import SIMPLE_HTML, SIMPLE_JSON, make_server, negotiate
+from bandersnatch_classic.routing import SIMPLE_HTML, SIMPLE_JSON, negotiate
+from bandersnatch_classic.serve import make_server
+from bandersnatch_classic.storage import FilesystemStorage
 
 UV = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
 WHEEL_NAME = "mypkg-1.0-py3-none-any.whl"
@@ -494,12 +496,12 @@ def test_serve_runs_until_interrupted(mirror: Mirror, monkeypatch: pytest.Monkey
         raise KeyboardInterrupt
 
     monkeypatch.setattr(serve_module.MirrorServer, "serve_forever", interrupted)
-    assert serve_module.serve(mirror.web, "127.0.0.1", 0, False) == 0
+    assert serve_module.serve(FilesystemStorage(mirror.web.parent, reads_below="web"), "127.0.0.1", 0, False) == 0
     assert any("http://127.0.0.1:" in r.getMessage() and "/simple/" in r.getMessage() for r in caplog.records)
 
 
 def test_serve_without_a_mirror(tmp_path: Path) -> None:
-    assert serve_module.serve(tmp_path / "web", "127.0.0.1", 0, False) == 2
+    assert serve_module.serve(FilesystemStorage(tmp_path, reads_below="web"), "127.0.0.1", 0, False) == 2
 
 
 # -- real installers over HTTP -------------------------------------------------------------
@@ -567,7 +569,7 @@ def test_real_installers(mirror: Mirror, tmp_path: Path, tool: str, fmt: str, ca
     ],
 )
 def test_request_paths_are_checked_before_any_file_access(target: str, parts: list[str] | None) -> None:
-    assert serve_module._request_path(target) == parts
+    assert routing.request_path(target) == parts
 
 
 @pytest.mark.parametrize(

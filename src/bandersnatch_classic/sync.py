@@ -48,7 +48,7 @@ from .package import publish
 from .progress import Progress, human as _human, plural
 from .sidecars import MissingSidecars
 from .state import VALIDATORS_FILE, MirrorState, Todo
-from .storage import FilesystemStorage, Storage
+from .storage import Storage, storage_from_config
 from .upstream import RetryPolicy, Upstream
 from .worker import (
     Exited, Failed, Gone, Item, LocalError, Result, SharedCursor, Skipped, Synced, Unfinished, Worker, run_worker,
@@ -203,14 +203,7 @@ class Mirror:
                 "needs an allowlist "
                 "(allowlist_project or project_requirements with packages listed)"
             )
-        storage: Storage
-        if config.storage_backend == "s3":
-            from .s3 import S3Storage
-
-            storage = S3Storage.from_config(config, loaded.parser)
-        else:
-            storage = FilesystemStorage(config.directory, config.storage_filesystem_manage_permissions)
-        return cls(config, Upstream.from_config(config, retry), storage, filters, dependencies)
+        return cls(config, Upstream.from_config(config, retry), storage_from_config(loaded), filters, dependencies)
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
         """The run lock: the backend's own when it has one (a bucket's lock object), else
