@@ -23,6 +23,7 @@ import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -359,11 +360,40 @@ def test_only_get_and_head(server: Running, method: str) -> None:
 def test_keep_alive(server: Running, mirror: Mirror) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:
+        conn.connect()
+        first = conn.sock
         for path in ("/simple/mypkg/", "/" + mirror.wheel_path, "/missing", "/simple/mypkg/"):
             conn.request("GET", path)
             conn.getresponse().read()
+            # http.client reconnects by itself after a close: the socket must be the first one
+            assert conn.sock is first, path
     finally:
         conn.close()
+
+
+def test_answers_are_not_held_back_by_nagle(mirror: Mirror) -> None:
+    """Headers and body are separate writes: without TCP_NODELAY each keep-alive answer waits
+    for the client's delayed ACK (40 ms), 20 requests a second."""
+    server = make_server(mirror.web, "127.0.0.1", 0)
+    nodelay: list[int] = []
+    base = server.RequestHandlerClass
+
+    def handle(self: Any) -> None:
+        nodelay.append(self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        base.handle(self)
+
+    server.RequestHandlerClass = type("Probing", (base,), {"handle": handle})
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+        conn.request("GET", "/" + mirror.wheel_path)
+        assert conn.getresponse().read() == mirror.wheel
+        conn.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert nodelay and all(nodelay), nodelay
 
 
 # -- nothing outside web/ --------------------------------------------------------------

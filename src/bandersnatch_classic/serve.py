@@ -91,6 +91,9 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
     server_version = "bandersnatch-classic"
     protocol_version = "HTTP/1.1"
     timeout = IDLE_TIMEOUT
+    #: The headers and the body go out in separate writes: with Nagle's algorithm the body's
+    #: last segment would wait for the client's delayed ACK (40 ms per answer on keep-alive).
+    disable_nagle_algorithm = True
     storage: Storage
     web: str = WEB
     hash_index: bool = False
