@@ -462,6 +462,22 @@ def test_nothing_outside_web_is_reachable(escape_targets: Mirror, target: bytes)
         running.stop()
 
 
+def test_the_served_storage_follows_no_link_out_of_web(escape_targets: Mirror, tmp_path: Path) -> None:
+    """What ``serve`` reads through (``storage_from_config(..., reads_below="web")``): links that
+    stay inside ``web/`` are followed, links out of it are not there; the engine's reads are unchanged."""
+    served = FilesystemStorage(tmp_path / "mirror", reads_below="web")
+    assert served.stat("web/packages/evil.whl") is None
+    assert served.read_text("web/link-out/secret") is None
+    assert not served.exists("web/link-out/mirror/secret")
+    assert served.sha256("web/simple/evil/index.html") is None
+    with pytest.raises(FileNotFoundError):
+        served.read_bytes("web/simple/mypkg/index.v1_html")
+    with pytest.raises(FileNotFoundError), served.open("web/link-out/mirror/mirror.conf"):
+        pass
+    assert served.read_bytes("web/json/mypkg") == (escape_targets.web / "pypi/mypkg/json").read_bytes()
+    assert FilesystemStorage(tmp_path / "mirror").read_bytes("web/packages/evil.whl") == SECRET
+
+
 def test_symlink_out_is_not_used_as_a_format(escape_targets: Mirror) -> None:
     running = Running(escape_targets.web)
     try:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import re
 from datetime import timezone
 from email.message import Message
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .layout import PAGE_HTML, PAGE_V1_HTML, PAGE_V1_JSON
@@ -39,6 +41,8 @@ _SUFFIX_TYPES = {
 }
 #: The longest file name (in bytes) of the file systems a mirror lives on.
 NAME_MAX = 255
+#: A ``Host`` header fit to build absolute URLs from.
+_HOST = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 
 
 def _parse_accept(accept: str) -> list[tuple[str, float]]:
@@ -170,3 +174,15 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def origin(headers: Message, server_address: tuple[Any, ...]) -> str:
+    """``http://<host>`` as the request reached the server (its ``Host``, when sane, else the
+    address the server listens on); ``https://`` when a proxy in front says so
+    (``X-Forwarded-Proto: https``)."""
+    host = headers.get("Host") or ""
+    if not _HOST.match(host):
+        address, port = server_address[:2]
+        host = f"[{address}]:{port}" if ":" in str(address) else f"{address}:{port}"
+    https = (headers.get("X-Forwarded-Proto") or "").strip().lower() == "https"
+    return f"{'https' if https else 'http'}://{host}"

@@ -45,6 +45,7 @@ from .routing import (
     file_etag,
     negotiate,
     not_modified,
+    origin,
     printable,
     request_path,
 )
@@ -62,8 +63,6 @@ _JSON_SERIAL = re.compile(rb'"_last-serial": "?(\d+)')
 _HTML_SERIAL = re.compile(rb"<!--SERIAL (\d+)-->")
 #: How much of a page's head or tail holds its serial.
 _SERIAL_SPAN = 256
-#: A ``Host`` header fit to build absolute URLs from.
-_HOST = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 
 
 @dataclass(frozen=True)
@@ -271,22 +270,24 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
         if name != own_name or version != own_version:
             return self._redirect(jsonapi.api_path(own_name, own_version))
         answer = doc if own_version is None else jsonapi.release_document(doc, own_name, own_version)
-        self._answer_urls(answer, f"{self._origin()}{jsonapi.api_path(own_name, own_version)}")
+        self._answer_urls(answer, jsonapi.api_path(own_name, own_version))
         serial = doc.get("last_serial")
         payload = json.dumps(answer).encode()
         serial = serial if isinstance(serial, int) else None
         if self._headers("application/json", len(payload), found.stat.st_mtime, False, serial, content_etag(payload)) and body:
             self.wfile.write(payload)
 
-    def _answer_urls(self, doc: dict[str, Any], base: str) -> None:
+    def _answer_urls(self, doc: dict[str, Any], path: str) -> None:
         """Every file URL of a JSON API answer made absolute and on this server, in place.
 
-        Stored relative URLs resolve against ``base``. An absolute one (``root_uri``, or the
-        upstream's in a document an earlier version or the reference tool stored) is
-        answered on this server too when the mirror holds the file at the path the layout
-        gives it, so a downstream mirror never reaches around this one; otherwise it stays.
+        Stored relative URLs resolve against the answer's URL (``path`` on this server). An
+        absolute one (``root_uri``, or the upstream's in a document an earlier version or the
+        reference tool stored) is answered on this server too when the mirror holds the file
+        at the path the layout gives it, so a downstream mirror never reaches around this one;
+        otherwise it stays.
         """
-        origin = self._origin()
+        here = origin(self.headers, self.server.server_address)
+        base = f"{here}{path}"
         for entries in [doc.get("urls") or [], *(doc.get("releases") or {}).values()]:
             for entry in entries if isinstance(entries, list) else []:
                 url = entry.get("url") if isinstance(entry, dict) else None
@@ -300,7 +301,7 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
                 except UnsafePath:
                     continue
                 if self._locate(local) is not None:
-                    entry["url"] = f"{origin}/{quote(local)}"
+                    entry["url"] = f"{here}/{quote(local)}"
 
     def _document(self, found: Found, canonical: str) -> dict[str, Any] | None:
         """A stored JSON API document, parsed; None (logged) when it is not one."""
@@ -313,16 +314,6 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
             logger.warning("The stored JSON document of %s is not a JSON API document", canonical)
             return None
         return doc
-
-    def _origin(self) -> str:
-        """``http://<host>`` as this request reached the server (its ``Host``, when sane);
-        ``https://`` when a proxy in front says so (``X-Forwarded-Proto: https``)."""
-        host = self.headers.get("Host") or ""
-        if not _HOST.match(host):
-            address, port = self.server.server_address[:2]
-            host = f"[{address}]:{port}" if ":" in str(address) else f"{address}:{port}"
-        https = (self.headers.get("X-Forwarded-Proto") or "").strip().lower() == "https"
-        return f"{'https' if https else 'http'}://{host}"
 
     # -- reading what is served, through the storage ---------------------------------------
     def _locate(self, rel: str) -> Found | None:
@@ -358,7 +349,10 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
         with contextlib.ExitStack() as stack:
             try:
                 fh = stack.enter_context(self.storage.open(found.rel))
-            except (FileNotFoundError, LocalIOError):
+            except FileNotFoundError:  # gone since it was located
+                return self._error(HTTPStatus.NOT_FOUND)
+            except LocalIOError as exc:  # unreadable, or the storage server failed
+                logger.warning("%s", exc)
                 return self._error(HTTPStatus.NOT_FOUND)
             local = _local_stat(fh)
             if local is not None:
