@@ -37,7 +37,8 @@ moto_server = pytest.importorskip("moto.server", reason="moto[server] is not ins
 
 from botocore.config import Config as BotoConfig  # noqa: E402
 
-from bandersnatch_classic.s3 import LOCK_KEY, Lease, Limits, S3Lock, S3Storage  # noqa: E402
+from bandersnatch_classic.s3 import Limits, S3Storage  # noqa: E402
+from bandersnatch_classic.s3_lock import LOCK_KEY, Lease, S3Lock  # noqa: E402
 from bandersnatch_classic.serve import make_storage_server  # noqa: E402
 
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}

@@ -23,13 +23,16 @@ import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bandersnatch_classic import pages
+from bandersnatch_classic import pages, routing
 from bandersnatch_classic import serve as serve_module
 from bandersnatch_classic.models import Project, ReleaseFile
-from bandersnatch_classic.serve import SIMPLE_HTML, SIMPLE_JSON, make_server, negotiate
+from bandersnatch_classic.routing import SIMPLE_HTML, SIMPLE_JSON, negotiate
+from bandersnatch_classic.serve import make_server
+from bandersnatch_classic.storage import FilesystemStorage
 
 UV = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
 WHEEL_NAME = "mypkg-1.0-py3-none-any.whl"
@@ -357,11 +360,40 @@ def test_only_get_and_head(server: Running, method: str) -> None:
 def test_keep_alive(server: Running, mirror: Mirror) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:
+        conn.connect()
+        first = conn.sock
         for path in ("/simple/mypkg/", "/" + mirror.wheel_path, "/missing", "/simple/mypkg/"):
             conn.request("GET", path)
             conn.getresponse().read()
+            # http.client reconnects by itself after a close: the socket must be the first one
+            assert conn.sock is first, path
     finally:
         conn.close()
+
+
+def test_answers_are_not_held_back_by_nagle(mirror: Mirror) -> None:
+    """Headers and body are separate writes: without TCP_NODELAY each keep-alive answer waits
+    for the client's delayed ACK (40 ms), 20 requests a second."""
+    server = make_server(mirror.web, "127.0.0.1", 0)
+    nodelay: list[int] = []
+    base = server.RequestHandlerClass
+
+    def handle(self: Any) -> None:
+        nodelay.append(self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        base.handle(self)
+
+    server.RequestHandlerClass = type("Probing", (base,), {"handle": handle})
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+        conn.request("GET", "/" + mirror.wheel_path)
+        assert conn.getresponse().read() == mirror.wheel
+        conn.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert nodelay and all(nodelay), nodelay
 
 
 # -- nothing outside web/ --------------------------------------------------------------
@@ -430,6 +462,22 @@ def test_nothing_outside_web_is_reachable(escape_targets: Mirror, target: bytes)
         running.stop()
 
 
+def test_the_served_storage_follows_no_link_out_of_web(escape_targets: Mirror, tmp_path: Path) -> None:
+    """What ``serve`` reads through (``storage_from_config(..., reads_below="web")``): links that
+    stay inside ``web/`` are followed, links out of it are not there; the engine's reads are unchanged."""
+    served = FilesystemStorage(tmp_path / "mirror", reads_below="web")
+    assert served.stat("web/packages/evil.whl") is None
+    assert served.read_text("web/link-out/secret") is None
+    assert not served.exists("web/link-out/mirror/secret")
+    assert served.sha256("web/simple/evil/index.html") is None
+    with pytest.raises(FileNotFoundError):
+        served.read_bytes("web/simple/mypkg/index.v1_html")
+    with pytest.raises(FileNotFoundError), served.open("web/link-out/mirror/mirror.conf"):
+        pass
+    assert served.read_bytes("web/json/mypkg") == (escape_targets.web / "pypi/mypkg/json").read_bytes()
+    assert FilesystemStorage(tmp_path / "mirror").read_bytes("web/packages/evil.whl") == SECRET
+
+
 def test_symlink_out_is_not_used_as_a_format(escape_targets: Mirror) -> None:
     running = Running(escape_targets.web)
     try:
@@ -494,12 +542,12 @@ def test_serve_runs_until_interrupted(mirror: Mirror, monkeypatch: pytest.Monkey
         raise KeyboardInterrupt
 
     monkeypatch.setattr(serve_module.MirrorServer, "serve_forever", interrupted)
-    assert serve_module.serve(mirror.web, "127.0.0.1", 0, False) == 0
+    assert serve_module.serve(FilesystemStorage(mirror.web.parent, reads_below="web"), "127.0.0.1", 0, False) == 0
     assert any("http://127.0.0.1:" in r.getMessage() and "/simple/" in r.getMessage() for r in caplog.records)
 
 
 def test_serve_without_a_mirror(tmp_path: Path) -> None:
-    assert serve_module.serve(tmp_path / "web", "127.0.0.1", 0, False) == 2
+    assert serve_module.serve(FilesystemStorage(tmp_path, reads_below="web"), "127.0.0.1", 0, False) == 2
 
 
 # -- real installers over HTTP -------------------------------------------------------------
@@ -567,7 +615,7 @@ def test_real_installers(mirror: Mirror, tmp_path: Path, tool: str, fmt: str, ca
     ],
 )
 def test_request_paths_are_checked_before_any_file_access(target: str, parts: list[str] | None) -> None:
-    assert serve_module._request_path(target) == parts
+    assert routing.request_path(target) == parts
 
 
 @pytest.mark.parametrize(

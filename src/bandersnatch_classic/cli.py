@@ -28,6 +28,7 @@ from .errors import (
 )
 from .progress import StatusLineHandler
 from .run import Report
+from .storage import storage_from_config
 from .sync import Mirror
 
 logger = logging.getLogger("bandersnatch_classic")
@@ -245,12 +246,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from .serve import serve
 
-        if mirror.storage_backend == "s3":
-            from .s3 import S3Storage
-
-            bucket = S3Storage.from_config(mirror, loaded.parser)
-            return serve(mirror.directory / layout.WEB, args.bind, args.port, mirror.hash_index, storage=bucket)
-        return serve(mirror.directory / layout.WEB, args.bind, args.port, mirror.hash_index)
+        return serve(storage_from_config(loaded, reads_below=layout.WEB), args.bind, args.port, mirror.hash_index)
     with Mirror.from_config(loaded) as engine:
         if args.command == "status":
             from .health import status_command

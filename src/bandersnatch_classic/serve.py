@@ -5,60 +5,57 @@ JSON API (``/pypi/<name>/json``, ``/pypi/<name>/<version>/json``) answers any sp
 name as the public index does, and every API answer carries ``X-PyPI-Last-Serial``. A big
 site puts a web server in front (docs/serving.md has an nginx configuration doing the same
 negotiation). Read-only: GET and HEAD, nothing outside ``web/``, no directory listings.
+
+Everything is read through the mirror's :class:`~.storage.Storage` (a directory or a
+bucket), by the paths :func:`~.routing.request_path` lets through and the storage checks
+again (:func:`~.storage.check_relative`); a directory is read through a
+:class:`~.storage.FilesystemStorage` whose reads never follow a link out of ``web/``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
-import hashlib
 import json
 import logging
 import os
 import re
 import socket
+import stat as stat_module
 import sys
-from datetime import timezone
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
-from urllib.parse import quote, unquote, urljoin, urlsplit
+from urllib.parse import quote, urljoin
 
-from packaging.version import InvalidVersion, Version
-
+from . import jsonapi
 from .errors import EXIT_OK, EXIT_USAGE, LocalIOError, UnsafePath
-from .layout import PAGE_HTML, PAGE_V1_HTML, PAGE_V1_JSON, WEB, pages_dir, release_path, served_path
+from .layout import WEB, pages_dir, release_path, served_path
 from .models import check_project_name
-from .pages import JSON_CONTENT_TYPE as SIMPLE_JSON
-from .storage import Storage
+from .routing import (
+    SERVER_ORDER,
+    SIMPLE_HTML,
+    SIMPLE_JSON,
+    SOURCES,
+    TEXT_HTML,
+    content_etag,
+    content_type,
+    file_etag,
+    negotiate,
+    not_modified,
+    origin,
+    printable,
+    request_path,
+)
+from .storage import FilesystemStorage, Storage
 
 logger = logging.getLogger(__name__)
 
-SIMPLE_HTML = "application/vnd.pypi.simple.v1+html"
-TEXT_HTML = "text/html"
-#: PEP 691's ``latest`` aliases: answered with the v1 type.
-_ALIASES = {
-    "application/vnd.pypi.simple.latest+json": SIMPLE_JSON,
-    "application/vnd.pypi.simple.latest+html": SIMPLE_HTML,
-}
-#: What a simple page can be served as: media type -> the files that may hold it, best first.
-SOURCES: dict[str, tuple[str, ...]] = {
-    SIMPLE_JSON: (PAGE_V1_JSON,),
-    SIMPLE_HTML: (PAGE_V1_HTML, PAGE_HTML),
-    TEXT_HTML: (PAGE_HTML, PAGE_V1_HTML),
-}
-#: The server's preference when the client's ranks tie (``*/*``, no header): HTML first.
-_SERVER_ORDER = (TEXT_HTML, SIMPLE_HTML, SIMPLE_JSON)
-#: Content types of the other files, by their first path segment or their suffix.
-_SUFFIX_TYPES = {
-    ".v1_json": SIMPLE_JSON,
-    ".v1_html": SIMPLE_HTML,
-    ".html": "text/html; charset=utf-8",
-    ".json": "application/json",
-}
 #: An idle keep-alive connection is closed after this many seconds.
 IDLE_TIMEOUT = 60
-#: How much of an object a bucket-backed server reads and sends at a time.
+#: How much of a stream (an object in a bucket) is read and sent at a time.
 STREAM_CHUNK = 1 << 20
 #: The serial of a page: ``_last-serial`` near the start of a PEP 691 page (the root's is a
 #: number, a project's a string), ``<!--SERIAL N-->`` at the end of an HTML page.
@@ -66,105 +63,38 @@ _JSON_SERIAL = re.compile(rb'"_last-serial": "?(\d+)')
 _HTML_SERIAL = re.compile(rb"<!--SERIAL (\d+)-->")
 #: How much of a page's head or tail holds its serial.
 _SERIAL_SPAN = 256
-#: A ``Host`` header fit to build absolute URLs from.
-_HOST = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
-#: The longest file name (in bytes) of the file systems a mirror lives on.
-NAME_MAX = 255
 
 
-def _parse_accept(accept: str) -> list[tuple[str, float]]:
-    """``(media range, q)`` pairs of an ``Accept`` header, in the header's order."""
-    ranges = []
-    for part in accept.split(","):
-        media, *params = (p.strip() for p in part.split(";"))
-        media = media.lower()
-        if not media:
-            continue
-        q = 1.0
-        for param in params:
-            key, _, value = param.partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    q = min(max(float(value.strip()), 0.0), 1.0)
-                except ValueError:
-                    q = 0.0
-        ranges.append((_ALIASES.get(media, media), q))
-    return ranges
+@dataclass(frozen=True)
+class Found:
+    """A file to serve: its path in the storage and what a stat (a HEAD) said of it."""
+
+    rel: str
+    stat: os.stat_result
 
 
-def negotiate(accept: str | None, available: set[str] | frozenset[str]) -> str | None:
-    """The media type to answer with, from an ``Accept`` header; None when nothing fits (406).
-
-    Each available type takes the q-value of the most specific range that matches it
-    (``type/subtype`` over ``type/*`` over ``*/*``; ``q=0`` excludes). The highest q wins;
-    on a tie the range listed first wins, then the server's order (HTML first), so no
-    header or ``*/*`` gets HTML, as PEP 691 suggests.
-    """
-    ranges = _parse_accept(accept or "") or [("*/*", 1.0)]
-    best: tuple[float, int, int] | None = None
-    chosen = None
-    for rank, media in enumerate(_SERVER_ORDER):
-        if media not in available:
-            continue
-        major = media.split("/", 1)[0]
-        match: tuple[int, float, int] | None = None  # (specificity, q, position)
-        for position, (media_range, q) in enumerate(ranges):
-            if media_range == media:
-                specificity = 3
-            elif media_range == f"{major}/*":
-                specificity = 2
-            elif media_range == "*/*":
-                specificity = 1
-            else:
-                continue
-            if match is None or specificity > match[0] or (specificity == match[0] and q > match[1]):
-                match = (specificity, q, position)
-        if match is None or match[1] <= 0:
-            continue
-        key = (match[1], -match[2], -rank)
-        if best is None or key > best:
-            best, chosen = key, media
-    return chosen
-
-
-def _request_path(target: str) -> list[str] | None:
-    """The decoded, normalised segments of a request target; None when it is not a safe path.
-
-    Refused: anything but an origin-form (or absolute-form) path, ``.`` and ``..`` segments
-    (also percent-encoded), backslashes, NUL, and segments longer than a file name can be
-    (nothing in the mirror has one). Empty segments (``//``) are dropped.
-    """
-    if target.startswith(("http://", "https://")):
-        target = urlsplit(target).path or "/"
-    target = target.split("#", 1)[0].split("?", 1)[0]
-    if not target.startswith("/"):
-        return None
+def _local_stat(fh: BinaryIO) -> os.stat_result | None:
+    """The stat of an opened local file (the file served, even when replaced since it was
+    located); None for a stream (an object's body)."""
     try:
-        path = unquote(target, errors="strict")
-    except UnicodeDecodeError:
+        opened = os.fstat(fh.fileno())
+    except (AttributeError, OSError, ValueError):
         return None
-    if "\x00" in path or "\\" in path:
-        return None
-    parts = [p for p in path.split("/") if p]
-    if any(p in (".", "..") or len(p.encode()) > NAME_MAX for p in parts):
-        return None
-    return parts
-
-
-def _printable(text: str) -> str:
-    """``text`` with control characters escaped: a request line must not forge log lines."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return opened if stat_module.S_ISREG(opened.st_mode) else None
 
 
 class MirrorRequestHandler(BaseHTTPRequestHandler):
-    """Serves one mirror's ``web/`` directory; :func:`make_server` sets ``web`` and ``hash_index``."""
+    """Serves the ``web`` directory of a mirror's ``storage``; :func:`make_storage_server`
+    sets ``storage``, ``web`` and ``hash_index``."""
 
     server_version = "bandersnatch-classic"
     protocol_version = "HTTP/1.1"
     timeout = IDLE_TIMEOUT
-    web: Path
+    #: The headers and the body go out in separate writes: with Nagle's algorithm the body's
+    #: last segment would wait for the client's delayed ACK (40 ms per answer on keep-alive).
+    disable_nagle_algorithm = True
+    storage: Storage
+    web: str = WEB
     hash_index: bool = False
 
     #: What the current answer was (content type, byte count), for the request's log line.
@@ -177,14 +107,14 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
             code = code.value
         logger.info(
             '%s "%s" %s %s %s',
-            self.address_string(), _printable(self.requestline), code, self._served_size, self._served_type,
+            self.address_string(), printable(self.requestline), code, self._served_size, self._served_type,
         )
 
     def log_error(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        logger.debug("%s %s", self.address_string(), _printable(format % args))  # log_request follows
+        logger.debug("%s %s", self.address_string(), printable(format % args))  # log_request follows
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        logger.info("%s %s", self.address_string(), _printable(format % args))
+        logger.info("%s %s", self.address_string(), printable(format % args))
 
     # -- methods -------------------------------------------------------------------------
     def do_GET(self) -> None:
@@ -236,51 +166,41 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
+    def _headers(
+        self, ctype: str, size: int, mtime: float, vary: bool, serial: int | None = None, etag: str | None = None
+    ) -> bool:
+        """Send a 304 or a 200 with the answer's headers; say whether its body follows."""
+        self._served_type = ctype
+        etag = etag or file_etag(size, mtime, ctype)
+        fresh = not_modified(self.headers, mtime, etag)
+        self._served_size = 0 if fresh else size
+        self.send_response(HTTPStatus.NOT_MODIFIED if fresh else HTTPStatus.OK)
+        if not fresh:
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(size))
+        self.send_header("Last-Modified", email.utils.formatdate(mtime, usegmt=True))
+        self.send_header("ETag", etag)
+        if serial is not None:
+            self.send_header("X-PyPI-Last-Serial", str(serial))
+        if vary:
+            self.send_header("Vary", "Accept")
+        self.end_headers()
+        return not fresh
+
     # -- routing -----------------------------------------------------------------------
     def _serve(self, body: bool) -> None:
         self._served_type, self._served_size = "-", "-"
-        parts = _request_path(self.path)
+        parts = request_path(self.path)
         if parts is None:
             return self._error(HTTPStatus.NOT_FOUND)
         if parts[:1] == ["simple"] and len(parts) <= 2:
             return self._simple(parts[1] if len(parts) == 2 else None, body)
         if parts[:1] == ["pypi"] and parts[-1] == "json" and len(parts) in (3, 4):
             return self._json_api(parts[1], parts[2] if len(parts) == 4 else None, body)
-        target = self._locate("/".join(parts))
-        if target is None:
+        found = self._locate("/".join(parts))
+        if found is None:
             return self._error(HTTPStatus.NOT_FOUND)
-        self._file(target, self._content_type(parts), body)
-
-    @staticmethod
-    def _content_type(parts: list[str]) -> str:
-        if parts[0] == "json" or (parts[0] == "pypi" and parts[-1] == "json"):
-            return "application/json"
-        if parts[0] == "packages":
-            return "application/octet-stream"  # also the PEP 658 ``.metadata`` files
-        if parts == ["last-modified"]:
-            return "text/plain; charset=utf-8"
-        name = parts[-1]
-        for suffix, ctype in _SUFFIX_TYPES.items():
-            if name.endswith(suffix):
-                return ctype
-        return "application/octet-stream"
-
-    def _locate(self, rel: str) -> Any:
-        """The file at ``rel`` (relative to ``web/``, already checked safe), or None, also when
-        the file system cannot look it up (a path too long, a loop of links): a 404."""
-        target = self._inside(Path(self.web, rel))
-        try:
-            return target if target is not None and target.is_file() else None
-        except (OSError, ValueError):
-            return None
-
-    def _inside(self, path: Path) -> Path | None:
-        """``path`` with symlinks resolved, or None when that is not inside ``web/``."""
-        try:
-            resolved = path.resolve()
-        except (OSError, RuntimeError, ValueError):
-            return None
-        return resolved if resolved.is_relative_to(self.web) else None
+        self._file(found, content_type(parts), body)
 
     def _simple(self, name: str | None, body: bool) -> None:
         if name is None:
@@ -297,7 +217,7 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
             if canonical != name or not self.path.split("?", 1)[0].endswith("/"):
                 return self._redirect(f"/simple/{canonical}/")
             directory = pages_dir(canonical, self.hash_index)
-        sources: dict[str, Any] = {}
+        sources: dict[str, Found] = {}
         for media, filenames in SOURCES.items():
             for filename in filenames:
                 candidate = self._locate(f"{directory}/{filename}")
@@ -309,12 +229,12 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
         media = negotiate(", ".join(self.headers.get_all("Accept") or []), set(sources))
         if media is None:
             return self._error(
-                HTTPStatus.NOT_ACCEPTABLE, f"Available: {', '.join(m for m in _SERVER_ORDER if m in sources)}"
+                HTTPStatus.NOT_ACCEPTABLE, f"Available: {', '.join(m for m in SERVER_ORDER if m in sources)}"
             )
         ctype = "text/html; charset=utf-8" if media == TEXT_HTML else media
         self._file(sources[media], ctype, body, vary=True, serial=self._page_serial(sources))
 
-    def _page_serial(self, sources: dict[str, Any]) -> int | None:
+    def _page_serial(self, sources: dict[str, Found]) -> int | None:
         """The serial a simple page carries, for ``X-PyPI-Last-Serial``: the head of the PEP 691
         page (the root's and the projects'), else the ``<!--SERIAL N-->`` at the end of the HTML."""
         if SIMPLE_JSON in sources:
@@ -339,34 +259,35 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
             canonical = check_project_name(name)
         except UnsafePath:
             return self._error(HTTPStatus.NOT_FOUND)
-        located = self._locate(f"pypi/{canonical}/json")
-        doc = self._document(located, canonical) if located is not None else None
-        if doc is None:
+        found = self._locate(f"pypi/{canonical}/json")
+        doc = self._document(found, canonical) if found is not None else None
+        if found is None or doc is None:
             return self._error(HTTPStatus.NOT_FOUND)
-        own_name = _own_name(doc, canonical)
-        own_version = _own_version(version, doc["releases"]) if version is not None else None
+        own_name = jsonapi.own_name(doc, canonical)
+        own_version = jsonapi.own_version(version, doc["releases"]) if version is not None else None
         if version is not None and own_version is None:
             return self._error(HTTPStatus.NOT_FOUND)
         if name != own_name or version != own_version:
-            return self._redirect(_api_path(own_name, own_version))
-        answer = doc if own_version is None else _release_document(doc, own_name, own_version)
-        self._answer_urls(answer, f"{self._origin()}{_api_path(own_name, own_version)}")
+            return self._redirect(jsonapi.api_path(own_name, own_version))
+        answer = doc if own_version is None else jsonapi.release_document(doc, own_name, own_version)
+        self._answer_urls(answer, jsonapi.api_path(own_name, own_version))
         serial = doc.get("last_serial")
         payload = json.dumps(answer).encode()
-        etag = f'"{hashlib.blake2b(payload, digest_size=12).hexdigest()}"'
-        mtime = self._mtime(located)
-        if self._headers("application/json", len(payload), mtime, False, serial if isinstance(serial, int) else None, etag) and body:
+        serial = serial if isinstance(serial, int) else None
+        if self._headers("application/json", len(payload), found.stat.st_mtime, False, serial, content_etag(payload)) and body:
             self.wfile.write(payload)
 
-    def _answer_urls(self, doc: dict[str, Any], base: str) -> None:
+    def _answer_urls(self, doc: dict[str, Any], path: str) -> None:
         """Every file URL of a JSON API answer made absolute and on this server, in place.
 
-        Stored relative URLs resolve against ``base``. An absolute one (``root_uri``, or the
-        upstream's in a document an earlier version or the reference tool stored) is
-        answered on this server too when the mirror holds the file at the path the layout
-        gives it, so a downstream mirror never reaches around this one; otherwise it stays.
+        Stored relative URLs resolve against the answer's URL (``path`` on this server). An
+        absolute one (``root_uri``, or the upstream's in a document an earlier version or the
+        reference tool stored) is answered on this server too when the mirror holds the file
+        at the path the layout gives it, so a downstream mirror never reaches around this one;
+        otherwise it stays.
         """
-        origin = self._origin()
+        here = origin(self.headers, self.server.server_address)
+        base = f"{here}{path}"
         for entries in [doc.get("urls") or [], *(doc.get("releases") or {}).values()]:
             for entry in entries if isinstance(entries, list) else []:
                 url = entry.get("url") if isinstance(entry, dict) else None
@@ -380,12 +301,12 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
                 except UnsafePath:
                     continue
                 if self._locate(local) is not None:
-                    entry["url"] = f"{origin}/{quote(local)}"
+                    entry["url"] = f"{here}/{quote(local)}"
 
-    def _document(self, located: Any, canonical: str) -> dict[str, Any] | None:
+    def _document(self, found: Found, canonical: str) -> dict[str, Any] | None:
         """A stored JSON API document, parsed; None (logged) when it is not one."""
         try:
-            doc = json.loads(self._read(located))
+            doc = json.loads(self.storage.read_bytes(found.rel))
         except (OSError, LocalIOError, ValueError) as exc:
             logger.warning("The stored JSON document of %s is unreadable: %s", canonical, exc)
             return None
@@ -394,198 +315,66 @@ class MirrorRequestHandler(BaseHTTPRequestHandler):
             return None
         return doc
 
-    def _origin(self) -> str:
-        """``http://<host>`` as this request reached the server (its ``Host``, when sane);
-        ``https://`` when a proxy in front says so (``X-Forwarded-Proto: https``)."""
-        host = self.headers.get("Host") or ""
-        if not _HOST.match(host):
-            address, port = self.server.server_address[:2]
-            host = f"[{address}]:{port}" if ":" in str(address) else f"{address}:{port}"
-        https = (self.headers.get("X-Forwarded-Proto") or "").strip().lower() == "https"
-        return f"{'https' if https else 'http'}://{host}"
-
-    # -- reading what is served ---------------------------------------------------------
-    def _read(self, path: Path) -> bytes:
-        return path.read_bytes()
-
-    def _peek(self, path: Path, head: bool) -> bytes:
-        """The first or last few hundred bytes of a file (where a page keeps its serial)."""
+    # -- reading what is served, through the storage ---------------------------------------
+    def _locate(self, rel: str) -> Found | None:
+        """The file at ``rel`` (relative to ``web/``) by one stat, or None: also for a path the
+        storage refuses or cannot look up (too long, a loop of links, a link out): a 404."""
+        path = f"{self.web}/{rel}"
         try:
-            with open(path, "rb") as fh:
-                if not head:
-                    fh.seek(max(0, os.fstat(fh.fileno()).st_size - _SERIAL_SPAN))
-                return fh.read(_SERIAL_SPAN)
-        except OSError:
-            return b""
-
-    def _mtime(self, path: Path) -> float:
-        try:
-            return path.stat().st_mtime
-        except OSError:
-            return 0.0
-
-    def _file(self, path: Path, ctype: str, body: bool, vary: bool = False, serial: int | None = None) -> None:
-        try:
-            fh = open(path, "rb")
-        except OSError:
-            return self._error(HTTPStatus.NOT_FOUND)
-        with fh:
-            stat = os.fstat(fh.fileno())
-            if self._headers(ctype, stat.st_size, stat.st_mtime, vary, serial) and body:
-                self._send_body(fh, stat.st_size)
-
-    def _headers(
-        self, ctype: str, size: int, mtime: float, vary: bool, serial: int | None = None, etag: str | None = None
-    ) -> bool:
-        """Send a 304 or a 200 with the answer's headers; say whether its body follows.
-
-        The ``ETag`` of a file is made of its modification time, size and the type it is
-        served as (a page's formats differ); a generated answer brings its own.
-        """
-        self._served_type = ctype
-        if etag is None:
-            tag = f"{int(mtime * 1_000_000)}-{size}-{ctype}".encode()
-            etag = f'"{hashlib.blake2b(tag, digest_size=12).hexdigest()}"'
-        not_modified = self._not_modified(mtime, etag)
-        self._served_size = 0 if not_modified else size
-        self.send_response(HTTPStatus.NOT_MODIFIED if not_modified else HTTPStatus.OK)
-        if not not_modified:
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(size))
-        self.send_header("Last-Modified", email.utils.formatdate(mtime, usegmt=True))
-        self.send_header("ETag", etag)
-        if serial is not None:
-            self.send_header("X-PyPI-Last-Serial", str(serial))
-        if vary:
-            self.send_header("Vary", "Accept")
-        self.end_headers()
-        return not not_modified
-
-    def _not_modified(self, mtime: float, etag: str) -> bool:
-        """``If-None-Match`` (weak comparison, ``*``) when sent, else ``If-Modified-Since``."""
-        match = self.headers.get("If-None-Match")
-        if match:
-            tags = {t.strip().removeprefix("W/") for t in match.split(",")}
-            return "*" in tags or etag in tags
-        since = self.headers.get("If-Modified-Since")
-        if not since:
-            return False
-        try:
-            when = email.utils.parsedate_to_datetime(since)
-        except (TypeError, ValueError, IndexError):
-            return False
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        return int(mtime) <= when.timestamp()
-
-    def _send_body(self, fh: BinaryIO, size: int) -> None:
-        """Stream the file: ``sendfile`` where the platform has it, chunks otherwise."""
-        self.wfile.flush()
-        sent = self.connection.sendfile(fh, 0, size)  # falls back to send() by itself
-        if sent < size:  # the file shrank under us: the client must not wait for the rest
-            self.close_connection = True
-
-
-class StorageRequestHandler(MirrorRequestHandler):
-    """Serves ``web/`` of a mirror in any :class:`~.storage.Storage` (a bucket): a stat
-    (a HEAD) per candidate, then the bytes streamed as the storage reads them."""
-
-    storage: Storage
-
-    def _locate(self, rel: str) -> Any:
-        try:
-            stat = self.storage.stat(f"{WEB}/{rel}")
+            stat = self.storage.stat(path)
         except (UnsafePath, LocalIOError):
             return None
-        return (rel, stat) if stat is not None else None
+        return Found(path, stat) if stat is not None and stat_module.S_ISREG(stat.st_mode) else None
 
-    def _read(self, path: Any) -> bytes:
-        return self.storage.read_bytes(f"{WEB}/{path[0]}")
-
-    def _peek(self, path: Any, head: bool) -> bytes:
+    def _peek(self, found: Found, head: bool) -> bytes:
+        """The first or last few hundred bytes of a file (where a page keeps its serial)."""
         try:
-            with self.storage.open(f"{WEB}/{path[0]}") as fh:
-                return fh.read(_SERIAL_SPAN) if head else fh.read()[-_SERIAL_SPAN:]
-        except (FileNotFoundError, LocalIOError):
+            with self.storage.open(found.rel) as fh:
+                if head:
+                    return fh.read(_SERIAL_SPAN)
+                local = _local_stat(fh)
+                if local is not None:
+                    fh.seek(max(0, local.st_size - _SERIAL_SPAN))
+                return fh.read()[-_SERIAL_SPAN:]
+        except (OSError, LocalIOError):
             return b""
 
-    def _mtime(self, path: Any) -> float:
-        return float(path[1].st_mtime)
-
-    def _file(self, path: Any, ctype: str, body: bool, vary: bool = False, serial: int | None = None) -> None:
-        rel, stat = path
-        if not self._headers(ctype, stat.st_size, stat.st_mtime, vary, serial) or not body:
+    def _file(self, found: Found, ctype: str, body: bool, vary: bool = False, serial: int | None = None) -> None:
+        """Answer with a file: a HEAD or a 304 from the stat alone; else the file is opened
+        and, when local, its own stat gives the headers (it may have been replaced since)."""
+        size, mtime = found.stat.st_size, found.stat.st_mtime
+        if not body or not_modified(self.headers, mtime, file_etag(size, mtime, ctype)):
+            self._headers(ctype, size, mtime, vary, serial)
             return
-        sent = 0
-        try:
-            with self.storage.open(f"{WEB}/{rel}") as fh:
-                while sent < stat.st_size and (chunk := fh.read(STREAM_CHUNK)):
+        with contextlib.ExitStack() as stack:
+            try:
+                fh = stack.enter_context(self.storage.open(found.rel))
+            except FileNotFoundError:  # gone since it was located
+                return self._error(HTTPStatus.NOT_FOUND)
+            except LocalIOError as exc:  # unreadable, or the storage server failed
+                logger.warning("%s", exc)
+                return self._error(HTTPStatus.NOT_FOUND)
+            local = _local_stat(fh)
+            if local is not None:
+                size, mtime = local.st_size, local.st_mtime
+            if self._headers(ctype, size, mtime, vary, serial):
+                self._send_body(fh, size, found, local is not None)
+
+    def _send_body(self, fh: BinaryIO, size: int, found: Found, local: bool) -> None:
+        """Stream the file: a local one by ``sendfile`` (the kernel copies it), a stream in chunks."""
+        if local:
+            self.wfile.flush()
+            sent = self.connection.sendfile(fh, 0, size)  # falls back to send() by itself
+        else:
+            sent = 0
+            try:
+                while sent < size and (chunk := fh.read(min(STREAM_CHUNK, size - sent))):
                     self.wfile.write(chunk)
                     sent += len(chunk)
-        except (FileNotFoundError, LocalIOError) as exc:
-            logger.warning("%s: %s", self.storage.display(f"{WEB}/{rel}"), exc)
-        if sent < stat.st_size:  # replaced or gone under us: the client must not wait for the rest
+            except LocalIOError as exc:
+                logger.warning("%s: %s", self.storage.display(found.rel), exc)
+        if sent < size:  # it shrank, or was replaced or gone under us: the client must not wait for the rest
             self.close_connection = True
-
-
-def _own_name(doc: dict[str, Any], canonical: str) -> str:
-    """The project's own spelling of its name (``info.name``), when it is one of ``canonical``."""
-    info = doc.get("info")
-    name = info.get("name") if isinstance(info, dict) else None
-    try:
-        if isinstance(name, str) and check_project_name(name) == canonical:
-            return name
-    except UnsafePath:
-        pass
-    return canonical
-
-
-def _own_version(version: str, releases: dict[str, Any]) -> str | None:
-    """The release key ``version`` names: itself, or one equal to it as a PEP 440 version."""
-    if version in releases:
-        return version
-    try:
-        wanted = Version(version)
-    except InvalidVersion:
-        return None
-    for key in releases:
-        try:
-            if Version(key) == wanted:
-                return key
-        except InvalidVersion:
-            continue
-    return None
-
-
-def _api_path(name: str, version: str | None) -> str:
-    return f"/pypi/{quote(name)}/json" if version is None else f"/pypi/{quote(name)}/{quote(version)}/json"
-
-
-def _release_document(doc: dict[str, Any], name: str, version: str) -> dict[str, Any]:
-    """``/pypi/<name>/<version>/json`` from the project's stored document.
-
-    The mirror stores one document per project, whose ``info`` (and ``vulnerabilities``)
-    describe its latest release: for that release they are given whole; for an earlier one
-    ``info`` holds only what the document says of it (name, version, the files'
-    ``requires_python`` and yanked state), nothing made up.
-    """
-    files = list(doc["releases"].get(version) or [])
-    info = doc.get("info") if isinstance(doc.get("info"), dict) else {}
-    answer: dict[str, Any]
-    if info.get("version") == version:
-        answer = {"info": info, "last_serial": doc.get("last_serial"), "urls": files}
-        if "vulnerabilities" in doc:
-            answer["vulnerabilities"] = doc["vulnerabilities"]
-        return answer
-    yanked = [f for f in files if f.get("yanked")]
-    short = {
-        "name": name,
-        "version": version,
-        "requires_python": next((f["requires_python"] for f in files if f.get("requires_python")), None),
-        "yanked": bool(files) and len(yanked) == len(files),
-        "yanked_reason": next((f["yanked_reason"] for f in yanked if f.get("yanked_reason")), None),
-    }
-    return {"info": short, "last_serial": doc.get("last_serial"), "urls": files}
 
 
 class MirrorServer(ThreadingHTTPServer):
@@ -615,32 +404,34 @@ class MirrorServer(ThreadingHTTPServer):
         return f"http://{host}:{port}/simple/"
 
 
+def make_storage_server(
+    storage: Storage, bind: str = "127.0.0.1", port: int = 8080, hash_index: bool = False, web: str = WEB
+) -> MirrorServer:
+    """A server for the directory ``web`` of the mirror in ``storage``, bound to ``bind:port``
+    (port 0: any free port), not yet serving."""
+    attributes = {"storage": storage, "web": web, "hash_index": hash_index}
+    return MirrorServer((bind, port), type("Handler", (MirrorRequestHandler,), attributes))
+
+
 def make_server(
     web_dir: Path | str, bind: str = "127.0.0.1", port: int = 8080, hash_index: bool = False
 ) -> MirrorServer:
-    """A server for ``web_dir`` bound to ``bind:port`` (port 0: any free port), not yet serving."""
+    """A server for the directory ``web_dir`` (a mirror's ``web/``), not yet serving."""
     web = Path(web_dir).resolve()
-    handler = type("Handler", (MirrorRequestHandler,), {"web": web, "hash_index": hash_index})
-    return MirrorServer((bind, port), handler)
+    storage = FilesystemStorage(web.parent, manage_permissions=False, reads_below=web.name)
+    return make_storage_server(storage, bind, port, hash_index, web.name)
 
 
-def make_storage_server(storage: Storage, bind: str = "127.0.0.1", port: int = 8080, hash_index: bool = False) -> MirrorServer:
-    """A server for the ``web/`` of a mirror in ``storage`` (a bucket), not yet serving."""
-    handler = type("Handler", (StorageRequestHandler,), {"storage": storage, "hash_index": hash_index})
-    return MirrorServer((bind, port), handler)
-
-
-def serve(web_dir: Path | str, bind: str, port: int, hash_index: bool = False, storage: Storage | None = None) -> int:
-    """Serve ``web_dir`` (or, given ``storage``, its ``web/``) until interrupted; the exit status for the CLI."""
-    shown = storage.display(WEB) if storage is not None else str(web_dir)
-    if not (storage.exists(f"{WEB}/simple") if storage is not None else Path(web_dir, "simple").is_dir()):
+def serve(storage: Storage, bind: str, port: int, hash_index: bool = False, web: str = WEB) -> int:
+    """Serve the ``web`` directory of the mirror in ``storage`` until interrupted; the exit
+    status for the CLI. A directory mirror's storage should read only below ``web``
+    (:func:`~.storage.storage_from_config` with ``reads_below``)."""
+    shown = storage.display(web)
+    if not storage.exists(f"{web}/simple"):
         logger.error("%s has no simple index yet: run `bandersnatch mirror` first", shown)
         return EXIT_USAGE
     try:
-        if storage is not None:
-            server = make_storage_server(storage, bind, port, hash_index)
-        else:
-            server = make_server(web_dir, bind, port, hash_index)
+        server = make_storage_server(storage, bind, port, hash_index, web)
     except OSError as exc:
         logger.error("Cannot listen on %s port %d: %s", bind, port, exc)
         return EXIT_USAGE

@@ -1,4 +1,5 @@
-"""Where mirrored bytes go: the :class:`Storage` interface and its filesystem backend.
+"""Where mirrored bytes go: the :class:`Storage` interface, its filesystem backend, and
+:func:`storage_from_config`, the one place a configured backend is built.
 
 Every write goes to a temporary file in the destination directory and is renamed into
 place, so a served path only ever holds a complete file; the temporary is removed when
@@ -11,7 +12,7 @@ Paths are relative to the mirror directory and are checked to stay in it.
 Others may be able to write below the mirror directory (docs/security.md), so nothing
 below it is followed when writing or deleting: temporaries are created exclusively
 (``O_CREAT|O_EXCL|O_NOFOLLOW``), directories are opened one by one without following
-links, and a link where a directory should be stops the run, named.
+links, and a link where a directory should be stops the run, named (:mod:`.safe_fs`).
 
 Every error of a local system call (disk full, permission denied, read-only file system)
 leaves this module as :class:`~bandersnatch_classic.errors.LocalIOError` naming the path,
@@ -32,15 +33,18 @@ import hashlib
 import os
 import shutil
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO, Protocol, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from .errors import LocalIOError, PlantedLink, UnsafePath
+from .safe_fs import TEMP_FLAGS, create_temp, files_in, open_dir
+
+if TYPE_CHECKING:
+    from .config import Config
 
 TEMP_SUFFIX = ".tmp"
-T = TypeVar("T")
 HASH_CHUNK = 1 << 20
 
 
@@ -60,9 +64,11 @@ def check_relative(rel: str) -> str:
 class Storage(Protocol):
     """Everything the engine, ``verify`` and ``delete`` need from a place to keep a mirror.
 
-    Paths are relative to the mirror (``web/simple/...``). This is the whole interface:
-    nothing outside a backend opens, walks or unlinks a file by its local path, so a backend
-    that keeps the mirror elsewhere (an object store) needs nothing else changed.
+    Paths are relative to the mirror (``web/simple/...``). Nothing outside a backend opens,
+    walks or unlinks a mirrored file by its local path (``serve`` included), so a backend
+    that keeps the mirror elsewhere (an object store) needs nothing else changed. A backend
+    may add its own run lock (``lock()``) and lease check (``lock_lost()``): the engine
+    looks them up by name (the S3 backend has both).
     """
 
     def display(self, rel: str) -> str: ...
@@ -106,72 +112,6 @@ def _current_umask() -> int:
     return mask
 
 
-#: A directory below the mirror directory is opened this way: never through a link.
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-#: A temporary is a new file: never an existing one, never through a link.
-_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-#: Tries at creating a temporary whose name is taken (a leftover, or a name planted again at once).
-_TEMP_TRIES = 3
-
-
-def _is_link(name: str, dir_fd: int | None) -> bool:
-    try:
-        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
-    except OSError:
-        return False
-
-
-def _open_step(parent: int | None, name: str, shown: str, action: str, create: bool, known: bool = False) -> int:
-    """Open the directory ``name`` in ``parent`` without following a link.
-
-    ``create``: make it when it is missing; unless it is ``known`` to exist, by trying to
-    make it first (a new directory costs two calls, a known one only the open). ``shown``
-    is its absolute path, for the error.
-    """
-    if create and not known:
-        _make_dir(parent, name)
-    try:
-        return os.open(name, _DIR_FLAGS, dir_fd=parent)
-    except FileNotFoundError:
-        if not (create and known):
-            raise
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(name, parent):
-            raise PlantedLink.at(shown, action) from None
-        raise
-    return _open_step(parent, name, shown, action, create)  # known, but removed since
-
-
-def _make_dir(parent: int | None, name: str) -> None:
-    try:
-        if parent is None:  # the first directory below the mirror's: make the mirror's too
-            os.makedirs(name, exist_ok=True)
-        else:
-            os.mkdir(name, dir_fd=parent)
-    except FileExistsError:
-        pass  # also a link in its place: the open refuses it
-
-
-def _create_temp(name: str, dir_fd: int, create: Callable[[], T]) -> T:
-    """Make the temporary ``name`` in ``dir_fd`` with ``create``, which fails when the name is
-    taken (``O_CREAT|O_EXCL|O_NOFOLLOW``, or ``symlink``) and so follows no link.
-
-    Its name is predictable on purpose: a run killed outright leaves at most one temporary
-    per path, and the next write of that path removes it. Whatever holds the name (that
-    leftover, or a link someone planted there) is unlinked, which removes the name and never
-    touches what a link points at.
-    """
-    for attempt in range(1, _TEMP_TRIES + 1):
-        try:
-            return create()
-        except FileExistsError:
-            if attempt == _TEMP_TRIES:
-                raise
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name, dir_fd=dir_fd)
-    raise AssertionError("unreachable")
-
-
 class FilesystemStorage:
     """A mirror directory on a local filesystem.
 
@@ -181,12 +121,19 @@ class FilesystemStorage:
     file is created, renamed or unlinked relative to that descriptor, so a link planted
     under ``web/`` (even one swapped in during the run) cannot send a write or a delete
     outside the mirror: :class:`~bandersnatch_classic.errors.PlantedLink` names it instead.
-    Reads follow links.
+    Reads follow links; given ``reads_below`` (a directory of the mirror, "" for all of it:
+    what ``serve`` reads through), only links that stay inside it, so a link planted there
+    never serves what lies outside.
     """
 
-    def __init__(self, root: Path, manage_permissions: bool = True) -> None:
+    def __init__(self, root: Path, manage_permissions: bool = True, reads_below: str | None = None) -> None:
         self.root = root
         self._root = os.fspath(root)
+        #: Where reads must stay (with a trailing slash), links resolved; None: anywhere.
+        self._fence = None
+        if reads_below is not None:
+            below = self._fspath(reads_below) if reads_below else self._root
+            self._fence = os.path.join(os.path.realpath(below), "")
         #: New files get 0666 less the umask. A web server runs as another user, so when
         #: the umask would hide files from "other" and we manage permissions, they get 0644.
         self.file_mode = 0o644 if manage_permissions and _current_umask() & 0o004 else None
@@ -202,10 +149,18 @@ class FilesystemStorage:
         """How messages (and the diff file) name ``rel``: its absolute path."""
         return self._fspath(rel)
 
+    def _read_path(self, rel: str) -> str:
+        """The absolute path of ``rel`` to read from; FileNotFoundError when links lead it
+        out of the ``reads_below`` directory."""
+        target = self._fspath(rel)
+        if self._fence is not None and not os.path.realpath(target).startswith(self._fence):
+            raise FileNotFoundError(errno.ENOENT, "a link leads it out of the directory read", target)
+        return target
+
     @contextlib.contextmanager
     def open(self, rel: str) -> Iterator[BinaryIO]:
         """``rel`` opened for reading; FileNotFoundError when it does not exist."""
-        target = self._fspath(rel)
+        target = self._read_path(rel)
         try:
             fh = open(target, "rb")
         except FileNotFoundError:
@@ -215,40 +170,9 @@ class FilesystemStorage:
         with fh:
             yield fh
 
-    def _open_dir(self, rel_dir: str, action: str, create: bool = False) -> int:
-        """A descriptor of the directory ``rel_dir`` ("" for the mirror directory), each
-        directory below the mirror's opened in its parent without following a link.
-
-        ``create``: make the missing ones. Raises :class:`PlantedLink` for a link on the way
-        (``action`` says what was refused), FileNotFoundError for a missing directory, and
-        OSError for the rest.
-        """
-        if not rel_dir:
-            if create:
-                os.makedirs(self._root, exist_ok=True)
-            return os.open(self._root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        known = self._known_dirs
-        first, *rest = rel_dir.split("/")
-        shown = f"{self._root}/{first}"
-        fd = _open_step(None, shown, shown, action, create, shown in known)
-        try:
-            for part in rest:
-                if create:
-                    known.add(shown)
-                shown = f"{shown}/{part}"
-                sub = _open_step(fd, part, shown, action, create, shown in known)
-                os.close(fd)
-                fd = sub
-        except BaseException:
-            os.close(fd)
-            raise
-        if create:
-            known.add(shown)
-        return fd
-
     @contextlib.contextmanager
     def _directory(self, rel_dir: str, action: str, create: bool = False) -> Iterator[int]:
-        fd = self._open_dir(rel_dir, action, create)
+        fd = open_dir(self._root, rel_dir, action, create, self._known_dirs)
         try:
             yield fd
         finally:
@@ -261,12 +185,12 @@ class FilesystemStorage:
         directory, _, name = rel.rpartition("/")
         temp = f".{name}{TEMP_SUFFIX}"
         try:
-            dir_fd = self._open_dir(directory, "write", create=True)
+            dir_fd = open_dir(self._root, directory, "write", True, self._known_dirs)
         except OSError as exc:
             raise LocalIOError.of(target, exc) from exc
         try:
             try:
-                fd = _create_temp(temp, dir_fd, lambda: os.open(temp, _TEMP_FLAGS, 0o666, dir_fd=dir_fd))
+                fd = create_temp(temp, dir_fd, lambda: os.open(temp, TEMP_FLAGS, 0o666, dir_fd=dir_fd))
                 fh = open(fd, "wb")
             except OSError as exc:
                 raise LocalIOError.of(target, exc) from exc
@@ -312,7 +236,7 @@ class FilesystemStorage:
         return True
 
     def read_bytes(self, rel: str) -> bytes:
-        target = self._fspath(rel)
+        target = self._read_path(rel)
         try:
             with open(target, "rb") as fh:
                 return fh.read()
@@ -323,8 +247,8 @@ class FilesystemStorage:
 
     def read_text(self, rel: str) -> str | None:
         """The file's text, or None when it does not exist."""
-        target = self._fspath(rel)
         try:
+            target = self._read_path(rel)
             with open(target, encoding="utf-8") as fh:
                 return fh.read()
         except FileNotFoundError:
@@ -334,9 +258,9 @@ class FilesystemStorage:
 
     def sha256(self, rel: str) -> str | None:
         """The hex sha256 of a file, or None when it does not exist."""
-        target = self._fspath(rel)
         digest = hashlib.sha256()
         try:
+            target = self._read_path(rel)
             with open(target, "rb") as fh:
                 while chunk := fh.read(HASH_CHUNK):
                     digest.update(chunk)
@@ -352,11 +276,14 @@ class FilesystemStorage:
         return self.sha256(rel)
 
     def exists(self, rel: str) -> bool:
-        return os.path.exists(self._fspath(rel))
+        try:
+            return os.path.exists(self._read_path(rel))
+        except FileNotFoundError:
+            return False
 
     def stat(self, rel: str) -> os.stat_result | None:
-        target = self._fspath(rel)
         try:
+            target = self._read_path(rel)
             return os.stat(target)
         except FileNotFoundError:
             return None
@@ -408,7 +335,7 @@ class FilesystemStorage:
         temp = f".{name}{TEMP_SUFFIX}"
         try:
             with self._directory(directory, "write", create=True) as dir_fd:
-                _create_temp(temp, dir_fd, lambda: os.symlink(target_name, temp, dir_fd=dir_fd))
+                create_temp(temp, dir_fd, lambda: os.symlink(target_name, temp, dir_fd=dir_fd))
                 os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except OSError as exc:
             raise LocalIOError.of(link, exc) from exc
@@ -425,43 +352,15 @@ class FilesystemStorage:
         """
         base = self._fspath(rel)
         try:
-            dir_fd = self._open_dir(rel, "list files")
+            dir_fd = open_dir(self._root, rel, "list files", False, self._known_dirs)
         except FileNotFoundError:
             return
         except OSError as exc:
             raise LocalIOError.of(base, exc) from exc
         try:
-            yield from self._files_in(dir_fd, rel)
+            yield from files_in(dir_fd, self._root, rel)
         finally:
             os.close(dir_fd)
-
-    def _files_in(self, dir_fd: int, rel: str) -> Iterator[tuple[str, int]]:
-        try:
-            with os.scandir(dir_fd) as it:
-                entries = list(it)
-        except OSError as exc:
-            raise LocalIOError.of(f"{self._root}/{rel}", exc) from exc
-        for entry in entries:
-            path = f"{rel}/{entry.name}"
-            sub = None
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    sub = _open_step(dir_fd, entry.name, f"{self._root}/{path}", "list files", create=False)
-                elif entry.is_symlink() and entry.is_dir():
-                    raise PlantedLink.at(f"{self._root}/{path}", "list files")
-                else:
-                    size = entry.stat(follow_symlinks=False).st_size
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise LocalIOError.of(f"{self._root}/{path}", exc) from exc
-            if sub is None:
-                yield path, size
-                continue
-            try:
-                yield from self._files_in(sub, path)
-            finally:
-                os.close(sub)
 
     def remove_empty_dirs(self, rel: str, keep_top: bool = False) -> None:
         """Remove every empty directory below ``rel`` (deepest first), and ``rel`` itself
@@ -481,3 +380,16 @@ class FilesystemStorage:
                         os.rmdir(name, dir_fd=dir_fd)
         except OSError:
             return  # gone, or unreadable: nothing here can be removed
+
+
+def storage_from_config(loaded: Config, reads_below: str | None = None) -> Storage:
+    """The storage ``[mirror]`` (and ``[s3]``) describe: the one place a backend is built
+    (:meth:`~.sync.Mirror.from_config` and ``serve`` use it). A bucket must answer a HEAD
+    first. ``reads_below``: see :class:`FilesystemStorage` (a bucket has no links to follow).
+    """
+    config = loaded.mirror
+    if config.storage_backend == "s3":
+        from .s3 import S3Storage
+
+        return S3Storage.from_config(config, loaded.parser)
+    return FilesystemStorage(config.directory, config.storage_filesystem_manage_permissions, reads_below)

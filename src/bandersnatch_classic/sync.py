@@ -30,7 +30,7 @@ from .run import Report, Run
 from .sidecars import MissingSidecars
 from .state import MirrorState
 from .statefiles import LOCK
-from .storage import FilesystemStorage, Storage
+from .storage import Storage, storage_from_config
 from .upstream import RetryPolicy, Upstream
 
 logger = logging.getLogger(__name__)
@@ -100,14 +100,7 @@ class Mirror:
                 "needs an allowlist "
                 "(allowlist_project or project_requirements with packages listed)"
             )
-        storage: Storage
-        if config.storage_backend == "s3":
-            from .s3 import S3Storage
-
-            storage = S3Storage.from_config(config, loaded.parser)
-        else:
-            storage = FilesystemStorage(config.directory, config.storage_filesystem_manage_permissions)
-        return cls(config, Upstream.from_config(config, retry), storage, filters, dependencies)
+        return cls(config, Upstream.from_config(config, retry), storage_from_config(loaded), filters, dependencies)
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
         """The run lock: the backend's own when it has one (a bucket's lock object), else
