@@ -37,7 +37,7 @@ from .progress import human
 from .state import MirrorState
 from .statefiles import GENERATION, HISTORY, PROJECTS, STATUS, TODO, RunRecord, Sidecar, StateFiles, Todo
 from .storage import Storage
-from .sync import Report
+from .run import Report
 from .upstream import Upstream
 
 logger = logging.getLogger(__name__)

@@ -147,3 +147,21 @@ def files_in(dir_fd: int, root: str, rel: str) -> Iterator[tuple[str, int]]:
             yield from files_in(sub, root, path)
         finally:
             os.close(sub)
+
+
+def remove_tree(name: str, dir_fd: int) -> None:
+    """Remove the directory ``name`` in ``dir_fd`` and everything in it, deepest first,
+    working from directory descriptors: a link inside is removed, never followed.
+
+    (What ``shutil.rmtree(name, dir_fd=...)`` does from Python 3.11 on; the oldest Python
+    this tool supports has no ``dir_fd`` there.)
+    """
+    for _path, dirs, files, fd in os.fwalk(name, topdown=False, follow_symlinks=False, dir_fd=dir_fd):
+        for entry in files:
+            os.unlink(entry, dir_fd=fd)
+        for entry in dirs:  # a link to a directory is listed here, and not walked into
+            if _is_link(entry, fd):
+                os.unlink(entry, dir_fd=fd)
+            else:
+                os.rmdir(entry, dir_fd=fd)
+    os.rmdir(name, dir_fd=dir_fd)

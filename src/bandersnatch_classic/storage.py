@@ -31,7 +31,6 @@ import contextlib
 import errno
 import hashlib
 import os
-import shutil
 import stat
 from collections.abc import Iterator
 from datetime import datetime
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from .errors import LocalIOError, PlantedLink, UnsafePath
-from .safe_fs import TEMP_FLAGS, create_temp, files_in, open_dir
+from .safe_fs import TEMP_FLAGS, create_temp, files_in, open_dir, remove_tree
 
 if TYPE_CHECKING:
     from .config import Config
@@ -307,7 +306,7 @@ class FilesystemStorage:
         """Remove a directory and everything in it; say whether there was one.
 
         A link in its place is refused, as one on the way to it is; inside it, links are
-        removed, never followed (:func:`shutil.rmtree` works from directory descriptors).
+        removed, never followed (:func:`~.safe_fs.remove_tree` works from directory descriptors).
         """
         target = self._fspath(rel)
         directory, _, name = rel.rpartition("/")
@@ -318,7 +317,7 @@ class FilesystemStorage:
                     raise PlantedLink.at(target, "delete")
                 if not stat.S_ISDIR(mode):
                     return False
-                shutil.rmtree(name, dir_fd=dir_fd)
+                remove_tree(name, dir_fd)
         except FileNotFoundError:
             return False
         except OSError as exc:
