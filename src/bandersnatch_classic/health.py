@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 from . import layout
 from .config import MirrorConfig
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_UPSTREAM, EXIT_USAGE, DamagedState, LocalIOError, StateError, UpstreamError
-from .progress import human
+from .progress import human, plural
 from .state import MirrorState
 from .statefiles import GENERATION, HISTORY, PROJECTS, STATUS, TODO, RunRecord, Sidecar, StateFiles, Todo
 from .storage import Storage
@@ -520,11 +520,11 @@ def render_status(doc: Mapping[str, Any]) -> str:
         for name, reason in run["failed"].items():
             rows.append(("failed", f"{name}: {reason}"))
     todo = doc["todo"]
-    rows.append(("todo", f"{todo['count']} projects towards serial {todo['target']}" if todo else "none"))
+    rows.append(("todo", f"{plural(todo['count'], 'project')} towards serial {todo['target']}" if todo else "none"))
     failing = doc["failing"]
     if failing["projects"]:
         rows.append((f"failing ({failing['runs']} runs)", ", ".join(failing["projects"])))
-    size = f"{doc['projects']} projects" if doc["projects"] is not None else "unknown (no readable projects.json)"
+    size = plural(doc["projects"], "project") if doc["projects"] is not None else "unknown (no readable projects.json)"
     if doc["projects_json_bytes"]:
         size += f" (projects.json {human(doc['projects_json_bytes'])})"
     rows.append(("size", size))
