@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
-from .config import DEFAULT_MAX_DOCUMENT_SIZE, MirrorConfig
+from .config import MirrorConfig
 from .errors import UpstreamError
 from .html_api import HtmlApi
 from .json_api import JsonApi
@@ -33,40 +33,23 @@ class Upstream:
     @classmethod
     def from_config(cls, config: MirrorConfig, retry: RetryPolicy | None = None) -> Upstream:
         """The upstream ``[mirror]`` names, with its timeouts, proxy and download mirror."""
-        return cls(
-            config.master,
+        transport = Transport(
+            config.master.rstrip("/"),
             timeout=config.timeout,
             global_timeout=config.global_timeout,
             proxy=config.proxy,
-            download_mirror=config.download_mirror,
-            download_mirror_no_fallback=config.download_mirror_no_fallback,
             retry=retry or RetryPolicy(),
             pool_size=config.workers,
             allow_non_https=config.allow_non_https,
             max_document_size=config.max_document_size,
         )
+        return cls(transport, config.download_mirror, config.download_mirror_no_fallback)
 
-    def __init__(
-        self,
-        master: str,
-        *,
-        timeout: float = 10.0,
-        global_timeout: float = 1800.0,
-        proxy: str = "",
-        download_mirror: str = "",
-        download_mirror_no_fallback: bool = False,
-        retry: RetryPolicy = RetryPolicy(),
-        pool_size: int = 10,
-        allow_non_https: bool = False,
-        max_document_size: int = DEFAULT_MAX_DOCUMENT_SIZE,
-    ) -> None:
-        self.master = master.rstrip("/")
+    def __init__(self, transport: Transport, download_mirror: str = "", download_mirror_no_fallback: bool = False) -> None:
+        self.transport = transport
+        self.master = transport.master
         self.download_mirror = download_mirror.rstrip("/")
         self.download_mirror_no_fallback = download_mirror_no_fallback
-        self.transport = Transport(
-            self.master, timeout=timeout, global_timeout=global_timeout, proxy=proxy, retry=retry,
-            pool_size=pool_size, allow_non_https=allow_non_https, max_document_size=max_document_size,
-        )
         self.xmlrpc = XmlRpcApi(self.transport, self.master)
         self.json = JsonApi(self.transport, self.master)
         self.simple = SimpleApi(self.transport, self.master, self.json)
